@@ -1,0 +1,183 @@
+//! Configuring a container.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Bind, Outcome};
+use crate::error::{ConfigError, Error};
+use crate::Image;
+
+/// When to keep a container's upper layer for inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Keep {
+    /// Always throw it away (default).
+    #[default]
+    Never,
+    /// Always keep it.
+    Always,
+    /// Keep it when the command fails, is killed or times out.
+    OnFailure,
+}
+
+/// Where the writable upper layer lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upper {
+    /// A tmpfs of at most this size (tmpfs syntax: `512m`, `4g`, `10%`). Fastest; the
+    /// default, with `4g`.
+    Tmpfs(String),
+    /// A directory in the store, on disk (also used whenever the layer may be kept).
+    Disk,
+}
+
+impl Default for Upper {
+    fn default() -> Self {
+        Upper::Tmpfs("4g".into())
+    }
+}
+
+/// What the command's standard streams are connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stdio {
+    /// stdin is `/dev/null`; stdout and stderr are captured into the [`Outcome`] (default).
+    #[default]
+    Capture,
+    /// The caller's stdin, stdout and stderr are passed through.
+    Inherit,
+}
+
+/// A throwaway copy-on-write container, configured builder-style, then run.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use pristine::{Container, Image};
+///
+/// let out = Container::new(Image::host())
+///     .hostname("box")
+///     .timeout(Duration::from_secs(10))
+///     .run(["sh", "-c", "echo hi > /etc/motd; hostname"])?;
+/// assert!(out.status.success());
+/// assert_eq!(out.stdout_str(), "box\n");
+/// # Ok::<(), pristine::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Container {
+    pub(crate) image: Image,
+    pub(crate) hostname: Option<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) inherit_env: bool,
+    pub(crate) workdir: PathBuf,
+    pub(crate) binds: Vec<Bind>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) keep: Keep,
+    pub(crate) upper: Upper,
+    pub(crate) stdio: Stdio,
+    pub(crate) store: Option<PathBuf>,
+}
+
+impl Container {
+    /// A container of `image`, with the defaults: environment inherited from the caller,
+    /// working directory `/`, no timeout, upper layer on a 4 GiB tmpfs, output captured.
+    pub fn new(image: Image) -> Self {
+        Container {
+            image,
+            hostname: None,
+            env: Vec::new(),
+            inherit_env: true,
+            workdir: PathBuf::from("/"),
+            binds: Vec::new(),
+            timeout: None,
+            keep: Keep::Never,
+            upper: Upper::default(),
+            stdio: Stdio::Capture,
+            store: None,
+        }
+    }
+
+    /// Sets the hostname (default: `pristine-ID`).
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+
+    /// Sets an environment variable for the command.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the command with only the variables set by [`Container::env`] (plus a
+    /// default `PATH` if none is set), instead of the caller's environment.
+    pub fn env_clear(mut self) -> Self {
+        self.inherit_env = false;
+        self
+    }
+
+    /// Sets the working directory inside the container (absolute; default `/`).
+    pub fn workdir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.workdir = dir.into();
+        self
+    }
+
+    /// Adds a volume.
+    pub fn bind(mut self, bind: Bind) -> Self {
+        self.binds.push(bind);
+        self
+    }
+
+    /// Kills the whole container after `timeout`; the outcome then says `timed_out`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// When to keep the upper layer (implies an on-disk upper unless [`Keep::Never`]).
+    pub fn keep(mut self, keep: Keep) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    /// Where the upper layer lives.
+    pub fn upper(mut self, upper: Upper) -> Self {
+        self.upper = upper;
+        self
+    }
+
+    /// Captures output (default) or passes the caller's stdio through.
+    pub fn stdio(mut self, stdio: Stdio) -> Self {
+        self.stdio = stdio;
+        self
+    }
+
+    /// Uses the store at `dir` instead of the default location.
+    pub fn store(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.store = Some(dir.into());
+        self
+    }
+
+    /// Runs `command` in a new container and waits for it and the container to be gone.
+    ///
+    /// A command that fails or is killed is not an error: inspect
+    /// [`Outcome::status`]. Errors mean the container could not be created or the command
+    /// not executed; nothing is left behind either way.
+    pub fn run<I, S>(&self, command: I) -> Result<Outcome, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let argv = command
+            .into_iter()
+            .map(|a| {
+                let a = a.as_ref();
+                a.to_str()
+                    .filter(|s| !s.contains('\0'))
+                    .map(str::to_owned)
+                    .ok_or_else(|| ConfigError::BadString {
+                        what: "argument",
+                        value: a.to_string_lossy().into_owned(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        super::spawn::run(self, argv)
+    }
+}

@@ -1,0 +1,328 @@
+//! Creating a container: validate, plan, clone + exec the init, supervise, clean up.
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+
+use super::builder::{Container, Keep, Stdio, Upper};
+use super::outcome::{ExitStatus, Kept, Outcome};
+use super::supervise::{supervise, Supervised};
+use crate::error::{ConfigError, Error};
+use crate::hints;
+use crate::image::Base;
+use crate::init::{init_program, InitReport, InitSpec, INIT_ARG};
+use crate::namespaces;
+use crate::rootfs::host::{self, HostEntry};
+use crate::setup::{plan, PlanInput, RootfsSource, UpperPlacement};
+use crate::store::Store;
+use crate::sys::{self, ExecRequest};
+use crate::userns;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Host pid of the init of the container running with inherited stdio, for signal
+/// forwarding by the CLI (0: none).
+static FOREGROUND_INIT: AtomicI32 = AtomicI32::new(0);
+
+fn next_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The rootless host root, classified once per process (reads `/` and the mount table).
+fn host_entries() -> Result<&'static [HostEntry], Error> {
+    static ENTRIES: OnceLock<Result<Vec<HostEntry>, String>> = OnceLock::new();
+    let r = ENTRIES.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        host::classify(Path::new("/"), &host::mount_points(&info)).map_err(|e| e.to_string())
+    });
+    r.as_deref().map_err(|e| Error::Io {
+        op: "read the host root directory and mount table",
+        source: std::io::Error::other(e.clone()),
+    })
+}
+
+fn cstr(what: &'static str, s: impl AsRef<std::ffi::OsStr>) -> Result<CString, ConfigError> {
+    CString::new(s.as_ref().as_bytes()).map_err(|_| ConfigError::BadString {
+        what,
+        value: s.as_ref().to_string_lossy().into_owned(),
+    })
+}
+
+fn environment(c: &Container) -> Result<Vec<String>, ConfigError> {
+    let mut env: Vec<String> = Vec::new();
+    if c.inherit_env {
+        for (k, v) in std::env::vars_os() {
+            if let (Some(k), Some(v)) = (k.to_str(), v.to_str()) {
+                if !c.env.iter().any(|(ck, _)| ck == k) {
+                    env.push(format!("{k}={v}"));
+                }
+            }
+        }
+    }
+    for (k, v) in &c.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(ConfigError::BadEnv(format!("{k}={v}")));
+        }
+        env.push(format!("{k}={v}"));
+    }
+    if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    Ok(env)
+}
+
+pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
+    // 1. Validate everything before creating anything (bubblewrap's rule): a bad input
+    //    leaves no trace.
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(ConfigError::EmptyCommand.into());
+    }
+    if !c.workdir.is_absolute() {
+        return Err(ConfigError::RelativeWorkdir(c.workdir.clone()).into());
+    }
+    let image = c.image.resolved()?;
+    let binds = c
+        .binds
+        .iter()
+        .map(|b| b.resolved())
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = environment(c)?;
+    let id = next_id();
+    let hostname = c.hostname.clone().unwrap_or_else(|| format!("pristine-{id}"));
+    if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0']) {
+        return Err(ConfigError::BadHostname(hostname).into());
+    }
+    let program = init_program().ok_or(Error::InitNotFound)?;
+    let rootless = sys::effective_ids().0 != 0;
+
+    let store = match &c.store {
+        Some(dir) => Store::open(dir)?,
+        None => Store::open_default()?,
+    };
+
+    // 2. Where the lower and upper layers come from.
+    let layers_top_first = image.layers().iter().rev().cloned();
+    let rootfs = match image.base() {
+        Base::Host if rootless => RootfsSource::HostEntries {
+            entries: host_entries()?.to_vec(),
+            layers: image.layers().iter().rev().cloned().collect(),
+        },
+        Base::Host => RootfsSource::Lowers(layers_top_first.chain([PathBuf::from("/")]).collect()),
+        Base::Rootfs(dir) => RootfsSource::Lowers(layers_top_first.chain([dir.clone()]).collect()),
+    };
+    let on_disk = c.keep != Keep::Never || c.upper == Upper::Disk;
+    let cdir = if on_disk {
+        Some(store.container_dir(&id)?)
+    } else {
+        None
+    };
+    let upper = match (&cdir, &c.upper) {
+        (Some(d), _) => UpperPlacement::Disk {
+            upper: d.upper(),
+            work: d.work(),
+        },
+        (None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: size.clone() },
+        (None, Upper::Disk) => unreachable!("an on-disk upper always has a container dir"),
+    };
+    let base = store.mount_base();
+    let ops = plan(&PlanInput {
+        base: &base,
+        rootfs: &rootfs,
+        upper: &upper,
+        rootless,
+        binds: &binds,
+        hostname: &hostname,
+    })
+    .map_err(ConfigError::from)?;
+    let spec = serde_json::to_vec(&InitSpec {
+        ops,
+        argv: argv.clone(),
+        env,
+        workdir: c.workdir.clone(),
+    })
+    .map_err(|e| Error::Io {
+        op: "serialize the container spec",
+        source: e.into(),
+    })?;
+
+    // 3. Pipes: spec in, report out, and the command's output when captured.
+    let pipe = |op| sys::pipe_high().map_err(|e| Error::Io { op, source: e.errno.into() });
+    let (spec_r, spec_w) = pipe("create the spec pipe")?;
+    let (report_r, report_w) = pipe("create the report pipe")?;
+    let capture = c.stdio == Stdio::Capture;
+    let mut fds = vec![(spec_r.as_raw_fd(), 3), (report_w.as_raw_fd(), 4)];
+    let mut child_ends = vec![spec_r, report_w];
+    let mut out_pipes = None;
+    let devnull;
+    if capture {
+        devnull = sys::raise_fd(
+            std::fs::File::open("/dev/null")
+                .map_err(|source| Error::Io {
+                    op: "open /dev/null",
+                    source,
+                })?
+                .into(),
+        )
+        .map_err(|e| Error::Io {
+            op: "duplicate /dev/null",
+            source: e.errno.into(),
+        })?;
+        let (out_r, out_w) = pipe("create the stdout pipe")?;
+        let (err_r, err_w) = pipe("create the stderr pipe")?;
+        fds.extend([
+            (devnull.as_raw_fd(), 0),
+            (out_w.as_raw_fd(), 1),
+            (err_w.as_raw_fd(), 2),
+        ]);
+        child_ends.extend([out_w, err_w]);
+        out_pipes = Some((out_r, err_r));
+    }
+
+    let (uid, gid) = sys::effective_ids();
+    let req = ExecRequest {
+        program: cstr("init program", program)?,
+        argv: vec![cstr("init program", program)?, cstr("argument", INIT_ARG)?],
+        envp: Vec::new(),
+        fds,
+        id_maps: rootless.then(|| userns::own_ids_as_root(uid, gid)),
+    };
+
+    // 4. Create the namespaces and exec the init; everything else happens in there.
+    let started = Instant::now();
+    let pid = sys::clone_exec(namespaces::clone_flags(rootless), &req).map_err(|source| {
+        let hint = if source.op == "clone" {
+            hints::for_clone(source.errno, rootless)
+        } else {
+            hints::Hint(None)
+        };
+        Error::Start { source, hint }
+    })?;
+    drop(child_ends);
+    if !capture {
+        FOREGROUND_INIT.store(pid.as_raw(), Ordering::SeqCst);
+    }
+    // Written after clone: the init reads it as soon as it runs, so no pipe buffer limit.
+    let write_result = nix::unistd::write(&spec_w, &spec).map(|n| n == spec.len());
+    drop(spec_w);
+
+    // 5. Wait for the end (or the timeout), collecting output and the init's report.
+    let deadline = c.timeout.map(|t| started + t);
+    let Supervised {
+        stdout,
+        stderr,
+        report,
+        wait,
+        timed_out,
+    } = supervise(pid, report_r, out_pipes, deadline);
+    let duration = started.elapsed();
+    FOREGROUND_INIT.store(0, Ordering::SeqCst);
+
+    let report: Option<InitReport> = serde_json::from_slice(&report).ok();
+    let status = match (report, timed_out) {
+        (_, true) => ExitStatus::Signaled(libc::SIGKILL),
+        (Some(InitReport::Exited(code)), _) => ExitStatus::Exited(code),
+        (Some(InitReport::Signaled(sig)), _) => ExitStatus::Signaled(sig),
+        (Some(InitReport::SetupFailed(e)), _) => {
+            let hint = hints::for_setup(&e.op, e.errno, rootless);
+            return Err(Error::Setup {
+                step: e.step,
+                detail: e.detail,
+                path: e.path,
+                hint,
+            });
+        }
+        (Some(InitReport::ExecFailed { program, errno }), _) => {
+            return Err(Error::Exec { program, errno })
+        }
+        (None, false) => {
+            if write_result != Ok(true) {
+                return Err(Error::Lost {
+                    pid: pid.as_raw(),
+                    how: format!("could not send it the spec; it ended with {wait}"),
+                });
+            }
+            return Err(Error::Lost {
+                pid: pid.as_raw(),
+                how: wait,
+            });
+        }
+    };
+
+    // 6. Keep the upper layer if asked; the container directory goes either way.
+    let keep = match c.keep {
+        Keep::Never => false,
+        Keep::Always => true,
+        Keep::OnFailure => !status.success() || timed_out,
+    };
+    let kept = match (keep, &cdir) {
+        (true, Some(d)) => Some(keep_upper(&store, &id, &d.upper(), &image)?),
+        _ => None,
+    };
+    drop(cdir);
+    Ok(Outcome {
+        id,
+        status,
+        stdout,
+        stderr,
+        duration,
+        timed_out,
+        kept,
+    })
+}
+
+/// Moves the upper layer to `STORE/kept/ID/upper` and records the lower layers beside it
+/// (`lowers`, one path a line, uppermost first) so that the diff can be computed later.
+fn keep_upper(store: &Store, id: &str, upper: &Path, image: &crate::Image) -> Result<Kept, Error> {
+    let dir = store.kept_dir().join(id);
+    let io = |op| move |source| Error::Io { op, source };
+    if dir.exists() {
+        crate::store::remove_tree(&dir).map_err(io("remove an old kept directory"))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(io("create the kept directory"))?;
+    std::fs::rename(upper, dir.join("upper")).map_err(io("move the upper layer to the kept directory"))?;
+    let mut lowers: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
+    lowers.push(match image.base() {
+        Base::Host => PathBuf::from("/"),
+        Base::Rootfs(d) => d.clone(),
+    });
+    let text: String = lowers.iter().map(|l| format!("{}\n", l.display())).collect();
+    std::fs::write(dir.join("lowers"), text).map_err(io("record the lower layers"))?;
+    Ok(Kept { dir })
+}
+
+/// Installs SIGINT/SIGTERM/SIGHUP handlers that pass the signal on to the container
+/// currently running with inherited stdio (for `pristine run`): its init forwards it to the
+/// command, which can then exit cleanly. Without a running container the signal ends this
+/// process as usual (and, through die-with-parent, any container it had).
+#[doc(hidden)]
+pub fn forward_signals_to_foreground() {
+    extern "C" fn forward(sig: libc::c_int) {
+        let pid = FOREGROUND_INIT.load(Ordering::SeqCst);
+        // SAFETY: kill, signal and raise are async-signal-safe.
+        unsafe {
+            if pid > 0 {
+                libc::kill(pid, sig);
+            } else {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+        }
+    }
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only calls async-signal-safe functions and reads an atomic.
+        let _ = unsafe {
+            nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::Handler(forward))
+        };
+    }
+}

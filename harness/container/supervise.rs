@@ -1,0 +1,100 @@
+//! Waiting for a container: output, the init's report, exit, and the timeout, in one
+//! `poll` loop on the calling thread (no helper threads per container).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::sys;
+
+pub(super) struct Supervised {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub report: Vec<u8>,
+    /// How the init itself ended, rendered.
+    pub wait: String,
+    pub timed_out: bool,
+}
+
+/// Collects everything until every pipe is closed, which happens when the init and with it
+/// every process of the container are gone (PID 1 exiting kills the PID namespace). On the
+/// deadline the init is SIGKILLed, which takes the whole container down at once, including
+/// processes that ignore SIGTERM.
+pub(super) fn supervise(
+    pid: Pid,
+    report: OwnedFd,
+    output: Option<(OwnedFd, OwnedFd)>,
+    deadline: Option<Instant>,
+) -> Supervised {
+    let mut streams: Vec<(Option<OwnedFd>, Vec<u8>)> = vec![(Some(report), Vec::new())];
+    if let Some((out, err)) = output {
+        streams.push((Some(out), Vec::new()));
+        streams.push((Some(err), Vec::new()));
+    }
+    let mut timed_out = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    while streams.iter().any(|(fd, _)| fd.is_some()) {
+        let timeout = match deadline {
+            Some(d) if !timed_out => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let _ = sys::kill(pid.as_raw(), Signal::SIGKILL);
+                    timed_out = true;
+                    continue;
+                }
+                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+            _ => PollTimeout::NONE,
+        };
+        let open: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].0.is_some()).collect();
+        let mut pfds: Vec<PollFd<'_>> = open
+            .iter()
+            .map(|&i| PollFd::new(streams[i].0.as_ref().expect("open").as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut pfds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+        let ready: Vec<bool> = pfds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(pfds);
+        for (k, &i) in open.iter().enumerate() {
+            if !ready[k] {
+                continue;
+            }
+            let (fd, data) = &mut streams[i];
+            match nix::unistd::read(fd.as_ref().expect("open"), &mut buf) {
+                Ok(0) => *fd = None,
+                Ok(n) => data.extend_from_slice(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+                Err(_) => *fd = None,
+            }
+        }
+    }
+    let wait = match waitpid(pid, None) {
+        Ok(WaitStatus::Exited(_, code)) => format!("exit code {code}"),
+        Ok(WaitStatus::Signaled(_, sig, _)) => format!("signal {sig}"),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => format!("waitpid failed: {e}"),
+    };
+    let mut it = streams.into_iter().map(|(_, d)| d);
+    let report = it.next().unwrap_or_default();
+    let stdout = it.next().unwrap_or_default();
+    let stderr = it.next().unwrap_or_default();
+    Supervised {
+        stdout,
+        stderr,
+        report,
+        wait,
+        timed_out,
+    }
+}

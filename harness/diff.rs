@@ -1,0 +1,139 @@
+//! What a container changed, from its upper layer: `docker diff` style.
+//!
+//! Each entry of the upper layer is a change: a whiteout is a deletion (`D`), anything else
+//! is a change (`C`) if the path exists in a lower layer and an addition (`A`) if not. An
+//! opaque directory also deletes every lower entry it hides. Directories that overlayfs
+//! merely created on the way to a change are listed as changed, as `docker diff` does.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::whiteout::{is_opaque, is_whiteout};
+
+/// The kind of a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChangeKind {
+    /// Created by the container (`A`).
+    Added,
+    /// Existed below and was modified, replaced or had its metadata changed (`C`).
+    Changed,
+    /// Existed below and was removed (`D`).
+    Deleted,
+}
+
+/// One changed path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Change {
+    /// Absolute path inside the container.
+    pub path: PathBuf,
+    /// What happened to it.
+    pub kind: ChangeKind,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = match self.kind {
+            ChangeKind::Added => 'A',
+            ChangeKind::Changed => 'C',
+            ChangeKind::Deleted => 'D',
+        };
+        write!(f, "{k} {}", self.path.display())
+    }
+}
+
+/// Changes recorded in `upper` over `lowers` (uppermost first), sorted by path.
+pub fn diff(upper: &Path, lowers: &[PathBuf]) -> std::io::Result<Vec<Change>> {
+    let mut out = Vec::new();
+    walk(upper, Path::new("/"), lowers, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Changes of a kept container directory (`STORE/kept/ID`, see [`crate::Kept`]).
+pub fn diff_kept(dir: &Path) -> std::io::Result<Vec<Change>> {
+    let lowers = std::fs::read_to_string(dir.join("lowers")).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "{} is not a kept container directory (no readable `lowers` file): {e}",
+                dir.display()
+            ),
+        )
+    })?;
+    let lowers: Vec<PathBuf> = lowers.lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect();
+    diff(&dir.join("upper"), &lowers)
+}
+
+fn in_lower(lowers: &[PathBuf], rel: &Path) -> Option<std::fs::Metadata> {
+    lowers
+        .iter()
+        .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok())
+}
+
+fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        let inside = at.join(entry.file_name());
+        let rel = inside.strip_prefix("/").unwrap_or(&inside).to_path_buf();
+        let below = in_lower(lowers, &rel);
+        if is_whiteout(&meta) {
+            out.push(Change {
+                path: inside,
+                kind: ChangeKind::Deleted,
+            });
+            continue;
+        }
+        if meta.is_dir() {
+            let opaque = is_opaque(&path)?;
+            let empty = std::fs::read_dir(&path)?.next().is_none();
+            let untouched = below.as_ref().is_some_and(|b| {
+                b.is_dir() && b.mode() & 0o7777 == meta.mode() & 0o7777
+            });
+            // A directory pristine or overlayfs created without changing anything.
+            if empty && !opaque && untouched {
+                continue;
+            }
+            out.push(Change {
+                path: inside.clone(),
+                kind: if below.is_some() {
+                    ChangeKind::Changed
+                } else {
+                    ChangeKind::Added
+                },
+            });
+            if opaque && below.is_some() {
+                let kept: BTreeSet<_> = std::fs::read_dir(&path)?
+                    .filter_map(|e| e.ok().map(|e| e.file_name()))
+                    .collect();
+                let mut hidden = BTreeSet::new();
+                for lower in lowers {
+                    if let Ok(rd) = std::fs::read_dir(lower.join(&rel)) {
+                        hidden.extend(rd.filter_map(|e| e.ok().map(|e| e.file_name())));
+                    }
+                }
+                for name in hidden.difference(&kept) {
+                    out.push(Change {
+                        path: inside.join(name),
+                        kind: ChangeKind::Deleted,
+                    });
+                }
+            }
+            walk(&path, &inside, lowers, out)?;
+        } else {
+            out.push(Change {
+                path: inside,
+                kind: if below.is_some() {
+                    ChangeKind::Changed
+                } else {
+                    ChangeKind::Added
+                },
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Images: what a container's root filesystem is made of.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::ConfigError;
+
+/// The bottom of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// The host's own root filesystem.
+    Host,
+    /// A root filesystem directory.
+    Rootfs(PathBuf),
+}
+
+/// A root filesystem: a base plus read-only layer directories stacked on it.
+///
+/// ```
+/// use pristine::Image;
+/// let image = Image::host();
+/// let other: Image = "/srv/rootfs".parse().unwrap();
+/// assert_ne!(image, other);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Image {
+    base: Base,
+    layers: Vec<PathBuf>,
+}
+
+impl Image {
+    /// The host's root filesystem, copy-on-write.
+    pub fn host() -> Self {
+        Image {
+            base: Base::Host,
+            layers: Vec::new(),
+        }
+    }
+
+    /// A root filesystem directory, copy-on-write.
+    pub fn rootfs(dir: impl Into<PathBuf>) -> Self {
+        Image {
+            base: Base::Rootfs(dir.into()),
+            layers: Vec::new(),
+        }
+    }
+
+    /// Stacks a read-only layer directory on top (overlay-native whiteouts allowed).
+    pub fn layer(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.layers.push(dir.into());
+        self
+    }
+
+    /// The base.
+    pub fn base(&self) -> &Base {
+        &self.base
+    }
+
+    /// The layers, bottom to top.
+    pub fn layers(&self) -> &[PathBuf] {
+        &self.layers
+    }
+
+    /// Checks that every directory exists and returns them made absolute (canonical).
+    pub(crate) fn resolved(&self) -> Result<Image, ConfigError> {
+        let base = match &self.base {
+            Base::Host => Base::Host,
+            Base::Rootfs(p) => Base::Rootfs(existing_dir(p, "rootfs")?),
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| existing_dir(l, "layer"))
+            .collect::<Result<_, _>>()?;
+        Ok(Image { base, layers })
+    }
+}
+
+fn existing_dir(path: &Path, what: &'static str) -> Result<PathBuf, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::MissingDirectory {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(ConfigError::NotADirectory {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    std::fs::canonicalize(path).map_err(|source| ConfigError::MissingDirectory {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl std::str::FromStr for Image {
+    type Err = std::convert::Infallible;
+
+    /// `host`, or a rootfs directory.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(if s == "host" {
+            Image::host()
+        } else {
+            Image::rootfs(s)
+        })
+    }
+}

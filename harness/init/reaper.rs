@@ -1,0 +1,139 @@
+//! PID 1: start the command, forward signals to it, reap orphans, and take every process of
+//! the container down when the command exits.
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::entry::cstring;
+use crate::sys;
+
+/// Signals PID 1 passes on to the command.
+const FORWARDED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// The command, converted to C strings before `fork`.
+pub(crate) struct PreparedCommand {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    workdir: CString,
+}
+
+impl PreparedCommand {
+    pub(crate) fn new(
+        path: &Path,
+        argv: &[String],
+        env: &[String],
+        workdir: &Path,
+    ) -> Result<Self, i32> {
+        Ok(Self {
+            path: cstring(path)?,
+            argv: argv.iter().map(cstring).collect::<Result<_, _>>()?,
+            envp: env.iter().map(cstring).collect::<Result<_, _>>()?,
+            workdir: cstring(workdir)?,
+        })
+    }
+}
+
+/// How the command ended.
+pub(crate) enum Ended {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Runs the command as PID 1's only child and waits for it. `Err(errno)` if it could not be
+/// executed (no such file, not executable, bad working directory).
+pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    for &sig in FORWARDED {
+        mask.add(sig);
+    }
+    // Block before fork so no signal is lost between fork and the wait loop. Blocked
+    // signals are also the only way PID 1 of a namespace receives signals from outside it
+    // without installing handlers.
+    let old_mask = sys::block_signals(&mask).map_err(|e| e.errno as i32)?;
+    let (err_r, err_w) = sys::pipe_high().map_err(|e| e.errno as i32)?;
+    let argv: Vec<*const libc::c_char> = cmd
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = cmd
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+
+    // SAFETY: this process is single-threaded (a freshly exec'd init that started no
+    // threads), so the child may run arbitrary code; it still only makes system calls.
+    let child = match unsafe { fork() }.map_err(|e| e as i32)? {
+        ForkResult::Child => {
+            let _ = sys::set_signal_mask(&old_mask);
+            sys::reset_signal_dispositions();
+            // SAFETY: raw system calls on NUL-terminated strings and NULL-terminated arrays
+            // built above; `_exit` never returns.
+            unsafe {
+                if libc::chdir(cmd.workdir.as_ptr()) == 0 {
+                    libc::execve(cmd.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                }
+                let errno = Errno::last_raw().to_ne_bytes();
+                libc::write(err_w.as_raw_fd(), errno.as_ptr().cast(), errno.len());
+                libc::_exit(127);
+            }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(err_w);
+    let mut buf = [0u8; 4];
+    if let Ok(4) = nix::unistd::read(&err_r, &mut buf) {
+        let _ = waitpid(child, None);
+        return Err(i32::from_ne_bytes(buf));
+    }
+    Ok(wait_loop(child, &mask))
+}
+
+fn wait_loop(child: Pid, mask: &SigSet) -> Ended {
+    loop {
+        let Ok(sig) = mask.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = sys::kill(child.as_raw(), sig);
+            continue;
+        }
+        // Reap everything that has exited: the command, and orphans re-parented to us.
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                    return finish(Ended::Exited(code));
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                    return finish(Ended::Signaled(sig as i32));
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// The command is gone: everything else in the container goes with it. (PID 1 exiting
+/// would also make the kernel kill the namespace, but killing first means no process
+/// outlives the command by even the time it takes us to report.)
+fn finish(ended: Ended) -> Ended {
+    let _ = sys::kill(-1, Signal::SIGKILL);
+    ended
+}

@@ -1,0 +1,25 @@
+//! OCI image import and export for overlay-native layers.
+//!
+//! * [`extract_layer`] turns one layer tar into a layer directory, safely.
+//! * [`import_archive`] reads an OCI image layout tar or a `docker save` tar
+//!   and extracts all of its layers.
+//! * [`export_archive`] writes layer directories as an OCI image layout tar
+//!   that `podman load` accepts.
+//!
+//! Layer directories are overlay-native: deletions are whiteouts and opaque
+//! directories as described in [`crate::whiteout`].
+
+mod archive;
+mod config;
+mod digest;
+mod error;
+mod export;
+mod extract;
+mod fsutil;
+mod path;
+
+pub use archive::{import_archive, ImportedImage};
+pub use config::ImageConfig;
+pub use error::OciError;
+pub use export::export_archive;
+pub use extract::{extract_layer, Compression, ExtractStats};

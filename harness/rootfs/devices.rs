@@ -1,0 +1,78 @@
+//! The minimal `/dev` every container gets.
+
+use std::path::Path;
+
+use crate::setup::SetupOp;
+
+/// `(name, major, minor)` of the character devices in the container's `/dev`.
+pub const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Steps that build `/dev` under `root`.
+///
+/// As root the nodes are created with `mknod` (cheapest); in a user namespace `mknod` of a
+/// real device is refused, so the host's nodes are bind-mounted instead, as bubblewrap does.
+pub fn dev_ops(root: &Path, rootless: bool) -> Vec<SetupOp> {
+    let dev = root.join("dev");
+    let mut ops = vec![
+        SetupOp::Mkdir { path: dev.clone() },
+        SetupOp::Tmpfs {
+            target: dev.clone(),
+            options: "mode=0755,size=64k".into(),
+            nodev: false,
+        },
+    ];
+    for &(name, major, minor) in DEVICES {
+        ops.push(if rootless {
+            SetupOp::Bind {
+                source: Path::new("/dev").join(name),
+                target: dev.join(name),
+                readonly: false,
+                recursive: false,
+            }
+        } else {
+            SetupOp::CharDevice {
+                path: dev.join(name),
+                major,
+                minor,
+            }
+        });
+    }
+    ops.push(SetupOp::Mkdir {
+        path: dev.join("pts"),
+    });
+    ops.push(SetupOp::Devpts {
+        target: dev.join("pts"),
+        tty_gid: !rootless,
+    });
+    ops.push(SetupOp::Symlink {
+        target: "pts/ptmx".into(),
+        link: dev.join("ptmx"),
+    });
+    ops.push(SetupOp::Mkdir {
+        path: dev.join("shm"),
+    });
+    ops.push(SetupOp::Tmpfs {
+        target: dev.join("shm"),
+        options: "mode=1777".into(),
+        nodev: true,
+    });
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ops.push(SetupOp::Symlink {
+            target: target.into(),
+            link: dev.join(link),
+        });
+    }
+    ops
+}

@@ -1,0 +1,117 @@
+//! The host's own root filesystem as an image, in rootless mode.
+//!
+//! Inside a user namespace, an overlay with `lowerdir=/` fails ("failed to clone
+//! lowerpath"): the host root has mounts beneath it (`/proc`, `/dev`, …) that are locked to
+//! the namespace. Per-directory lowers work, so the rootless host image is a tmpfs root with
+//! one overlay per top-level directory; directories that themselves contain mounts are
+//! bound read-only instead, and top-level symlinks are recreated.
+
+use std::path::{Path, PathBuf};
+
+/// How one top-level entry of the host root is reproduced in a rootless container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEntry {
+    /// A directory without mounts below it: its own copy-on-write overlay.
+    Overlay(String),
+    /// A directory with mounts below it: a read-only recursive bind.
+    ReadOnlyBind(String),
+    /// A regular file: bound read-only.
+    File(String),
+    /// A symbolic link, recreated with the same target.
+    Symlink(String, PathBuf),
+}
+
+/// Top-level directories the container gets fresh instances of instead of the host's.
+pub const REPLACED: &[&str] = &["proc", "sys", "dev", "tmp"];
+
+/// Classifies the entries of the host root directory, given the host's mount points.
+pub fn classify(root: &Path, mount_points: &[PathBuf]) -> std::io::Result<Vec<HostEntry>> {
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(root)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    for name in names {
+        if REPLACED.contains(&name.as_str()) {
+            continue;
+        }
+        let path = root.join(&name);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            out.push(HostEntry::Symlink(name, std::fs::read_link(&path)?));
+        } else if ft.is_dir() {
+            let has_mounts = mount_points.iter().any(|m| m != &path && m.starts_with(&path));
+            out.push(if has_mounts {
+                HostEntry::ReadOnlyBind(name)
+            } else {
+                HostEntry::Overlay(name)
+            });
+        } else if ft.is_file() {
+            out.push(HostEntry::File(name));
+        }
+    }
+    Ok(out)
+}
+
+/// Mount points listed in `/proc/self/mountinfo` (field 5), with octal escapes decoded.
+pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_with_escapes() {
+        let info = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                    28 27 0:25 / /mnt/a\\040b ro - tmpfs x ro\n";
+        assert_eq!(mount_points(info), vec![PathBuf::from("/"), "/mnt/a b".into()]);
+    }
+
+    #[test]
+    fn classifies_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir(r.join("etc")).unwrap();
+        std::fs::create_dir_all(r.join("mnt/sub")).unwrap();
+        std::fs::create_dir(r.join("proc")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+        std::fs::write(r.join("marker"), "").unwrap();
+        let got = classify(r, &[r.to_path_buf(), r.join("mnt/sub")]).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                HostEntry::Symlink("bin".into(), "usr/bin".into()),
+                HostEntry::Overlay("etc".into()),
+                HostEntry::File("marker".into()),
+                HostEntry::ReadOnlyBind("mnt".into()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! The container's root filesystem: overlay options, the rootless host root, `/dev`.
+
+pub mod devices;
+pub mod host;
+pub mod overlay;

@@ -1,0 +1,149 @@
+//! The container setup as data: an ordered list of [`SetupOp`]s.
+//!
+//! The caller computes the list (see [`super::plan`]), the init process executes it (see
+//! [`super::apply`]). Keeping the order in data, as bubblewrap's `SetupOp` list does, makes
+//! it printable and snapshot-testable without root.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One step of container setup, executed in order by the init process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetupOp {
+    /// `mount --make-rprivate /`: from here on, no mount we make propagates to the host.
+    MakeRootPrivate,
+    /// Mount a tmpfs.
+    Tmpfs {
+        /// Mount point.
+        target: PathBuf,
+        /// tmpfs options, e.g. `size=4g,mode=0755`.
+        options: String,
+        /// Also forbid device nodes (`MS_NODEV`); always `MS_NOSUID`.
+        nodev: bool,
+    },
+    /// Create a directory (and its parents) if it does not exist.
+    Mkdir {
+        /// Directory to create.
+        path: PathBuf,
+    },
+    /// Mount an overlayfs.
+    Overlay {
+        /// Mount point.
+        target: PathBuf,
+        /// Lower layers, uppermost first (overlayfs' `lowerdir` order).
+        lowers: Vec<PathBuf>,
+        /// Upper (writable) directory.
+        upper: PathBuf,
+        /// Overlay work directory, on the same filesystem as `upper`.
+        work: PathBuf,
+        /// Use `user.overlay.*` xattrs (required inside a user namespace).
+        userxattr: bool,
+    },
+    /// Bind-mount `source` onto `target`, creating `target` as a file or directory first.
+    Bind {
+        /// Host path.
+        source: PathBuf,
+        /// Path below the new root.
+        target: PathBuf,
+        /// Remount read-only after binding.
+        readonly: bool,
+        /// Bind the whole subtree (`MS_REC`).
+        recursive: bool,
+    },
+    /// Create a symbolic link `link` pointing at `target`.
+    Symlink {
+        /// What the link points to.
+        target: PathBuf,
+        /// The link to create.
+        link: PathBuf,
+    },
+    /// Mount a fresh procfs for the container's PID namespace.
+    Proc {
+        /// Mount point.
+        target: PathBuf,
+    },
+    /// Mount a private devpts instance and point `ptmx` at it.
+    Devpts {
+        /// Mount point (`…/dev/pts`).
+        target: PathBuf,
+        /// Pass `gid=5` (the tty group); only possible when gid 5 is mapped.
+        tty_gid: bool,
+    },
+    /// Create a character device node (root mode only).
+    CharDevice {
+        /// Node path.
+        path: PathBuf,
+        /// Major number.
+        major: u64,
+        /// Minor number.
+        minor: u64,
+    },
+    /// `pivot_root` into `new_root` and detach the old root.
+    PivotRoot {
+        /// The new root.
+        new_root: PathBuf,
+    },
+    /// Set the UTS hostname.
+    Hostname {
+        /// The name.
+        name: String,
+    },
+    /// Bring `lo` up in the new network namespace.
+    LoopbackUp,
+}
+
+impl fmt::Display for SetupOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupOp::MakeRootPrivate => write!(f, "make / rprivate"),
+            SetupOp::Tmpfs { target, options, .. } => {
+                write!(f, "mount tmpfs {} ({options})", target.display())
+            }
+            SetupOp::Mkdir { path } => write!(f, "mkdir {}", path.display()),
+            SetupOp::Overlay {
+                target,
+                lowers,
+                upper,
+                work,
+                userxattr,
+            } => {
+                let lowers: Vec<_> = lowers.iter().map(|l| l.display().to_string()).collect();
+                write!(
+                    f,
+                    "mount overlay {} (lower={} upper={} work={}{})",
+                    target.display(),
+                    lowers.join(":"),
+                    upper.display(),
+                    work.display(),
+                    if *userxattr { " userxattr" } else { "" }
+                )
+            }
+            SetupOp::Bind {
+                source,
+                target,
+                readonly,
+                recursive,
+            } => write!(
+                f,
+                "bind {} -> {}{}{}",
+                source.display(),
+                target.display(),
+                if *recursive { " rec" } else { "" },
+                if *readonly { " ro" } else { "" }
+            ),
+            SetupOp::Symlink { target, link } => {
+                write!(f, "symlink {} -> {}", link.display(), target.display())
+            }
+            SetupOp::Proc { target } => write!(f, "mount proc {}", target.display()),
+            SetupOp::Devpts { target, .. } => write!(f, "mount devpts {}", target.display()),
+            SetupOp::CharDevice { path, major, minor } => {
+                write!(f, "mknod {} c {major} {minor}", path.display())
+            }
+            SetupOp::PivotRoot { new_root } => write!(f, "pivot_root {}", new_root.display()),
+            SetupOp::Hostname { name } => write!(f, "sethostname {name}"),
+            SetupOp::LoopbackUp => write!(f, "ip link set lo up"),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Planning: from a container's configuration to the ordered list of setup steps.
+//!
+//! The order follows bubblewrap and youki, and each step is where it is for a reason:
+//!
+//! 1. `/` is made rprivate first, so that no mount made afterwards can propagate back to the
+//!    host's namespace (the host's `/` is usually shared).
+//! 2. A tmpfs base holds the upper and work directories and the new root's mount point. It
+//!    lives only in the container's mount namespace, so it vanishes with it, even if the
+//!    caller is SIGKILLed; the upper being in RAM makes copy-up and teardown cheap.
+//! 3. The overlay (or, for the rootless host root, one overlay per top-level directory)
+//!    becomes the new root.
+//! 4. `/proc`, `/dev` and `/tmp` are mounted inside the new root before `pivot_root`, while
+//!    the host's `/dev` is still reachable for rootless device binds.
+//! 5. User volumes come last among the mounts so that they win over anything above.
+//! 6. `pivot_root` and detaching the old root: after this the host filesystem is
+//!    unreachable.
+//! 7. Hostname and loopback touch no filesystem and go last.
+
+use std::path::{Path, PathBuf};
+
+use super::SetupOp;
+use crate::container::Bind;
+use crate::rootfs::devices::dev_ops;
+use crate::rootfs::host::HostEntry;
+use crate::rootfs::overlay::{overlay_options, OverlayOptionsError};
+
+/// Where the container's lower layers come from.
+#[derive(Debug, Clone)]
+pub(crate) enum RootfsSource {
+    /// One overlay with these lowers, uppermost first (root mode host image: `["/"]`).
+    Lowers(Vec<PathBuf>),
+    /// The rootless host root, entry by entry, under optional layers (uppermost first).
+    HostEntries {
+        /// Top-level entries of the host root.
+        entries: Vec<HostEntry>,
+        /// Layers stacked over the host root, uppermost first.
+        layers: Vec<PathBuf>,
+    },
+}
+
+/// Where the upper and work directories live.
+#[derive(Debug, Clone)]
+pub(crate) enum UpperPlacement {
+    /// On the tmpfs base, limited to `size` (tmpfs syntax, e.g. `4g`).
+    Tmpfs {
+        /// tmpfs `size=` value.
+        size: String,
+    },
+    /// On disk, in the container's own runtime directory.
+    Disk {
+        /// Upper directory.
+        upper: PathBuf,
+        /// Work directory (same filesystem as `upper`).
+        work: PathBuf,
+    },
+}
+
+/// Everything the plan depends on.
+pub(crate) struct PlanInput<'a> {
+    /// Mount point of the tmpfs base (an existing, empty host directory).
+    pub base: &'a Path,
+    pub rootfs: &'a RootfsSource,
+    pub upper: &'a UpperPlacement,
+    pub rootless: bool,
+    pub binds: &'a [Bind],
+    pub hostname: &'a str,
+}
+
+/// Computes the setup steps for one container. Fails only if an overlay's options cannot
+/// be expressed, which is checked here so that nothing is created for a bad plan.
+pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptionsError> {
+    let base = input.base;
+    let root = base.join("root");
+    let (upper, work, size) = match input.upper {
+        UpperPlacement::Tmpfs { size } => (base.join("upper"), base.join("work"), size.as_str()),
+        // The base still holds the root mount point; it needs almost no space.
+        UpperPlacement::Disk { upper, work } => (upper.clone(), work.clone(), "1m"),
+    };
+    let mut ops = vec![
+        SetupOp::MakeRootPrivate,
+        SetupOp::Tmpfs {
+            target: base.to_path_buf(),
+            options: format!("size={size},mode=0755"),
+            nodev: true,
+        },
+    ];
+    for dir in [&upper, &work, &root] {
+        ops.push(SetupOp::Mkdir { path: dir.clone() });
+    }
+    match input.rootfs {
+        RootfsSource::Lowers(lowers) => ops.push(SetupOp::Overlay {
+            target: root.clone(),
+            lowers: lowers.clone(),
+            upper: upper.clone(),
+            work: work.clone(),
+            userxattr: input.rootless,
+        }),
+        RootfsSource::HostEntries { entries, layers } => {
+            // pivot_root needs the new root to be a mount point.
+            ops.push(SetupOp::Bind {
+                source: root.clone(),
+                target: root.clone(),
+                readonly: false,
+                recursive: false,
+            });
+            for entry in entries {
+                match entry {
+                    HostEntry::Overlay(name) => {
+                        for dir in [upper.join(name), work.join(name), root.join(name)] {
+                            ops.push(SetupOp::Mkdir { path: dir });
+                        }
+                        let mut lowers: Vec<PathBuf> = layers
+                            .iter()
+                            .map(|l| l.join(name))
+                            .filter(|l| l.is_dir())
+                            .collect();
+                        lowers.push(Path::new("/").join(name));
+                        ops.push(SetupOp::Overlay {
+                            target: root.join(name),
+                            lowers,
+                            upper: upper.join(name),
+                            work: work.join(name),
+                            userxattr: input.rootless,
+                        });
+                    }
+                    HostEntry::ReadOnlyBind(name) | HostEntry::File(name) => {
+                        ops.push(SetupOp::Bind {
+                            source: Path::new("/").join(name),
+                            target: root.join(name),
+                            readonly: true,
+                            recursive: true,
+                        })
+                    }
+                    HostEntry::Symlink(name, target) => ops.push(SetupOp::Symlink {
+                        target: target.clone(),
+                        link: root.join(name),
+                    }),
+                }
+            }
+        }
+    }
+    ops.push(SetupOp::Mkdir {
+        path: root.join("proc"),
+    });
+    ops.push(SetupOp::Proc {
+        target: root.join("proc"),
+    });
+    ops.extend(dev_ops(&root, input.rootless));
+    ops.push(SetupOp::Mkdir {
+        path: root.join("tmp"),
+    });
+    ops.push(SetupOp::Tmpfs {
+        target: root.join("tmp"),
+        options: "mode=1777".into(),
+        nodev: true,
+    });
+    for bind in input.binds {
+        let rel = bind.target.strip_prefix("/").unwrap_or(&bind.target);
+        ops.push(SetupOp::Bind {
+            source: bind.source.clone(),
+            target: root.join(rel),
+            readonly: bind.readonly,
+            recursive: true,
+        });
+    }
+    ops.push(SetupOp::PivotRoot { new_root: root });
+    ops.push(SetupOp::Hostname {
+        name: input.hostname.to_string(),
+    });
+    ops.push(SetupOp::LoopbackUp);
+    for op in &ops {
+        if let SetupOp::Overlay {
+            lowers,
+            upper,
+            work,
+            userxattr,
+            ..
+        } = op
+        {
+            overlay_options(lowers, upper, work, *userxattr, false)?;
+        }
+    }
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(ops: &[SetupOp]) -> String {
+        ops.iter().map(|op| format!("{op}\n")).collect()
+    }
+
+    #[test]
+    fn root_mode_host_image_plan() {
+        let ops = plan(&PlanInput {
+            base: Path::new("/store/run/mnt"),
+            rootfs: &RootfsSource::Lowers(vec!["/".into()]),
+            upper: &UpperPlacement::Tmpfs { size: "4g".into() },
+            rootless: false,
+            binds: &[Bind {
+                source: "/data".into(),
+                target: "/srv/data".into(),
+                readonly: true,
+            }],
+            hostname: "pristine-1",
+        })
+        .unwrap();
+        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+            insta::assert_snapshot!(render(&ops));
+        });
+    }
+
+    #[test]
+    fn rootless_host_image_plan() {
+        let ops = plan(&PlanInput {
+            base: Path::new("/store/run/mnt"),
+            rootfs: &RootfsSource::HostEntries {
+                entries: vec![
+                    HostEntry::Symlink("bin".into(), "usr/bin".into()),
+                    HostEntry::Overlay("etc".into()),
+                    HostEntry::ReadOnlyBind("mnt".into()),
+                ],
+                layers: vec![],
+            },
+            upper: &UpperPlacement::Disk {
+                upper: "/store/containers/x/upper".into(),
+                work: "/store/containers/x/work".into(),
+            },
+            rootless: true,
+            binds: &[],
+            hostname: "h",
+        })
+        .unwrap();
+        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+            insta::assert_snapshot!(render(&ops));
+        });
+    }
+}

@@ -1,0 +1,463 @@
+//! Every system call pristine makes for container setup goes through this module.
+//!
+//! Most calls are thin wrappers over `nix`; the few that `nix` does not cover (the
+//! vfork-style `clone` that starts the init process, `SIOCSIFFLAGS`, xattrs) use `libc`
+//! directly. Each `unsafe` block says why it is sound. Failures come back as [`SysError`],
+//! which always names the operation and, where there is one, the path.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::Pid;
+
+/// A failed system call: which operation, on which path, and the kernel's error number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op}{}: {errno}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+pub struct SysError {
+    /// The operation, as a short phrase ("mount overlay", "pivot_root").
+    pub op: &'static str,
+    /// The path the operation was applied to, if any.
+    pub path: Option<PathBuf>,
+    /// The error number the kernel returned.
+    pub errno: Errno,
+}
+
+impl SysError {
+    pub(crate) fn new(op: &'static str, path: Option<&Path>, errno: Errno) -> Self {
+        Self {
+            op,
+            path: path.map(Path::to_path_buf),
+            errno,
+        }
+    }
+}
+
+/// Result of a wrapped system call.
+pub type SysResult<T> = Result<T, SysError>;
+
+fn at<T>(op: &'static str, path: &Path, r: nix::Result<T>) -> SysResult<T> {
+    r.map_err(|e| SysError::new(op, Some(path), e))
+}
+
+fn no_path<T>(op: &'static str, r: nix::Result<T>) -> SysResult<T> {
+    r.map_err(|e| SysError::new(op, None, e))
+}
+
+// ---------------------------------------------------------------------------------------
+// Mounts
+
+/// `mount(2)`. `op` names the mount for error messages ("mount overlay", "mount proc").
+pub fn mount(
+    op: &'static str,
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> SysResult<()> {
+    at(
+        op,
+        target,
+        nix::mount::mount(source, target, fstype, flags, data),
+    )
+}
+
+/// Lazily detaches the mount at `target` (`umount2(MNT_DETACH)`).
+pub fn umount_detach(target: &Path) -> SysResult<()> {
+    at(
+        "detach mount",
+        target,
+        nix::mount::umount2(target, MntFlags::MNT_DETACH),
+    )
+}
+
+/// Makes `new_root` the root of this mount namespace and detaches the old root.
+///
+/// Uses the `pivot_root(".", ".")` idiom (as runc and bubblewrap do): after the call the old
+/// root is stacked on top of the new one at `/`, so unmounting `.` removes exactly the old
+/// root and no directory for it is needed inside the new root.
+pub fn pivot_root_and_detach(new_root: &Path) -> SysResult<()> {
+    at("chdir to new root", new_root, nix::unistd::chdir(new_root))?;
+    at(
+        "pivot_root",
+        new_root,
+        nix::unistd::pivot_root(".", "."),
+    )?;
+    // MNT_DETACH: processes outside (there are none in this namespace) may still use it; it
+    // disappears as soon as nothing references it.
+    at(
+        "detach old root",
+        Path::new("/"),
+        nix::mount::umount2(".", MntFlags::MNT_DETACH),
+    )?;
+    at("chdir", Path::new("/"), nix::unistd::chdir("/"))
+}
+
+/// Creates a device node.
+pub fn mknod(path: &Path, kind: SFlag, perm: u32, major: u64, minor: u64) -> SysResult<()> {
+    at(
+        "mknod",
+        path,
+        nix::sys::stat::mknod(
+            path,
+            kind,
+            Mode::from_bits_truncate(perm),
+            nix::sys::stat::makedev(major, minor),
+        ),
+    )
+}
+
+/// Sets the process umask, returning the previous one.
+pub fn umask(mask: u32) -> u32 {
+    nix::sys::stat::umask(Mode::from_bits_truncate(mask)).bits()
+}
+
+// ---------------------------------------------------------------------------------------
+// Identity and network
+
+/// Sets the UTS hostname.
+pub fn sethostname(name: &str) -> SysResult<()> {
+    no_path("sethostname", nix::unistd::sethostname(name))
+}
+
+/// Brings the loopback interface of the current network namespace up.
+pub fn loopback_up() -> SysResult<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = no_path(
+        "socket for loopback setup",
+        socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        ),
+    )?;
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value for every field.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads a `struct ifreq`; `req` is a valid, initialised ifreq that
+    // lives for the duration of the call, and `sock` is an open socket.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    if rc < 0 {
+        return Err(SysError::new(
+            "bring loopback up (SIOCSIFFLAGS lo)",
+            None,
+            Errno::last(),
+        ));
+    }
+    Ok(())
+}
+
+/// The calling process's effective uid and gid.
+pub fn effective_ids() -> (u32, u32) {
+    (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes and signals
+
+/// Sends `sig` to `pid` (negative pids address groups, -1 everything visible).
+pub fn kill(pid: i32, sig: Signal) -> SysResult<()> {
+    no_path("kill", nix::sys::signal::kill(Pid::from_raw(pid), sig))
+}
+
+/// Asks the kernel to send `sig` to this process when its parent thread exits.
+pub fn set_parent_death_signal(sig: Signal) -> SysResult<()> {
+    no_path(
+        "prctl(PR_SET_PDEATHSIG)",
+        nix::sys::prctl::set_pdeathsig(sig),
+    )
+}
+
+/// Blocks `set` in this thread and returns the previous mask.
+pub fn block_signals(set: &SigSet) -> SysResult<SigSet> {
+    let mut old = SigSet::empty();
+    no_path(
+        "sigprocmask",
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(set), Some(&mut old)),
+    )?;
+    Ok(old)
+}
+
+/// Replaces this thread's signal mask.
+pub fn set_signal_mask(set: &SigSet) -> SysResult<()> {
+    no_path(
+        "sigprocmask",
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(set), None),
+    )
+}
+
+/// Resets the disposition of every catchable signal to its default.
+///
+/// Used in the init's child before `exec`: Rust's runtime ignores `SIGPIPE`, and ignored
+/// signals stay ignored across `exec`.
+pub fn reset_signal_dispositions() {
+    for sig in Signal::iterator() {
+        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL never runs user code; failure for a signal the kernel
+        // refuses is harmless and ignored.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    }
+}
+
+/// Creates a pipe whose two ends are close-on-exec and numbered at least 5, so that they can
+/// be `dup2`ed onto fds 0–4 of a child without colliding with their targets.
+pub fn pipe_high() -> SysResult<(OwnedFd, OwnedFd)> {
+    let (r, w) = no_path(
+        "pipe",
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC),
+    )?;
+    Ok((raise_fd(r)?, raise_fd(w)?))
+}
+
+/// Duplicates `fd` to a close-on-exec descriptor numbered at least 5.
+pub fn raise_fd(fd: OwnedFd) -> SysResult<OwnedFd> {
+    if fd.as_raw_fd() >= 5 {
+        return Ok(fd);
+    }
+    let raw = no_path(
+        "fcntl(F_DUPFD_CLOEXEC)",
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(5)),
+    )?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Clears close-on-exec on `fd` (in the init, for fds the command must inherit).
+pub fn clear_cloexec(fd: BorrowedFd<'_>) -> SysResult<()> {
+    no_path(
+        "fcntl(F_SETFD)",
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())),
+    )
+    .map(drop)
+}
+
+// ---------------------------------------------------------------------------------------
+// Starting the init process
+
+/// Everything the child of [`clone_exec`] needs, prepared in the parent so that the child
+/// only makes system calls: no allocation, no locks (the parent may be multithreaded).
+pub struct ExecRequest {
+    /// Program to execute (the pristine init).
+    pub program: CString,
+    /// `argv`, NUL-terminated C strings.
+    pub argv: Vec<CString>,
+    /// `envp`, `KEY=VALUE` C strings.
+    pub envp: Vec<CString>,
+    /// `(source, target)` descriptor pairs to `dup2` in the child. Sources are ≥ 5 (see
+    /// [`pipe_high`]) or equal to their target (inherited as is).
+    pub fds: Vec<(RawFd, RawFd)>,
+    /// When set, the child is in a new user namespace and writes these id maps itself,
+    /// before `exec`, while it still holds every capability in that namespace.
+    pub id_maps: Option<IdMaps>,
+}
+
+/// The contents of `/proc/self/{uid_map,gid_map}` for a rootless container.
+pub struct IdMaps {
+    /// e.g. `"0 1000 1\n"`.
+    pub uid_map: Vec<u8>,
+    /// e.g. `"0 1000 1\n"`.
+    pub gid_map: Vec<u8>,
+}
+
+/// Pointers into an [`ExecRequest`], laid out as `execve(2)` wants them.
+struct ExecPtrs {
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+/// Starts a process in new namespaces (`flags`) that immediately `exec`s `req.program`.
+///
+/// This is a vfork-style clone (`CLONE_VM | CLONE_VFORK`, like `posix_spawn`): the parent
+/// is suspended until the child has called `execve` or exited, so the child may use the
+/// parent's memory read-only, and nothing is copied. Between clone and exec the child makes
+/// only async-signal-safe system calls on data prepared here — never allocation or locking,
+/// which could deadlock on a lock held by another thread of the parent at clone time.
+///
+/// Returns the child's pid (as seen from the caller). If the child fails before `exec`, the
+/// error names the step.
+pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
+    let ptrs = ExecPtrs {
+        argv: req
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect(),
+        envp: req
+            .envp
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect(),
+    };
+    // The child reports a pre-exec failure as (step, errno) through this pipe; a successful
+    // exec closes it (close-on-exec), so EOF means "exec happened".
+    let (err_r, err_w) = pipe_high()?;
+    let err_fd = err_w.as_raw_fd();
+    let mut stack = vec![0u8; 64 * 1024];
+
+    let child = || -> isize { child_after_clone(req, &ptrs, err_fd) };
+    let all = flags | CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
+    // SAFETY: `nix::sched::clone` is unsafe because the child shares our address space
+    // (CLONE_VM). The child runs `child_after_clone` on its own stack (`stack`, alive until
+    // the parent resumes, which CLONE_VFORK delays until the child has exec'd or exited), and
+    // that function only performs raw system calls on data borrowed from `req`/`ptrs`, which
+    // outlive the child's use of them for the same reason. It never returns into our frames.
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(child),
+            &mut stack,
+            all,
+            Some(Signal::SIGCHLD as i32),
+        )
+    }
+    .map_err(|e| SysError::new("clone", None, e))?;
+    drop(err_w);
+
+    let mut buf = [0u8; 8];
+    let n = nix::unistd::read(&err_r, &mut buf).unwrap_or(0);
+    if n == 8 {
+        let step = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
+        let errno = Errno::from_raw(i32::from_ne_bytes(buf[4..].try_into().expect("4 bytes")));
+        // The child has exited with 127; reap it so no zombie stays behind.
+        let _ = nix::sys::wait::waitpid(pid, None);
+        let op = match step {
+            STEP_PDEATHSIG => "prctl(PR_SET_PDEATHSIG) in the new container",
+            STEP_SETGROUPS => "write /proc/self/setgroups in the new user namespace",
+            STEP_UID_MAP => "write /proc/self/uid_map in the new user namespace",
+            STEP_GID_MAP => "write /proc/self/gid_map in the new user namespace",
+            STEP_DUP2 => "dup2 in the new container",
+            _ => "execve of the pristine init",
+        };
+        let path = (step == STEP_EXEC).then(|| {
+            PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(
+                req.program.as_bytes(),
+            ))
+        });
+        return Err(SysError {
+            op,
+            path,
+            errno,
+        });
+    }
+    Ok(pid)
+}
+
+trait FromBytes {
+    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr;
+}
+impl FromBytes for std::ffi::OsStr {
+    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::OsStr::from_bytes(b)
+    }
+}
+
+const STEP_PDEATHSIG: u32 = 1;
+const STEP_SETGROUPS: u32 = 2;
+const STEP_UID_MAP: u32 = 3;
+const STEP_GID_MAP: u32 = 4;
+const STEP_DUP2: u32 = 5;
+const STEP_EXEC: u32 = 6;
+
+/// Runs in the cloned child. Async-signal-safe system calls only (see [`clone_exec`]).
+fn child_after_clone(req: &ExecRequest, ptrs: &ExecPtrs, err_fd: RawFd) -> isize {
+    let fail = |step: u32| -> isize {
+        let errno = Errno::last_raw();
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&step.to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg` is on our stack.
+        unsafe {
+            libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        }
+    };
+    // SAFETY (whole function): raw system calls on pointers to NUL-terminated buffers and
+    // arrays that the parent prepared and keeps alive while it is suspended by CLONE_VFORK.
+    unsafe {
+        // Die with the caller, even if it is SIGKILLed: the container is PID 1 of its own
+        // PID namespace, so its death takes every process of the container with it.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            return fail(STEP_PDEATHSIG);
+        }
+        if let Some(maps) = &req.id_maps {
+            // Order matters: an unprivileged process must deny setgroups before it may write
+            // gid_map, and both maps must be written before exec, because exec by a uid that
+            // is not mapped to root drops every capability in the namespace.
+            if !write_proc_file(c"/proc/self/setgroups", b"deny") {
+                return fail(STEP_SETGROUPS);
+            }
+            if !write_proc_file(c"/proc/self/uid_map", &maps.uid_map) {
+                return fail(STEP_UID_MAP);
+            }
+            if !write_proc_file(c"/proc/self/gid_map", &maps.gid_map) {
+                return fail(STEP_GID_MAP);
+            }
+        }
+        for &(src, dst) in &req.fds {
+            if src != dst && libc::dup2(src, dst) < 0 {
+                return fail(STEP_DUP2);
+            }
+        }
+        libc::execve(req.program.as_ptr(), ptrs.argv.as_ptr(), ptrs.envp.as_ptr());
+        fail(STEP_EXEC)
+    }
+}
+
+/// Writes `data` to a procfs file in a single `write(2)`, as the id-map files require.
+///
+/// # Safety
+/// Async-signal-safe; `path` must be NUL-terminated (guaranteed by `CStr`).
+unsafe fn write_proc_file(path: &CStr, data: &[u8]) -> bool {
+    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return false;
+    }
+    let n = libc::write(fd, data.as_ptr().cast(), data.len());
+    libc::close(fd);
+    n == data.len() as isize
+}
+
+// ---------------------------------------------------------------------------------------
+// Extended attributes
+
+/// Reads extended attribute `name` of `path` without following symlinks; `None` if absent.
+pub fn lgetxattr(path: &Path, name: &CStr) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut buf = [0u8; 256];
+    // SAFETY: both strings are NUL-terminated; `buf` is valid for `buf.len()` bytes.
+    let n = unsafe {
+        libc::lgetxattr(
+            cpath.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
+            _ => Err(err),
+        };
+    }
+    Ok(Some(buf[..n as usize].to_vec()))
+}

@@ -62,7 +62,11 @@ pub fn diff_kept(dir: &Path) -> std::io::Result<Vec<Change>> {
             ),
         )
     })?;
-    let lowers: Vec<PathBuf> = lowers.lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect();
+    let lowers: Vec<PathBuf> = lowers
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect();
     diff(&dir.join("upper"), &lowers)
 }
 
@@ -91,10 +95,12 @@ fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> std
         if meta.is_dir() {
             let opaque = is_opaque(&path)?;
             let empty = std::fs::read_dir(&path)?.next().is_none();
+            // pristine creates one upper directory per top-level directory when the host
+            // image is overlaid directory by directory; left empty, nothing changed there.
+            let top_level = at == Path::new("/");
             let untouched = below.as_ref().is_some_and(|b| {
-                b.is_dir() && b.mode() & 0o7777 == meta.mode() & 0o7777
+                b.is_dir() && (top_level || b.mode() & 0o7777 == meta.mode() & 0o7777)
             });
-            // A directory pristine or overlayfs created without changing anything.
             if empty && !opaque && untouched {
                 continue;
             }

@@ -125,8 +125,12 @@ pub enum Error {
 
 fn exec_hint(errno: i32) -> &'static str {
     match errno {
-        libc::ENOENT => "\n  hint: the program is not in the image (or not on the container's PATH)",
-        libc::EACCES => "\n  hint: the file is not executable, or a directory on its path is not searchable",
+        libc::ENOENT => {
+            "\n  hint: the program is not in the image (or not on the container's PATH)"
+        }
+        libc::EACCES => {
+            "\n  hint: the file is not executable, or a directory on its path is not searchable"
+        }
         _ => "",
     }
 }

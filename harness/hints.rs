@@ -49,7 +49,9 @@ pub fn for_clone(errno: Errno, rootless: bool) -> Hint {
     if read_trimmed("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
         return Hint(Some("unprivileged user namespaces are disabled: sysctl -w kernel.unprivileged_userns_clone=1, or run as root".into()));
     }
-    if read_trimmed("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+    if read_trimmed("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref()
+        == Some("1")
+    {
         return Hint(Some("AppArmor restricts unprivileged user namespaces: sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or give the binary an AppArmor profile with `userns`, or run as root".into()));
     }
     if read_trimmed("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
@@ -68,10 +70,15 @@ pub fn for_setup(op: &str, errno: Option<i32>, rootless: bool) -> Hint {
     if op == "mount overlay" {
         let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
         if !filesystems.contains("overlay") {
-            return Hint(Some("this kernel has no overlayfs: modprobe overlay".into()));
+            return Hint(Some(
+                "this kernel has no overlayfs: modprobe overlay".into(),
+            ));
         }
         if rootless && kernel_version().is_some_and(|v| v < (5, 11)) {
             return Hint(Some("overlayfs in a user namespace needs Linux ≥ 5.11; run as root or upgrade the kernel".into()));
+        }
+        if errno == Some(Errno::ELOOP) {
+            return Hint(Some("a layer or the upper directory lies inside another layer on the same filesystem (overlapping layers); keep the store outside the image's directories".into()));
         }
         if errno == Some(Errno::EINVAL) {
             return Hint(Some(if rootless {
@@ -82,10 +89,15 @@ pub fn for_setup(op: &str, errno: Option<i32>, rootless: bool) -> Hint {
         }
     }
     if errno == Some(Errno::ENOSPC) && op.starts_with("mount") {
-        return Hint(Some("the mount limit is reached: see /proc/sys/fs/mount-max".into()));
+        return Hint(Some(
+            "the mount limit is reached: see /proc/sys/fs/mount-max".into(),
+        ));
     }
     if errno == Some(Errno::ENOSPC) {
-        return Hint(Some("the container's upper layer is full: raise its size (--upper-size) or put it on disk".into()));
+        return Hint(Some(
+            "the container's upper layer is full: raise its size (--upper-size) or put it on disk"
+                .into(),
+        ));
     }
     Hint(None)
 }

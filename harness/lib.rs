@@ -18,9 +18,10 @@
 //!     // Lets this binary serve as the container's init (see `main_if_requested`).
 //!     pristine::main_if_requested();
 //!     let out = Container::new(Image::host())
-//!         .run(["sh", "-c", "echo changed > /etc/hostname; cat /etc/hostname; echo $$"])?;
-//!     assert_eq!(out.stdout_str(), "changed\n1\n".replace("1\n", "2\n"));
-//!     // The host's /etc/hostname is untouched, and nothing of the container remains.
+//!         .run(["sh", "-c", "echo changed > /etc/motd; cat /etc/motd; echo $$"])?;
+//!     // The shell is PID 2, under pristine's init; the host's /etc/motd is untouched,
+//!     // and nothing of the container remains.
+//!     assert_eq!(out.stdout_str(), "changed\n2\n");
 //!     Ok(())
 //! }
 //! ```
@@ -51,7 +52,9 @@ pub mod sys;
 pub mod userns;
 pub mod whiteout;
 
-pub use container::{forward_signals_to_foreground, Bind, Container, ExitStatus, Keep, Kept, Outcome, Stdio, Upper};
+pub use container::{
+    forward_signals_to_foreground, Bind, Container, ExitStatus, Keep, Kept, Outcome, Stdio, Upper,
+};
 pub use error::{ConfigError, Error};
 pub use image::{Base, Image};
 pub use init::main_if_requested;

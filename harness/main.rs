@@ -77,7 +77,9 @@ fn parse_bind(s: &str) -> Result<Bind, String> {
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("bad environment assignment {s:?}: expected KEY=VALUE")),
+        _ => Err(format!(
+            "bad environment assignment {s:?}: expected KEY=VALUE"
+        )),
     }
 }
 

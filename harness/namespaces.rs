@@ -38,7 +38,11 @@ mod tests {
     fn user_namespace_only_when_rootless() {
         assert!(clone_flags(true).contains(CloneFlags::CLONE_NEWUSER));
         assert!(!clone_flags(false).contains(CloneFlags::CLONE_NEWUSER));
-        for f in [CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWPID, CloneFlags::CLONE_NEWNET] {
+        for f in [
+            CloneFlags::CLONE_NEWNS,
+            CloneFlags::CLONE_NEWPID,
+            CloneFlags::CLONE_NEWNET,
+        ] {
             assert!(clone_flags(false).contains(f));
         }
     }

@@ -99,7 +99,10 @@ impl Store {
             return PathBuf::from(t).join("pristine");
         }
         if let Ok(exe) = std::env::current_exe() {
-            if let Some(target) = exe.ancestors().find(|a| a.file_name() == Some("target".as_ref())) {
+            if let Some(target) = exe
+                .ancestors()
+                .find(|a| a.file_name() == Some("target".as_ref()))
+            {
                 return target.join("pristine");
             }
         }
@@ -146,10 +149,7 @@ impl Store {
             let p = path.join(sub);
             std::fs::create_dir(&p).map_err(io("create container directory", &p))?;
         }
-        Ok(ContainerDir {
-            path,
-            _lock: lock,
-        })
+        Ok(ContainerDir { path, _lock: lock })
     }
 
     /// Removes container directories whose owner is gone (its lock is free). Returns how

@@ -84,11 +84,7 @@ pub fn umount_detach(target: &Path) -> SysResult<()> {
 /// root and no directory for it is needed inside the new root.
 pub fn pivot_root_and_detach(new_root: &Path) -> SysResult<()> {
     at("chdir to new root", new_root, nix::unistd::chdir(new_root))?;
-    at(
-        "pivot_root",
-        new_root,
-        nix::unistd::pivot_root(".", "."),
-    )?;
+    at("pivot_root", new_root, nix::unistd::pivot_root(".", "."))?;
     // MNT_DETACH: processes outside (there are none in this namespace) may still use it; it
     // disappears as soon as nothing references it.
     at(
@@ -217,10 +213,7 @@ pub fn reset_signal_dispositions() {
 /// Creates a pipe whose two ends are close-on-exec and numbered at least 5, so that they can
 /// be `dup2`ed onto fds 0–4 of a child without colliding with their targets.
 pub fn pipe_high() -> SysResult<(OwnedFd, OwnedFd)> {
-    let (r, w) = no_path(
-        "pipe",
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC),
-    )?;
+    let (r, w) = no_path("pipe", nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))?;
     Ok((raise_fd(r)?, raise_fd(w)?))
 }
 
@@ -241,7 +234,10 @@ pub fn raise_fd(fd: OwnedFd) -> SysResult<OwnedFd> {
 pub fn clear_cloexec(fd: BorrowedFd<'_>) -> SysResult<()> {
     no_path(
         "fcntl(F_SETFD)",
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())),
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        ),
     )
     .map(drop)
 }
@@ -349,11 +345,7 @@ pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
                 req.program.as_bytes(),
             ))
         });
-        return Err(SysError {
-            op,
-            path,
-            errno,
-        });
+        return Err(SysError { op, path, errno });
     }
     Ok(pid)
 }
@@ -393,7 +385,14 @@ fn child_after_clone(req: &ExecRequest, ptrs: &ExecPtrs, err_fd: RawFd) -> isize
     unsafe {
         // Die with the caller, even if it is SIGKILLed: the container is PID 1 of its own
         // PID namespace, so its death takes every process of the container with it.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
             return fail(STEP_PDEATHSIG);
         }
         if let Some(maps) = &req.id_maps {

@@ -96,7 +96,10 @@ pub fn make_opaque(path: &Path) -> io::Result<()> {
     if !meta.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{} is not a directory; only directories can be opaque", path.display()),
+            format!(
+                "{} is not a directory; only directories can be opaque",
+                path.display()
+            ),
         ));
     }
     xattr::lset(path, OPAQUE_XATTR_USER, b"y")?;
@@ -141,14 +144,17 @@ fn is_permission_error(e: &io::Error) -> bool {
 }
 
 fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte")
-    })
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
 fn cname(name: &str) -> io::Result<CString> {
-    CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains a NUL byte"))
+    CString::new(name).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "xattr name contains a NUL byte",
+        )
+    })
 }
 
 /// Thin wrappers over the libc xattr calls, shared with `crate::oci`.
@@ -186,7 +192,10 @@ pub(crate) mod xattr {
                 return Err(io::Error::last_os_error());
             }
             if size as usize > 1 << 24 {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "xattr too large"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "xattr too large",
+                ));
             }
             buf = vec![0u8; (size as usize).max(buf.len() * 2)];
         }
@@ -232,7 +241,13 @@ pub(crate) mod xattr {
         // SAFETY: `p` and `n` are valid C strings and `value` is a live slice
         // of `value.len()` bytes; lsetxattr only reads them during the call.
         let rc = unsafe {
-            libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+            libc::lsetxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
         };
         if rc == 0 {
             Ok(())
@@ -244,12 +259,21 @@ pub(crate) mod xattr {
     /// Sets xattr `name` (raw bytes) on the open file `fd`.
     pub(crate) fn fset_raw(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
         let n = CString::new(name).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains a NUL byte")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "xattr name contains a NUL byte",
+            )
         })?;
         // SAFETY: `fd` is an open fd borrowed for the call, `n` is a valid C
         // string and `value` a live slice; fsetxattr only reads them.
         let rc = unsafe {
-            libc::fsetxattr(fd.as_raw_fd(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+            libc::fsetxattr(
+                fd.as_raw_fd(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
         };
         if rc == 0 {
             Ok(())
@@ -331,7 +355,9 @@ mod tests {
         std::fs::write(&p, b"").unwrap();
         assert!(!is_whiteout(&std::fs::symlink_metadata(&p).unwrap()));
         assert!(!is_whiteout_path(&dir.path().join("missing")).unwrap());
-        assert!(!is_whiteout(&std::fs::symlink_metadata("/dev/null").unwrap()));
+        assert!(!is_whiteout(
+            &std::fs::symlink_metadata("/dev/null").unwrap()
+        ));
     }
 
     #[test]
@@ -364,7 +390,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("f");
         std::fs::write(&f, b"").unwrap();
-        assert_eq!(make_opaque(&f).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            make_opaque(&f).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
         let d = dir.path().join("d");
         std::fs::create_dir(&d).unwrap();
         xattr::lset(&d, OPAQUE_XATTR_USER, b"n").unwrap();

@@ -28,7 +28,11 @@ impl Bind {
         if !self.target.is_absolute() {
             return Err(bad("the container path must be absolute".into()));
         }
-        if self.target.components().any(|c| c == std::path::Component::ParentDir) {
+        if self
+            .target
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
             return Err(bad("the container path must not contain '..'".into()));
         }
         let source = std::fs::canonicalize(&self.source)
@@ -79,7 +83,10 @@ mod tests {
     #[test]
     fn parses_bind_specs() {
         let b: Bind = "/a:/b:ro".parse().unwrap();
-        assert_eq!((b.source.to_str(), b.target.to_str(), b.readonly), (Some("/a"), Some("/b"), true));
+        assert_eq!(
+            (b.source.to_str(), b.target.to_str(), b.readonly),
+            (Some("/a"), Some("/b"), true)
+        );
         assert!(!"/a:/b".parse::<Bind>().unwrap().readonly);
         for bad in ["/a", "/a:b", "/a:/b:rx", ":/b", "/a:/b:ro:x"] {
             assert!(bad.parse::<Bind>().is_err(), "{bad}");

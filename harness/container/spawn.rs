@@ -99,7 +99,10 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let env = environment(c)?;
     let id = next_id();
-    let hostname = c.hostname.clone().unwrap_or_else(|| format!("pristine-{id}"));
+    let hostname = c
+        .hostname
+        .clone()
+        .unwrap_or_else(|| format!("pristine-{id}"));
     if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0']) {
         return Err(ConfigError::BadHostname(hostname).into());
     }
@@ -114,7 +117,9 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     // 2. Where the lower and upper layers come from.
     let layers_top_first = image.layers().iter().rev().cloned();
     let rootfs = match image.base() {
-        Base::Host if rootless => RootfsSource::HostEntries {
+        // One `lowerdir=/` overlay is cheapest, but only root may clone a lower with mounts
+        // beneath it, and layers on the root filesystem would overlap it.
+        Base::Host if rootless || !image.layers().is_empty() => RootfsSource::HostEntries {
             entries: host_entries()?.to_vec(),
             layers: image.layers().iter().rev().cloned().collect(),
         },
@@ -157,7 +162,12 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     })?;
 
     // 3. Pipes: spec in, report out, and the command's output when captured.
-    let pipe = |op| sys::pipe_high().map_err(|e| Error::Io { op, source: e.errno.into() });
+    let pipe = |op| {
+        sys::pipe_high().map_err(|e| Error::Io {
+            op,
+            source: e.errno.into(),
+        })
+    };
     let (spec_r, spec_w) = pipe("create the spec pipe")?;
     let (report_r, report_w) = pipe("create the report pipe")?;
     let capture = c.stdio == Stdio::Capture;
@@ -290,13 +300,17 @@ fn keep_upper(store: &Store, id: &str, upper: &Path, image: &crate::Image) -> Re
         crate::store::remove_tree(&dir).map_err(io("remove an old kept directory"))?;
     }
     std::fs::create_dir_all(&dir).map_err(io("create the kept directory"))?;
-    std::fs::rename(upper, dir.join("upper")).map_err(io("move the upper layer to the kept directory"))?;
+    std::fs::rename(upper, dir.join("upper"))
+        .map_err(io("move the upper layer to the kept directory"))?;
     let mut lowers: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
     lowers.push(match image.base() {
         Base::Host => PathBuf::from("/"),
         Base::Rootfs(d) => d.clone(),
     });
-    let text: String = lowers.iter().map(|l| format!("{}\n", l.display())).collect();
+    let text: String = lowers
+        .iter()
+        .map(|l| format!("{}\n", l.display()))
+        .collect();
     std::fs::write(dir.join("lowers"), text).map_err(io("record the lower layers"))?;
     Ok(Kept { dir })
 }

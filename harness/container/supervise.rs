@@ -51,10 +51,17 @@ pub(super) fn supervise(
             }
             _ => PollTimeout::NONE,
         };
-        let open: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].0.is_some()).collect();
+        let open: Vec<usize> = (0..streams.len())
+            .filter(|&i| streams[i].0.is_some())
+            .collect();
         let mut pfds: Vec<PollFd<'_>> = open
             .iter()
-            .map(|&i| PollFd::new(streams[i].0.as_ref().expect("open").as_fd(), PollFlags::POLLIN))
+            .map(|&i| {
+                PollFd::new(
+                    streams[i].0.as_ref().expect("open").as_fd(),
+                    PollFlags::POLLIN,
+                )
+            })
             .collect();
         match poll(&mut pfds, timeout) {
             Ok(0) => continue,

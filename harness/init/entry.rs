@@ -148,4 +148,3 @@ fn is_executable(p: &Path) -> bool {
 pub(crate) fn cstring(s: impl AsRef<std::ffi::OsStr>) -> Result<CString, i32> {
     CString::new(s.as_ref().as_bytes()).map_err(|_| libc::EINVAL)
 }
-

@@ -65,7 +65,10 @@ pub fn import_archive(path: &Path, dest_dir: &Path) -> Result<ImportedImage, Oci
                 OP,
                 dest_dir,
                 "use the destination directory",
-                io::Error::new(io::ErrorKind::AlreadyExists, "it exists and is not a directory"),
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "it exists and is not a directory",
+                ),
             ))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -73,9 +76,20 @@ pub fn import_archive(path: &Path, dest_dir: &Path) -> Result<ImportedImage, Oci
                 .map_err(|e| OciError::io(OP, dest_dir, "create the destination directory", e))?;
             true
         }
-        Err(e) => return Err(OciError::io(OP, dest_dir, "inspect the destination directory", e)),
+        Err(e) => {
+            return Err(OciError::io(
+                OP,
+                dest_dir,
+                "inspect the destination directory",
+                e,
+            ))
+        }
     };
-    let mut importer = Importer { archive: path, dest_dir, created: Vec::new() };
+    let mut importer = Importer {
+        archive: path,
+        dest_dir,
+        created: Vec::new(),
+    };
     match importer.run() {
         Ok(img) => Ok(img),
         Err(e) => {
@@ -99,7 +113,10 @@ enum Member {
 
 /// Random access to the members of an archive (a tar file or a directory).
 enum Source {
-    Tar { file: File, members: HashMap<String, Member> },
+    Tar {
+        file: File,
+        members: HashMap<String, Member>,
+    },
     Dir(PathBuf),
 }
 
@@ -148,8 +165,8 @@ impl Source {
         }
         let mut file =
             File::open(archive).map_err(|e| OciError::io(OP, archive, "open the archive", e))?;
-        let magic = peek_magic(&mut file)
-            .map_err(|e| OciError::io(OP, archive, "read the archive", e))?;
+        let magic =
+            peek_magic(&mut file).map_err(|e| OciError::io(OP, archive, "read the archive", e))?;
         file.seek(SeekFrom::Start(0))
             .map_err(|e| OciError::io(OP, archive, "read the archive", e))?;
         match detect_compression(&magic) {
@@ -185,14 +202,19 @@ impl Source {
                 let entry =
                     entry.map_err(|e| OciError::io(OP, archive, "read the archive as a tar", e))?;
                 let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-                let Some(name) = normalize(&raw) else { continue };
-                let link = entry.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned());
+                let Some(name) = normalize(&raw) else {
+                    continue;
+                };
+                let link = entry
+                    .link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned());
                 let member = match entry.header().entry_type() {
                     tar::EntryType::Regular | tar::EntryType::Continuous => Member::File {
                         offset: entry.raw_file_position(),
                         size: entry.size(),
                     },
-                    tar::EntryType::Symlink => match link.and_then(|t| resolve_relative(&name, &t)) {
+                    tar::EntryType::Symlink => match link.and_then(|t| resolve_relative(&name, &t))
+                    {
                         Some(target) => Member::Link { target },
                         None => continue,
                     },
@@ -219,7 +241,10 @@ impl Source {
     /// a reader and its size.
     fn open_member(&self, name: &str) -> io::Result<(Box<dyn Read + '_>, u64)> {
         let not_found = || {
-            io::Error::new(io::ErrorKind::NotFound, format!("`{name}` is not in the archive"))
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("`{name}` is not in the archive"),
+            )
         };
         let name = normalize(name).ok_or_else(not_found)?;
         match self {
@@ -240,7 +265,10 @@ impl Source {
                         }
                     }
                 }
-                Err(io::Error::new(io::ErrorKind::InvalidData, "too many levels of links"))
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "too many levels of links",
+                ))
             }
         }
     }
@@ -254,17 +282,25 @@ struct Importer<'a> {
 
 impl Importer<'_> {
     fn invalid(&self, problem: impl Into<String>) -> OciError {
-        OciError::InvalidArchive { archive: self.archive.to_path_buf(), problem: problem.into() }
+        OciError::InvalidArchive {
+            archive: self.archive.to_path_buf(),
+            problem: problem.into(),
+        }
     }
 
     fn mismatch(&self, what: String, expected: String, actual: String) -> OciError {
-        OciError::DigestMismatch { archive: self.archive.to_path_buf(), what, expected, actual }
+        OciError::DigestMismatch {
+            archive: self.archive.to_path_buf(),
+            what,
+            expected,
+            actual,
+        }
     }
 
     fn read_member(&self, src: &Source, name: &str) -> Result<Vec<u8>, OciError> {
-        let (r, size) = src.open_member(name).map_err(|e| {
-            OciError::io(OP, self.archive.join(name), "read archive member", e)
-        })?;
+        let (r, size) = src
+            .open_member(name)
+            .map_err(|e| OciError::io(OP, self.archive.join(name), "read archive member", e))?;
         if size > MAX_JSON {
             return Err(self.invalid(format!("`{name}` is {size} bytes, too large for metadata")));
         }
@@ -284,7 +320,10 @@ impl Importer<'_> {
     fn read_blob(&self, src: &Source, desc: &Descriptor, what: &str) -> Result<Vec<u8>, OciError> {
         let path = self.blob_path(&desc.digest)?;
         if !src.has(&path) {
-            return Err(self.invalid(format!("{what} blob {} is missing from the archive", desc.digest)));
+            return Err(self.invalid(format!(
+                "{what} blob {} is missing from the archive",
+                desc.digest
+            )));
         }
         let data = self.read_member(src, &path)?;
         let actual = digest::of(&data);
@@ -301,7 +340,11 @@ impl Importer<'_> {
         Ok(data)
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(&self, data: &[u8], file: &str) -> Result<T, OciError> {
+    fn parse<T: serde::de::DeserializeOwned>(
+        &self,
+        data: &[u8],
+        file: &str,
+    ) -> Result<T, OciError> {
         serde_json::from_slice(data).map_err(|source| OciError::Json {
             archive: self.archive.to_path_buf(),
             file: file.to_string(),
@@ -344,12 +387,17 @@ impl Importer<'_> {
                     && d.platform.as_ref().map_or(true, |p| p.os != "unknown")
             })
             .collect();
-        let chosen = if candidates.len() == 1 {
+        let chosen: &Descriptor = if candidates.len() == 1 {
             candidates[0]
         } else {
-            let matching: Vec<&&Descriptor> = candidates
+            let matching: Vec<&Descriptor> = candidates
                 .iter()
-                .filter(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
+                .copied()
+                .filter(|d| {
+                    d.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+                })
                 .collect();
             match matching.as_slice() {
                 [one] => one,
@@ -399,7 +447,10 @@ impl Importer<'_> {
         if src.has("oci-layout") {
             let data = self.read_member(src, "oci-layout")?;
             let layout: serde_json::Value = self.parse(&data, "oci-layout")?;
-            let version = layout.get("imageLayoutVersion").and_then(|v| v.as_str()).unwrap_or("");
+            let version = layout
+                .get("imageLayoutVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
             if !version.starts_with("1.") {
                 return Err(OciError::Unsupported {
                     op: OP,
@@ -414,8 +465,10 @@ impl Importer<'_> {
         let mut references = Vec::new();
         let manifest_desc = self.select_manifest(src, index, &mut references, 0)?;
         let manifest_data = self.read_blob(src, &manifest_desc, "manifest")?;
-        let manifest: Manifest =
-            self.parse(&manifest_data, &format!("manifest {}", manifest_desc.digest))?;
+        let manifest: Manifest = self.parse(
+            &manifest_data,
+            &format!("manifest {}", manifest_desc.digest),
+        )?;
         let config_data = self.read_blob(src, &manifest.config, "config")?;
         let config: ConfigFile =
             self.parse(&config_data, &format!("config {}", manifest.config.digest))?;
@@ -463,7 +516,13 @@ impl Importer<'_> {
             layers.push(path);
             layer_digests.push(desc.digest.clone());
         }
-        Ok(self.finish(config, layers, layer_digests, digest::of(&config_data), references))
+        Ok(self.finish(
+            config,
+            layers,
+            layer_digests,
+            digest::of(&config_data),
+            references,
+        ))
     }
 
     fn import_docker(&mut self, src: &Source) -> Result<ImportedImage, OciError> {
@@ -482,7 +541,12 @@ impl Importer<'_> {
         let config_data = self.read_member(src, &entry.config)?;
         let config_digest = digest::of(&config_data);
         // Legacy configs are named `<hex>.json`; Docker ≥ 25 uses `blobs/sha256/<hex>`.
-        let stem = entry.config.rsplit('/').next().unwrap_or("").trim_end_matches(".json");
+        let stem = entry
+            .config
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(".json");
         let named = format!("sha256:{stem}");
         if digest::parse_sha256(&named).is_ok() && named != config_digest {
             return Err(self.mismatch(format!("config `{}`", entry.config), named, config_digest));
@@ -492,7 +556,9 @@ impl Importer<'_> {
         let mut layers = Vec::new();
         let mut layer_digests = Vec::new();
         for (i, member) in entry.layers.iter().enumerate() {
-            let hex = member.strip_prefix("blobs/sha256/").map(|h| format!("sha256:{h}"));
+            let hex = member
+                .strip_prefix("blobs/sha256/")
+                .map(|h| format!("sha256:{h}"));
             let expected = hex.filter(|d| digest::parse_sha256(d).is_ok());
             let diff_id = config.rootfs.diff_ids[i].clone();
             let path = self.extract(src, member, i, &diff_id, expected.as_deref(), None)?;
@@ -527,9 +593,9 @@ impl Importer<'_> {
         blob_digest: Option<&str>,
         size: Option<u64>,
     ) -> Result<PathBuf, OciError> {
-        let (reader, _) = src.open_member(member).map_err(|e| {
-            OciError::io(OP, self.archive.join(member), "open layer blob", e)
-        })?;
+        let (reader, _) = src
+            .open_member(member)
+            .map_err(|e| OciError::io(OP, self.archive.join(member), "open layer blob", e))?;
         let hex = digest::parse_sha256(diff_id).map_err(|p| self.invalid(p))?;
         let dest = self.dest_dir.join(format!("{index}-{}", &hex[..12]));
         let mut hashing = HashingReader::new(reader);
@@ -577,7 +643,10 @@ impl Importer<'_> {
     ) -> ImportedImage {
         ImportedImage {
             layers,
-            config: config.config.map(|c| c.to_image_config()).unwrap_or_default(),
+            config: config
+                .config
+                .map(|c| c.to_image_config())
+                .unwrap_or_default(),
             diff_ids: config.rootfs.diff_ids,
             layer_digests,
             config_digest,
@@ -593,15 +662,24 @@ mod tests {
     #[test]
     fn normalizes_member_names() {
         assert_eq!(normalize("./index.json").as_deref(), Some("index.json"));
-        assert_eq!(normalize("blobs//sha256/ab").as_deref(), Some("blobs/sha256/ab"));
+        assert_eq!(
+            normalize("blobs//sha256/ab").as_deref(),
+            Some("blobs/sha256/ab")
+        );
         assert_eq!(normalize("../x"), None);
         assert_eq!(normalize("/x"), None);
     }
 
     #[test]
     fn resolves_links_relative_to_their_directory() {
-        assert_eq!(resolve_relative("b/layer.tar", "../a/layer.tar").as_deref(), Some("a/layer.tar"));
+        assert_eq!(
+            resolve_relative("b/layer.tar", "../a/layer.tar").as_deref(),
+            Some("a/layer.tar")
+        );
         assert_eq!(resolve_relative("b/layer.tar", "../../x"), None);
-        assert_eq!(resolve_relative("b/layer.tar", "/blobs/sha256/x").as_deref(), Some("blobs/sha256/x"));
+        assert_eq!(
+            resolve_relative("b/layer.tar", "/blobs/sha256/x").as_deref(),
+            Some("blobs/sha256/x")
+        );
     }
 }

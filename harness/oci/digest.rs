@@ -26,13 +26,23 @@ pub(crate) fn of(data: &[u8]) -> String {
 /// name (`blobs/sha256/<hex>`).
 pub(crate) fn parse_sha256(digest: &str) -> Result<&str, String> {
     let Some((alg, hex)) = digest.split_once(':') else {
-        return Err(format!("`{digest}` is not a digest of the form algorithm:hex"));
+        return Err(format!(
+            "`{digest}` is not a digest of the form algorithm:hex"
+        ));
     };
     if alg != "sha256" {
-        return Err(format!("digest algorithm `{alg}` (only sha256 is supported)"));
+        return Err(format!(
+            "digest algorithm `{alg}` (only sha256 is supported)"
+        ));
     }
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(format!("`{digest}` is not a valid sha256 digest (64 lowercase hex digits)"));
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!(
+            "`{digest}` is not a valid sha256 digest (64 lowercase hex digits)"
+        ));
     }
     Ok(hex)
 }
@@ -46,7 +56,11 @@ pub(crate) struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub(crate) fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), count: 0 }
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     /// Reads the rest of the stream (so the digest covers all of it) and
@@ -75,7 +89,11 @@ pub(crate) struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub(crate) fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), count: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     /// Returns the inner writer, `sha256:<hex>` and the byte count.

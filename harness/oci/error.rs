@@ -38,9 +38,7 @@ pub enum OciError {
     },
 
     /// A filesystem operation failed while extracting one layer entry.
-    #[error(
-        "extract layer into {dest}: entry `{entry}`: {action} failed; nothing was extracted"
-    )]
+    #[error("extract layer into {dest}: entry `{entry}`: {action} failed; nothing was extracted")]
     EntryIo {
         /// The destination directory of the extraction.
         dest: PathBuf,
@@ -163,6 +161,11 @@ impl OciError {
         action: &'static str,
         source: io::Error,
     ) -> Self {
-        OciError::Io { op, path: path.into(), action, source }
+        OciError::Io {
+            op,
+            path: path.into(),
+            action,
+            source,
+        }
     }
 }

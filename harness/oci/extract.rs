@@ -9,14 +9,12 @@ use super::digest::HashingReader;
 use super::error::OciError;
 use super::fsutil::Guard;
 use super::path::{entry_components, join};
-use crate::whiteout::{
-    self, TAR_OPAQUE_MARKER, TAR_WHITEOUT_META_PREFIX, TAR_WHITEOUT_PREFIX,
-};
+use crate::whiteout::{self, TAR_OPAQUE_MARKER, TAR_WHITEOUT_META_PREFIX, TAR_WHITEOUT_PREFIX};
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags, AT_FDCWD};
 use nix::sys::stat::{
-    fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode,
-    SFlag, UtimensatFlags,
+    fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
+    UtimensatFlags,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
@@ -131,7 +129,11 @@ pub(crate) fn peek_magic(r: &mut impl Read) -> io::Result<Vec<u8>> {
 /// root.
 pub fn extract_layer(reader: impl Read, dest: &Path) -> Result<ExtractStats, OciError> {
     match std::fs::symlink_metadata(dest) {
-        Ok(_) => return Err(OciError::DestinationExists { dest: dest.to_path_buf() }),
+        Ok(_) => {
+            return Err(OciError::DestinationExists {
+                dest: dest.to_path_buf(),
+            })
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(OciError::io(OP, dest, "inspect destination", e)),
     }
@@ -140,7 +142,10 @@ pub fn extract_layer(reader: impl Read, dest: &Path) -> Result<ExtractStats, Oci
             OP,
             dest,
             "use destination",
-            io::Error::new(io::ErrorKind::InvalidInput, "destination has no final file name"),
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "destination has no final file name",
+            ),
         )
     })?;
     let parent = match dest.parent() {
@@ -152,14 +157,28 @@ pub fn extract_layer(reader: impl Read, dest: &Path) -> Result<ExtractStats, Oci
         .prefix(&prefix)
         .tempdir_in(parent)
         .map_err(|e| {
-            OciError::io(OP, dest, "create a temporary directory next to the destination", e)
+            OciError::io(
+                OP,
+                dest,
+                "create a temporary directory next to the destination",
+                e,
+            )
         })?
         .keep();
     let guard = Guard::new(tmp.clone());
     let stats = extract_into(reader, dest, &tmp)?;
-    renameat2(AT_FDCWD, &tmp, AT_FDCWD, dest, RenameFlags::RENAME_NOREPLACE).map_err(|e| {
+    renameat2(
+        AT_FDCWD,
+        &tmp,
+        AT_FDCWD,
+        dest,
+        RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|e| {
         if e == Errno::EEXIST {
-            OciError::DestinationExists { dest: dest.to_path_buf() }
+            OciError::DestinationExists {
+                dest: dest.to_path_buf(),
+            }
         } else {
             OciError::io(OP, dest, "rename the extracted layer into place", e.into())
         }
@@ -171,14 +190,20 @@ pub fn extract_layer(reader: impl Read, dest: &Path) -> Result<ExtractStats, Oci
 /// Extracts into the existing empty directory `tmp`; `dest` is only used in
 /// error messages.
 fn extract_into(reader: impl Read, dest: &Path, tmp: &Path) -> Result<ExtractStats, OciError> {
-    let read_err = |source: io::Error| OciError::ReadLayer { dest: dest.to_path_buf(), source };
+    let read_err = |source: io::Error| OciError::ReadLayer {
+        dest: dest.to_path_buf(),
+        source,
+    };
     let mut reader = reader;
     let magic = peek_magic(&mut reader).map_err(read_err)?;
     let detected = detect_compression(&magic);
     let stream = io::Cursor::new(magic).chain(reader);
     let (decompressed, compression): (Box<dyn Read>, _) = match detected {
         Detected::Plain => (Box::new(stream), Compression::None),
-        Detected::Gzip => (Box::new(flate2::read::MultiGzDecoder::new(stream)), Compression::Gzip),
+        Detected::Gzip => (
+            Box::new(flate2::read::MultiGzDecoder::new(stream)),
+            Compression::Gzip,
+        ),
         other => {
             let what = match other {
                 Detected::Zstd => "zstd",
@@ -211,7 +236,10 @@ fn extract_into(reader: impl Read, dest: &Path, tmp: &Path) -> Result<ExtractSta
         is_root: unsafe { libc::geteuid() } == 0,
         kinds: HashMap::new(),
         dirs: HashMap::new(),
-        stats: ExtractStats { compression, ..Default::default() },
+        stats: ExtractStats {
+            compression,
+            ..Default::default()
+        },
     };
 
     let mut archive = tar::Archive::new(HashingReader::new(decompressed));
@@ -300,7 +328,12 @@ impl Extractor<'_> {
 
     /// Opens the directory at `comps` below the layer root, refusing to pass
     /// through symlinks or non-directories; creates missing ones if `create`.
-    fn open_dir(&mut self, comps: &[&[u8]], create: bool, entry: &str) -> Result<OwnedFd, OciError> {
+    fn open_dir(
+        &mut self,
+        comps: &[&[u8]],
+        create: bool,
+        entry: &str,
+    ) -> Result<OwnedFd, OciError> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mut cur = openat(&self.root, ".", flags, Mode::empty())
             .map_err(|e| self.entry_io(entry, "open the layer root", e))?;
@@ -332,14 +365,24 @@ impl Extractor<'_> {
                         .map_err(|e| self.entry_io(entry, "create a parent directory", e))?;
                     let key = join(&comps[..=i]);
                     self.kinds.insert(key.clone(), Kind::Dir);
-                    self.dirs.insert(key, Meta { mode: 0o755, owner: None, mtime: None });
+                    self.dirs.insert(
+                        key,
+                        Meta {
+                            mode: 0o755,
+                            owner: None,
+                            mtime: None,
+                        },
+                    );
                 }
                 Err(e) => return Err(self.entry_io(entry, "inspect a parent directory", e)),
             }
             cur = openat(&cur, name, flags, Mode::empty()).map_err(|e| match e {
                 Errno::ELOOP | Errno::ENOTDIR => self.unsafe_entry(
                     entry,
-                    format!("would be written through `{}`, which is not a directory", shown()),
+                    format!(
+                        "would be written through `{}`, which is not a directory",
+                        shown()
+                    ),
                 ),
                 e => self.entry_io(entry, "open a parent directory", e),
             })?;
@@ -374,8 +417,10 @@ impl Extractor<'_> {
                 .map_err(|e| self.entry_io(entry, "replace an existing directory", e))?;
             let mut prefix = key.clone();
             prefix.push(b'/');
-            self.dirs.retain(|k, _| k != &key && !k.starts_with(&prefix));
-            self.kinds.retain(|k, _| k != &key && !k.starts_with(&prefix));
+            self.dirs
+                .retain(|k, _| k != &key && !k.starts_with(&prefix));
+            self.kinds
+                .retain(|k, _| k != &key && !k.starts_with(&prefix));
         } else {
             unlinkat(parent, name, UnlinkatFlags::NoRemoveDir)
                 .map_err(|e| self.entry_io(entry, "replace an existing entry", e))?;
@@ -397,10 +442,18 @@ impl Extractor<'_> {
         // Metadata, including pax overrides (uid/gid are applied by `tar`).
         let header = entry.header();
         let bad_header = |what: &str| format!("has an invalid {what} field in its tar header");
-        let mode = header.mode().map_err(|_| self.unsafe_entry(&shown, bad_header("mode")))?;
-        let uid = header.uid().map_err(|_| self.unsafe_entry(&shown, bad_header("uid")))?;
-        let gid = header.gid().map_err(|_| self.unsafe_entry(&shown, bad_header("gid")))?;
-        let mtime = header.mtime().map_err(|_| self.unsafe_entry(&shown, bad_header("mtime")))?;
+        let mode = header
+            .mode()
+            .map_err(|_| self.unsafe_entry(&shown, bad_header("mode")))?;
+        let uid = header
+            .uid()
+            .map_err(|_| self.unsafe_entry(&shown, bad_header("uid")))?;
+        let gid = header
+            .gid()
+            .map_err(|_| self.unsafe_entry(&shown, bad_header("gid")))?;
+        let mtime = header
+            .mtime()
+            .map_err(|_| self.unsafe_entry(&shown, bad_header("mtime")))?;
         let dev = (
             header.device_major().ok().flatten().unwrap_or(0),
             header.device_minor().ok().flatten().unwrap_or(0),
@@ -415,8 +468,9 @@ impl Extractor<'_> {
             mtime: Some(TimeSpec::new(mtime.min(i64::MAX as u64) as i64, 0)),
         };
         let mut xattrs = Vec::new();
-        if let Some(pax) = entry.pax_extensions().map_err(|e| {
-            OciError::ReadLayer { dest: self.dest.to_path_buf(), source: e }
+        if let Some(pax) = entry.pax_extensions().map_err(|e| OciError::ReadLayer {
+            dest: self.dest.to_path_buf(),
+            source: e,
         })? {
             for ext in pax {
                 let ext = ext.map_err(|e| OciError::ReadLayer {
@@ -442,7 +496,9 @@ impl Extractor<'_> {
         let Some((last, parent_comps)) = comps.split_last() else {
             // `./`: the layer root itself.
             if !etype.is_dir() {
-                return Err(self.unsafe_entry(&shown, "names the layer root but is not a directory"));
+                return Err(
+                    self.unsafe_entry(&shown, "names the layer root but is not a directory")
+                );
             }
             self.dirs.insert(Vec::new(), meta);
             let root = self.open_dir(&[], false, &shown)?;
@@ -599,7 +655,11 @@ impl Extractor<'_> {
                         format!(
                             "is a {} device node ({}:{}); device nodes other than whiteouts \
                              can only be extracted as root",
-                            if kind == SFlag::S_IFCHR { "character" } else { "block" },
+                            if kind == SFlag::S_IFCHR {
+                                "character"
+                            } else {
+                                "block"
+                            },
                             dev.0,
                             dev.1
                         ),
@@ -648,8 +708,14 @@ impl Extractor<'_> {
         let (last, parent_comps) = comps.split_last().expect("whiteout has a name");
         let parent = self.open_dir(parent_comps, true, shown)?;
         self.clear_slot(&parent, comps, false, shown)?;
-        mknodat(&parent, name_os(last), SFlag::S_IFCHR, Mode::empty(), libc::makedev(0, 0))
-            .map_err(|e| self.entry_io(shown, "create whiteout device", e))?;
+        mknodat(
+            &parent,
+            name_os(last),
+            SFlag::S_IFCHR,
+            Mode::empty(),
+            libc::makedev(0, 0),
+        )
+        .map_err(|e| self.entry_io(shown, "create whiteout device", e))?;
         self.kinds.insert(join(comps), Kind::Whiteout);
         self.stats.whiteouts += 1;
         Ok(())
@@ -668,10 +734,14 @@ impl Extractor<'_> {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(OciError::ReadLayer { dest: self.dest.to_path_buf(), source: e })
+                    return Err(OciError::ReadLayer {
+                        dest: self.dest.to_path_buf(),
+                        source: e,
+                    })
                 }
             };
-            to.write_all(&buf[..n]).map_err(|e| self.entry_io(shown, "write file contents", e))?;
+            to.write_all(&buf[..n])
+                .map_err(|e| self.entry_io(shown, "write file contents", e))?;
             self.stats.bytes += n as u64;
         }
         Ok(())
@@ -703,15 +773,31 @@ impl Extractor<'_> {
 
     /// Applies the deferred directory metadata, deepest directories first.
     fn finish_dirs(&mut self) -> Result<(), OciError> {
-        if !self.dirs.contains_key(&Vec::new()) {
-            self.dirs.insert(Vec::new(), Meta { mode: 0o755, owner: None, mtime: None });
-        }
+        self.dirs.entry(Vec::new()).or_insert(Meta {
+            mode: 0o755,
+            owner: None,
+            mtime: None,
+        });
         let mut dirs: Vec<(Vec<u8>, Meta)> = self.dirs.drain().collect();
-        let depth = |k: &[u8]| if k.is_empty() { 0 } else { 1 + k.iter().filter(|b| **b == b'/').count() };
+        let depth = |k: &[u8]| {
+            if k.is_empty() {
+                0
+            } else {
+                1 + k.iter().filter(|b| **b == b'/').count()
+            }
+        };
         dirs.sort_by(|a, b| depth(&b.0).cmp(&depth(&a.0)).then_with(|| a.0.cmp(&b.0)));
         for (key, meta) in dirs {
-            let shown = if key.is_empty() { "./".to_string() } else { String::from_utf8_lossy(&key).into_owned() };
-            let comps: Vec<&[u8]> = if key.is_empty() { Vec::new() } else { key.split(|b| *b == b'/').collect() };
+            let shown = if key.is_empty() {
+                "./".to_string()
+            } else {
+                String::from_utf8_lossy(&key).into_owned()
+            };
+            let comps: Vec<&[u8]> = if key.is_empty() {
+                Vec::new()
+            } else {
+                key.split(|b| *b == b'/').collect()
+            };
             let fd = self.open_dir(&comps, false, &shown)?;
             self.apply_meta_fd(&fd, meta, &shown)?;
         }
@@ -726,9 +812,15 @@ mod tests {
     #[test]
     fn detects_compression_by_magic() {
         assert_eq!(detect_compression(&[0x1f, 0x8b, 8, 0]), Detected::Gzip);
-        assert_eq!(detect_compression(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]), Detected::Zstd);
+        assert_eq!(
+            detect_compression(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]),
+            Detected::Zstd
+        );
         assert_eq!(detect_compression(b"BZh91A"), Detected::Bzip2);
-        assert_eq!(detect_compression(&[0xfd, b'7', b'z', b'X', b'Z', 0]), Detected::Xz);
+        assert_eq!(
+            detect_compression(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
+            Detected::Xz
+        );
         assert_eq!(detect_compression(b"etc/pa"), Detected::Plain);
         assert_eq!(detect_compression(&[0x1f]), Detected::Plain);
         assert_eq!(detect_compression(&[]), Detected::Plain);
@@ -747,16 +839,31 @@ mod tests {
                 Ok(1)
             }
         }
-        assert_eq!(peek_magic(&mut OneByte(b"\x1f\x8babcdef")).unwrap(), b"\x1f\x8babcd");
+        assert_eq!(
+            peek_magic(&mut OneByte(b"\x1f\x8babcdef")).unwrap(),
+            b"\x1f\x8babcd"
+        );
         assert_eq!(peek_magic(&mut OneByte(b"ab")).unwrap(), b"ab");
     }
 
     #[test]
     fn parses_pax_times() {
-        assert_eq!(parse_pax_time(b"1700000000"), Some(TimeSpec::new(1_700_000_000, 0)));
-        assert_eq!(parse_pax_time(b"12.5"), Some(TimeSpec::new(12, 500_000_000)));
-        assert_eq!(parse_pax_time(b"12.000000001999"), Some(TimeSpec::new(12, 1)));
-        assert_eq!(parse_pax_time(b"-1.5"), Some(TimeSpec::new(-2, 500_000_000)));
+        assert_eq!(
+            parse_pax_time(b"1700000000"),
+            Some(TimeSpec::new(1_700_000_000, 0))
+        );
+        assert_eq!(
+            parse_pax_time(b"12.5"),
+            Some(TimeSpec::new(12, 500_000_000))
+        );
+        assert_eq!(
+            parse_pax_time(b"12.000000001999"),
+            Some(TimeSpec::new(12, 1))
+        );
+        assert_eq!(
+            parse_pax_time(b"-1.5"),
+            Some(TimeSpec::new(-2, 500_000_000))
+        );
         assert_eq!(parse_pax_time(b"x"), None);
         assert_eq!(parse_pax_time(b"1.x"), None);
     }
@@ -789,7 +896,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("layer");
         let stats = extract_layer(&data[..], &dest).unwrap();
-        assert_eq!((stats.whiteouts, stats.opaque_dirs, stats.skipped_entries), (1, 1, 1));
+        assert_eq!(
+            (stats.whiteouts, stats.opaque_dirs, stats.skipped_entries),
+            (1, 1, 1)
+        );
         assert!(whiteout::is_whiteout_path(&dest.join("gone")).unwrap());
         assert!(whiteout::is_opaque(&dest.join("d")).unwrap());
         assert!(!dest.join("d/.wh..wh..opq").exists());
@@ -815,8 +925,11 @@ mod tests {
     #[test]
     fn zstd_is_reported_unsupported() {
         let dir = tempfile::tempdir().unwrap();
-        let err = extract_layer(&[0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3][..], &dir.path().join("l"))
-            .unwrap_err();
+        let err = extract_layer(
+            &[0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3][..],
+            &dir.path().join("l"),
+        )
+        .unwrap_err();
         assert!(matches!(err, OciError::Unsupported { .. }), "{err}");
         assert!(err.to_string().contains("zstd"), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

@@ -44,7 +44,9 @@ pub fn classify(root: &Path, mount_points: &[PathBuf]) -> std::io::Result<Vec<Ho
         if ft.is_symlink() {
             out.push(HostEntry::Symlink(name, std::fs::read_link(&path)?));
         } else if ft.is_dir() {
-            let has_mounts = mount_points.iter().any(|m| m != &path && m.starts_with(&path));
+            let has_mounts = mount_points
+                .iter()
+                .any(|m| m != &path && m.starts_with(&path));
             out.push(if has_mounts {
                 HostEntry::ReadOnlyBind(name)
             } else {
@@ -91,7 +93,10 @@ mod tests {
     fn parses_mountinfo_with_escapes() {
         let info = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
                     28 27 0:25 / /mnt/a\\040b ro - tmpfs x ro\n";
-        assert_eq!(mount_points(info), vec![PathBuf::from("/"), "/mnt/a b".into()]);
+        assert_eq!(
+            mount_points(info),
+            vec![PathBuf::from("/"), "/mnt/a b".into()]
+        );
     }
 
     #[test]

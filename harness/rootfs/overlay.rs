@@ -93,8 +93,17 @@ mod tests {
 
     #[test]
     fn rejects_separators_and_overlong_options() {
-        let err = overlay_options(&["/a:b".into()], Path::new("/u"), Path::new("/w"), false, false);
-        assert!(matches!(err, Err(OverlayOptionsError::BadPath { ch: ':', .. })));
+        let err = overlay_options(
+            &["/a:b".into()],
+            Path::new("/u"),
+            Path::new("/w"),
+            false,
+            false,
+        );
+        assert!(matches!(
+            err,
+            Err(OverlayOptionsError::BadPath { ch: ':', .. })
+        ));
         let many: Vec<PathBuf> = (0..400).map(|i| format!("/layer/{i:08}").into()).collect();
         let err = overlay_options(&many, Path::new("/u"), Path::new("/w"), false, false);
         assert!(matches!(err, Err(OverlayOptionsError::TooLong { .. })));

@@ -149,8 +149,7 @@ fn bind(source: &Path, target: &Path, readonly: bool, recursive: bool) -> Result
         std::fs::create_dir_all(target).map_err(|e| io_err("mkdir bind target", target, e))?;
     } else if std::fs::symlink_metadata(target).is_err() {
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| io_err("mkdir bind target", parent, e))?;
+            std::fs::create_dir_all(parent).map_err(|e| io_err("mkdir bind target", parent, e))?;
         }
         std::fs::File::create(target).map_err(|e| io_err("create bind target", target, e))?;
     }

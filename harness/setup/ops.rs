@@ -98,7 +98,9 @@ impl fmt::Display for SetupOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SetupOp::MakeRootPrivate => write!(f, "make / rprivate"),
-            SetupOp::Tmpfs { target, options, .. } => {
+            SetupOp::Tmpfs {
+                target, options, ..
+            } => {
                 write!(f, "mount tmpfs {} ({options})", target.display())
             }
             SetupOp::Mkdir { path } => write!(f, "mkdir {}", path.display()),

@@ -103,37 +103,51 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 readonly: false,
                 recursive: false,
             });
-            for entry in entries {
+            // overlayfs refuses a layer (or an on-disk upper) nested inside another lower
+            // on the same filesystem ("overlapping lowerdir path"): a top-level directory
+            // that contains one is bound read-only instead of overlaid.
+            let mut nested: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
+            if let UpperPlacement::Disk { upper, work } = input.upper {
+                nested.extend([upper.as_path(), work.as_path()]);
+            }
+            for entry in with_layer_entries(entries, layers) {
                 match entry {
-                    HostEntry::Overlay(name) => {
-                        for dir in [upper.join(name), work.join(name), root.join(name)] {
+                    HostEntry::Overlay(name)
+                        if !nested
+                            .iter()
+                            .any(|p| p.starts_with(Path::new("/").join(&name))) =>
+                    {
+                        for dir in [upper.join(&name), work.join(&name), root.join(&name)] {
                             ops.push(SetupOp::Mkdir { path: dir });
                         }
                         let mut lowers: Vec<PathBuf> = layers
                             .iter()
-                            .map(|l| l.join(name))
+                            .map(|l| l.join(&name))
                             .filter(|l| l.is_dir())
                             .collect();
-                        lowers.push(Path::new("/").join(name));
+                        let on_host = Path::new("/").join(&name);
+                        if entries.contains(&HostEntry::Overlay(name.clone())) {
+                            lowers.push(on_host);
+                        }
                         ops.push(SetupOp::Overlay {
-                            target: root.join(name),
+                            target: root.join(&name),
                             lowers,
-                            upper: upper.join(name),
-                            work: work.join(name),
+                            upper: upper.join(&name),
+                            work: work.join(&name),
                             userxattr: input.rootless,
                         });
                     }
-                    HostEntry::ReadOnlyBind(name) | HostEntry::File(name) => {
-                        ops.push(SetupOp::Bind {
-                            source: Path::new("/").join(name),
-                            target: root.join(name),
-                            readonly: true,
-                            recursive: true,
-                        })
-                    }
+                    HostEntry::Overlay(name)
+                    | HostEntry::ReadOnlyBind(name)
+                    | HostEntry::File(name) => ops.push(SetupOp::Bind {
+                        source: Path::new("/").join(&name),
+                        target: root.join(&name),
+                        readonly: true,
+                        recursive: true,
+                    }),
                     HostEntry::Symlink(name, target) => ops.push(SetupOp::Symlink {
-                        target: target.clone(),
-                        link: root.join(name),
+                        target,
+                        link: root.join(&name),
                     }),
                 }
             }
@@ -181,6 +195,53 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
         }
     }
     Ok(ops)
+}
+
+/// The host's top-level entries plus directories that only the layers add (e.g. `/data`
+/// created by a build step); an entry the uppermost layer whites out disappears.
+fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf]) -> Vec<HostEntry> {
+    let name_of = |e: &HostEntry| match e {
+        HostEntry::Overlay(n)
+        | HostEntry::ReadOnlyBind(n)
+        | HostEntry::File(n)
+        | HostEntry::Symlink(n, _) => n.clone(),
+    };
+    let mut out: Vec<HostEntry> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for layer in layers {
+        let Ok(dir) = std::fs::read_dir(layer) else {
+            continue;
+        };
+        let mut names: Vec<_> = dir.flatten().collect();
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if crate::rootfs::host::REPLACED.contains(&name.as_str()) || !seen.insert(name.clone())
+            {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if crate::whiteout::is_whiteout(&meta) {
+                continue; // deleted by this layer: hidden from everything below
+            }
+            if meta.is_dir() {
+                out.push(HostEntry::Overlay(name));
+            } else if let Some(host) = entries.iter().find(|h| name_of(h) == name) {
+                out.push(host.clone());
+            }
+        }
+    }
+    for e in entries {
+        if !seen.contains(&name_of(e)) {
+            out.push(e.clone());
+        }
+    }
+    out.sort_by_key(name_of);
+    out
 }
 
 #[cfg(test)]

@@ -1,1 +1,533 @@
-fn main() {}
+//! How long one container takes, against what the kernel alone needs and against other tools.
+//!
+//! All groups run in the same process, one after the other, so their ratios are meaningful
+//! even on a noisy machine (compare ratios, not absolute figures, across runs).
+//!
+//! - `cycle/`: one `/bin/true` per iteration, from process spawn to reaped exit:
+//!   - `plain_spawn_true`: `std::process::Command`, no namespaces at all;
+//!   - `kernel_floor_true`: the same steps as pristine with nothing else, raw libc calls
+//!     from this process (clone with mount/pid/net/uts/ipc namespaces → rprivate `/` →
+//!     tmpfs → overlay of `/` → `pivot_root` → `/proc` → exec → wait);
+//!   - `pristine_true_tmpfs` / `pristine_true_disk_upper`: the library, upper on a tmpfs
+//!     or in the store on disk;
+//!   - `pristine_cli_true`: the `pristine run` process, for a process-level comparison;
+//!   - `bwrap_true`: bubblewrap, when it is on `PATH` (no copy-on-write).
+//! - `throughput/`: two threads running containers back to back, reported in elements
+//!   (containers) per second.
+//!
+//! At the end a summary (medians and ratios) is printed from criterion's estimates.
+//!
+//! `PRISTINE_BENCH_QUICK=1` shortens everything (fewer samples, shorter windows).
+//! Needs root (the kernel floor mounts without a user namespace).
+
+use std::ffi::CString;
+use std::os::raw::c_char;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use pristine::{Container, Image, Upper};
+
+/// Containers per throughput iteration (split evenly over the workers).
+const THROUGHPUT_CONTAINERS: u64 = 100;
+/// Worker threads for the throughput group.
+const WORKERS: u64 = 2;
+
+const CYCLE: &str = "cycle";
+const THROUGHPUT: &str = "throughput";
+
+fn main() {
+    // The library reads PRISTINE_INIT once; set it before anything (criterion, rayon) can
+    // start a thread.
+    std::env::set_var("PRISTINE_INIT", env!("CARGO_BIN_EXE_pristine"));
+
+    let quick = std::env::var_os("PRISTINE_BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0");
+    let started = SystemTime::now();
+
+    // Everything on the crate's filesystem (not a possible tmpfs /tmp), so that
+    // `pristine_true_disk_upper` really writes its upper layer to disk.
+    let tmp = tempfile::Builder::new()
+        .prefix("pristine-bench-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create a temporary directory in CARGO_TARGET_TMPDIR");
+    let store = tmp.path().join("store");
+    let floor_dir = tmp.path().join("floor");
+    std::fs::create_dir(&floor_dir).expect("create the kernel floor's mount point");
+    let floor = Floor::new(&floor_dir);
+    let bwrap = find_on_path("bwrap");
+
+    check_everything_works(&store, &floor, bwrap.as_deref());
+
+    let mut c = Criterion::default().configure_from_args();
+    c = if quick {
+        c.sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1))
+            .without_plots()
+    } else {
+        c.sample_size(40)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3))
+    };
+
+    bench_cycle(&mut c, &store, &floor, bwrap.as_deref());
+    bench_throughput(&mut c, &store, &floor, bwrap.as_deref(), quick);
+    c.final_summary();
+
+    print_summary(started);
+}
+
+// ---------------------------------------------------------------------------------------
+// The things being measured.
+
+fn plain_spawn_true() {
+    let status = Command::new("/bin/true").status().expect("spawn /bin/true");
+    assert!(status.success(), "/bin/true: {status}");
+}
+
+fn pristine_true(store: &Path, upper: Option<Upper>) {
+    let mut container = Container::new(Image::host()).store(store);
+    if let Some(upper) = upper {
+        container = container.upper(upper);
+    }
+    let out = container
+        .run(["/bin/true"])
+        .unwrap_or_else(|e| panic!("pristine: {e}"));
+    assert!(
+        out.status.success(),
+        "pristine /bin/true: {}; stderr: {}",
+        out.status,
+        out.stderr_str()
+    );
+}
+
+fn pristine_cli_true(store: &Path) {
+    let status = Command::new(env!("CARGO_BIN_EXE_pristine"))
+        .arg("run")
+        .arg("--store")
+        .arg(store)
+        .args(["--", "/bin/true"])
+        .status()
+        .expect("spawn pristine run");
+    assert!(status.success(), "pristine run -- /bin/true: {status}");
+}
+
+fn bwrap_command(bwrap: &Path) -> Command {
+    let mut cmd = Command::new(bwrap);
+    cmd.args([
+        "--unshare-all",
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "/bin/true",
+    ]);
+    cmd
+}
+
+fn bwrap_true(bwrap: &Path) {
+    let status = bwrap_command(bwrap).status().expect("spawn bwrap");
+    assert!(status.success(), "bwrap /bin/true: {status}");
+}
+
+/// Everything the kernel-floor child needs, prepared before cloning so that the child
+/// only makes raw libc calls (no allocation, no locks).
+struct Floor {
+    root: CString,
+    base: CString,
+    upper: CString,
+    work: CString,
+    new_root: CString,
+    tmpfs: CString,
+    overlay: CString,
+    overlay_options: CString,
+    proc_fs: CString,
+    proc_dir: CString,
+    dot: CString,
+    program: CString,
+}
+
+/// Exit codes of the kernel-floor child when a step fails, and the step's name.
+const FLOOR_STEPS: &[(i32, &str)] = &[
+    (101, "mount --make-rprivate /"),
+    (102, "mount tmpfs"),
+    (103, "mkdir upper"),
+    (104, "mkdir work"),
+    (105, "mkdir root"),
+    (106, "mount overlay"),
+    (107, "chdir new root"),
+    (108, "pivot_root"),
+    (109, "umount2 old root"),
+    (110, "chdir /"),
+    (111, "mount proc"),
+    (112, "execve /bin/true"),
+];
+
+impl Floor {
+    fn new(base: &Path) -> Floor {
+        let c = |s: &[u8]| CString::new(s).expect("no NUL in a path");
+        let p = |p: PathBuf| c(p.as_os_str().as_bytes());
+        let upper = base.join("u");
+        let work = base.join("w");
+        let mut options = b"lowerdir=/,upperdir=".to_vec();
+        options.extend_from_slice(upper.as_os_str().as_bytes());
+        options.extend_from_slice(b",workdir=");
+        options.extend_from_slice(work.as_os_str().as_bytes());
+        Floor {
+            root: c(b"/"),
+            base: c(base.as_os_str().as_bytes()),
+            upper: p(upper),
+            work: p(work),
+            new_root: p(base.join("r")),
+            tmpfs: c(b"tmpfs"),
+            overlay: c(b"overlay"),
+            overlay_options: c(&options),
+            proc_fs: c(b"proc"),
+            proc_dir: c(b"/proc"),
+            dot: c(b"."),
+            program: c(b"/bin/true"),
+        }
+    }
+
+    /// One cycle: clone into new namespaces, set up the copy-on-write root, exec
+    /// `/bin/true`, wait. The mounts live in the child's mount namespace and vanish with it.
+    fn cycle(&self) -> Result<(), String> {
+        let argv: [*const c_char; 2] = [self.program.as_ptr(), std::ptr::null()];
+        let envp: [*const c_char; 1] = [std::ptr::null()];
+        let flags = libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::SIGCHLD;
+        // SAFETY: a raw clone without CLONE_VM and with a null stack behaves like fork: the
+        // child gets a copy of this thread's memory and stack. It only calls async-signal-safe
+        // libc functions on memory prepared before the clone (`self`, `argv`, `envp`), never
+        // returns (it execs or `_exit`s), and so never touches locks or the allocator.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if pid < 0 {
+            return Err(format!("clone: {}", std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: in the freshly cloned child, see above.
+            unsafe { self.child(&argv, &envp) }
+        }
+        let pid = pid as libc::pid_t;
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for our own child; `status` is a valid out-pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r == pid {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(format!("waitpid: {err}"));
+            }
+        }
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            return Ok(());
+        }
+        if libc::WIFEXITED(status) {
+            let code = libc::WEXITSTATUS(status);
+            let step = FLOOR_STEPS
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map_or("/bin/true itself", |(_, s)| s);
+            return Err(format!("child exited with {code}: {step} failed"));
+        }
+        Err(format!("child ended with wait status {status:#x}"))
+    }
+
+    /// The child's side of [`Floor::cycle`].
+    ///
+    /// # Safety
+    ///
+    /// Only to be called in the child of a fork-like clone; never returns.
+    unsafe fn child(&self, argv: &[*const c_char; 2], envp: &[*const c_char; 1]) -> ! {
+        let null = std::ptr::null::<c_char>();
+        fn fail(code: i32) -> ! {
+            // SAFETY: `_exit` is async-signal-safe and skips atexit handlers and stdio
+            // buffers that belong to the parent.
+            unsafe { libc::_exit(code) }
+        }
+        // SAFETY (whole block): every pointer is a NUL-terminated string owned by `self`
+        // or a NULL-terminated array on the caller's stack, all valid until exec or exit.
+        unsafe {
+            if libc::mount(
+                null,
+                self.root.as_ptr(),
+                null,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                fail(101);
+            }
+            if libc::mount(
+                self.tmpfs.as_ptr(),
+                self.base.as_ptr(),
+                self.tmpfs.as_ptr(),
+                0,
+                std::ptr::null(),
+            ) != 0
+            {
+                fail(102);
+            }
+            if libc::mkdir(self.upper.as_ptr(), 0o755) != 0 {
+                fail(103);
+            }
+            if libc::mkdir(self.work.as_ptr(), 0o755) != 0 {
+                fail(104);
+            }
+            if libc::mkdir(self.new_root.as_ptr(), 0o755) != 0 {
+                fail(105);
+            }
+            if libc::mount(
+                self.overlay.as_ptr(),
+                self.new_root.as_ptr(),
+                self.overlay.as_ptr(),
+                0,
+                self.overlay_options.as_ptr().cast(),
+            ) != 0
+            {
+                fail(106);
+            }
+            if libc::chdir(self.new_root.as_ptr()) != 0 {
+                fail(107);
+            }
+            if libc::syscall(libc::SYS_pivot_root, self.dot.as_ptr(), self.dot.as_ptr()) != 0 {
+                fail(108);
+            }
+            if libc::umount2(self.dot.as_ptr(), libc::MNT_DETACH) != 0 {
+                fail(109);
+            }
+            if libc::chdir(self.root.as_ptr()) != 0 {
+                fail(110);
+            }
+            if libc::mount(
+                self.proc_fs.as_ptr(),
+                self.proc_dir.as_ptr(),
+                self.proc_fs.as_ptr(),
+                0,
+                std::ptr::null(),
+            ) != 0
+            {
+                fail(111);
+            }
+            libc::execve(self.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+        fail(112)
+    }
+}
+
+fn floor_true(floor: &Floor) {
+    floor
+        .cycle()
+        .unwrap_or_else(|e| panic!("kernel floor: {e}"));
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Runs everything once before measuring, so that a broken setup fails with a clear message
+/// instead of inside criterion.
+fn check_everything_works(store: &Path, floor: &Floor, bwrap: Option<&Path>) {
+    plain_spawn_true();
+    floor_true(floor);
+    pristine_true(store, None);
+    pristine_true(store, Some(Upper::Disk));
+    pristine_cli_true(store);
+    match bwrap {
+        Some(b) => bwrap_true(b),
+        None => println!(
+            "note: bwrap is not on PATH, skipping {CYCLE}/bwrap_true and {THROUGHPUT}/bwrap \
+             (apt-get install bubblewrap to compare)"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Groups.
+
+fn bench_cycle(c: &mut Criterion, store: &Path, floor: &Floor, bwrap: Option<&Path>) {
+    let mut g = c.benchmark_group(CYCLE);
+    g.bench_function("plain_spawn_true", |b| b.iter(plain_spawn_true));
+    g.bench_function("kernel_floor_true", |b| b.iter(|| floor_true(floor)));
+    g.bench_function("pristine_true_tmpfs", |b| {
+        b.iter(|| pristine_true(store, None))
+    });
+    g.bench_function("pristine_true_disk_upper", |b| {
+        b.iter(|| pristine_true(store, Some(Upper::Disk)))
+    });
+    g.bench_function("pristine_cli_true", |b| b.iter(|| pristine_cli_true(store)));
+    if let Some(bwrap) = bwrap {
+        g.bench_function("bwrap_true", |b| b.iter(|| bwrap_true(bwrap)));
+    }
+    g.finish();
+}
+
+/// Runs `one` `n` times, spread over [`WORKERS`] threads working back to back.
+fn in_parallel(n: u64, one: &(dyn Fn() + Sync)) {
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| {
+                for _ in 0..n / WORKERS {
+                    one();
+                }
+            });
+        }
+    });
+}
+
+fn bench_throughput(
+    c: &mut Criterion,
+    store: &Path,
+    floor: &Floor,
+    bwrap: Option<&Path>,
+    quick: bool,
+) {
+    let mut g = c.benchmark_group(THROUGHPUT);
+    // One iteration is already ~100 containers: flat sampling, few samples.
+    g.sampling_mode(SamplingMode::Flat).sample_size(10);
+    if !quick {
+        g.measurement_time(Duration::from_secs(4));
+    }
+    g.throughput(Throughput::Elements(THROUGHPUT_CONTAINERS));
+    let n = THROUGHPUT_CONTAINERS;
+    let mut case = |name: &str, one: &(dyn Fn() + Sync)| {
+        g.bench_function(BenchmarkId::new(name, n), |b| {
+            b.iter(|| in_parallel(n, one))
+        });
+    };
+    case("plain_spawn", &plain_spawn_true);
+    case("kernel_floor", &|| floor_true(floor));
+    case("pristine_tmpfs", &|| pristine_true(store, None));
+    if let Some(bwrap) = bwrap {
+        case("bwrap", &|| bwrap_true(bwrap));
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Summary from criterion's estimates.
+
+/// Where criterion writes its results, following its own rules, with this binary's target
+/// directory (`target/<profile>/deps/<bench>`) in place of `cargo metadata`.
+fn criterion_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return home.into();
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Path::new(&target).join("criterion");
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(|t| t.join("criterion")))
+        .unwrap_or_else(|| PathBuf::from("target/criterion"))
+}
+
+/// Median time per iteration in nanoseconds, if that benchmark ran in this process.
+fn median_ns(home: &Path, id: &str, since: SystemTime) -> Option<f64> {
+    let path = home.join(id).join("new/estimates.json");
+    let fresh = std::fs::metadata(&path).and_then(|m| m.modified()).ok()? >= since;
+    if !fresh {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn print_summary(started: SystemTime) {
+    let home = criterion_home();
+    let med = |id: &str| median_ns(&home, id, started);
+    let ms = |ns: Option<f64>| ns.map_or("(not run)".to_string(), |v| format!("{:.3} ms", v / 1e6));
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2}x", a / b),
+        _ => "(not run)".to_string(),
+    };
+
+    println!();
+    println!("==== summary (medians, this run; {}) ====", home.display());
+    let cycle = [
+        "plain_spawn_true",
+        "kernel_floor_true",
+        "pristine_true_tmpfs",
+        "pristine_true_disk_upper",
+        "pristine_cli_true",
+        "bwrap_true",
+    ];
+    let plain = med(&format!("{CYCLE}/plain_spawn_true"));
+    println!("{:<34} {:>12} {:>14}", "cycle", "median", "vs plain spawn");
+    for name in cycle {
+        let m = med(&format!("{CYCLE}/{name}"));
+        println!(
+            "{:<34} {:>12} {:>14}",
+            format!("{CYCLE}/{name}"),
+            ms(m),
+            ratio(m, plain)
+        );
+    }
+    let get = |name: &str| med(&format!("{CYCLE}/{name}"));
+    println!();
+    println!("ratios");
+    for (what, a, b) in [
+        (
+            "pristine_true_tmpfs / kernel_floor_true",
+            "pristine_true_tmpfs",
+            "kernel_floor_true",
+        ),
+        (
+            "pristine_cli_true / bwrap_true",
+            "pristine_cli_true",
+            "bwrap_true",
+        ),
+        (
+            "pristine_true_disk_upper / pristine_true_tmpfs",
+            "pristine_true_disk_upper",
+            "pristine_true_tmpfs",
+        ),
+        (
+            "pristine_cli_true / pristine_true_tmpfs",
+            "pristine_cli_true",
+            "pristine_true_tmpfs",
+        ),
+        (
+            "kernel_floor_true / plain_spawn_true",
+            "kernel_floor_true",
+            "plain_spawn_true",
+        ),
+    ] {
+        println!("  {:<48} {:>10}", what, ratio(get(a), get(b)));
+    }
+    println!();
+    println!(
+        "throughput ({WORKERS} workers, {THROUGHPUT_CONTAINERS} containers per iteration, median)"
+    );
+    for name in ["plain_spawn", "kernel_floor", "pristine_tmpfs", "bwrap"] {
+        let m = med(&format!("{THROUGHPUT}/{name}/{THROUGHPUT_CONTAINERS}"));
+        let rate = m.map_or("(not run)".to_string(), |ns| {
+            format!("{:.0} /s", THROUGHPUT_CONTAINERS as f64 / (ns / 1e9))
+        });
+        println!("  {:<32} {:>12}", format!("{THROUGHPUT}/{name}"), rate);
+    }
+}

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a command in a throwaway container.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print what a kept container changed (A added, C changed, D deleted).
     Diff {
         /// A kept container directory, as printed by `pristine run --keep`.
@@ -170,7 +170,7 @@ fn main() -> ExitCode {
     pristine::main_if_requested();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Diff { path } => match pristine::diff::diff_kept(&path) {
             Ok(changes) => {
                 for c in changes {

@@ -566,7 +566,7 @@ fn sigkilled_cli_leaves_nothing_behind() {
 fn a_thousand_containers_leak_nothing() {
     let store = TestStore::new();
     // One container first, so the store's own directories exist in `before`.
-    sh(&store, Image::host(), "true");
+    assert!(sh(&store, Image::host(), "true").status.success());
     let before_mounts = host_mounts();
     let before_files = store.listing();
     let threads: Vec<_> = (0..2)

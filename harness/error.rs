@@ -57,6 +57,9 @@ pub enum ConfigError {
     /// A hostname the kernel would refuse.
     #[error("hostname {0:?} must be 1 to 64 characters without '/' or NUL")]
     BadHostname(String),
+    /// An image without base and layers.
+    #[error("the image has no base and no layers: give it at least one layer")]
+    EmptyImage,
     /// A path overlayfs cannot take.
     #[error(transparent)]
     Overlay(#[from] crate::rootfs::overlay::OverlayOptionsError),

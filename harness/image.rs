@@ -11,6 +11,8 @@ pub enum Base {
     Host,
     /// A root filesystem directory.
     Rootfs(PathBuf),
+    /// Nothing: the layers are the whole root filesystem (imported images).
+    Scratch,
 }
 
 /// A root filesystem: a base plus read-only layer directories stacked on it.
@@ -45,6 +47,14 @@ impl Image {
         }
     }
 
+    /// No base: the layers alone are the root filesystem (at least one is needed).
+    pub fn scratch() -> Self {
+        Image {
+            base: Base::Scratch,
+            layers: Vec::new(),
+        }
+    }
+
     /// Stacks a read-only layer directory on top (overlay-native whiteouts allowed).
     pub fn layer(mut self, dir: impl Into<PathBuf>) -> Self {
         self.layers.push(dir.into());
@@ -66,6 +76,8 @@ impl Image {
         let base = match &self.base {
             Base::Host => Base::Host,
             Base::Rootfs(p) => Base::Rootfs(existing_dir(p, "rootfs")?),
+            Base::Scratch if self.layers.is_empty() => return Err(ConfigError::EmptyImage),
+            Base::Scratch => Base::Scratch,
         };
         let layers = self
             .layers

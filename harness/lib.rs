@@ -43,6 +43,7 @@ mod error;
 pub mod hints;
 mod image;
 mod init;
+pub mod layers;
 pub mod namespaces;
 pub mod oci;
 pub mod rootfs;
@@ -58,5 +59,6 @@ pub use container::{
 pub use error::{ConfigError, Error};
 pub use image::{Base, Image};
 pub use init::main_if_requested;
+pub use layers::{BuildError, LayerSpec, Recipe};
 pub use setup::SetupOp;
 pub use store::Store;

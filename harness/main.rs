@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pristine::{Bind, Container, Image, Keep, Stdio, Upper};
+use pristine::layers::{Catalog, Recipe};
+use pristine::{Bind, BuildError, Container, Keep, Stdio, Store, Upper};
 
 /// Throwaway copy-on-write Linux containers for tests.
 #[derive(Parser)]
@@ -24,11 +25,86 @@ enum Command {
         /// A kept container directory, as printed by `pristine run --keep`.
         path: PathBuf,
     },
+    /// Build the layers of a recipe file (TOML); cached layers are reused.
+    Build {
+        /// The recipe.
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List named images.
+    Images {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List stored layers.
+    Layers {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Remove layers no named image uses, and leftovers of killed runs.
+    Gc {
+        /// Only remove layers unused for this long (e.g. 7d).
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// Print what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// An interactive shell in a throwaway container of IMAGE.
+    Shell {
+        /// `host`, a rootfs directory, or a named image.
+        #[arg(default_value = "host")]
+        image: String,
+        /// A host path mounted into the container (repeatable).
+        #[arg(long = "bind", value_name = "SRC:DST[:ro]", value_parser = parse_bind)]
+        binds: Vec<Bind>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Import an OCI image layout or `docker save` archive as a named image.
+    Import {
+        /// The archive (.tar or .tar.gz).
+        file: PathBuf,
+        /// Name for the image (default: the archive's reference or file name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Export a named image as an OCI image layout archive (`podman load` reads it).
+    Export {
+        /// The image.
+        image: String,
+        /// The archive to write.
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct StoreArg {
+    /// Store directory (default: $PRISTINE_STORE, or target/pristine under cargo, or
+    /// ~/.cache/pristine).
+    #[arg(long = "store", value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+impl StoreArg {
+    fn open(&self) -> Result<Store, pristine::store::StoreError> {
+        match &self.dir {
+            Some(d) => Store::open(d),
+            None => Store::open_default(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// `host` (the host's root filesystem) or a rootfs directory.
+    /// `host` (the host's root filesystem), a rootfs directory, or a named image.
     #[arg(long, default_value = "host")]
     image: String,
     /// A read-only layer directory stacked on the image (repeatable, bottom first).
@@ -101,9 +177,16 @@ fn print_error(err: &dyn std::error::Error) {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let mut image: Image = match args.image.parse() {
+    let store = StoreArg {
+        dir: args.store.clone(),
+    };
+    let mut image = match store
+        .open()
+        .map_err(BuildError::from)
+        .and_then(|s| pristine::layers::resolve_image(&s, &args.image))
+    {
         Ok(i) => i,
-        Err(never) => match never {},
+        Err(e) => return fail(&e, 125),
     };
     for layer in args.layers {
         image = image.layer(layer);
@@ -166,11 +249,212 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+fn fail(err: &dyn std::error::Error, code: u8) -> ExitCode {
+    print_error(err);
+    ExitCode::from(code)
+}
+
+fn age(secs_ago: u64) -> String {
+    match secs_ago {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 172_800 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 10 * 1024 => format!("{b} B"),
+        b if b < 10 * 1024 * 1024 => format!("{} KiB", b / 1024),
+        b if b < 10 * 1024 * 1024 * 1024 => format!("{} MiB", b / (1024 * 1024)),
+        b => format!("{} GiB", b / (1024 * 1024 * 1024)),
+    }
+}
+
+fn short(key: &str) -> &str {
+    key.get(..12).unwrap_or(key)
+}
+
+fn build(file: &std::path::Path, store: &Store) -> Result<(), BuildError> {
+    let recipe = Recipe::from_toml_file(file)?;
+    let built = recipe.build_report(store)?;
+    for l in &built.layers {
+        println!(
+            "{} {:<24} {} in {:.1?}",
+            short(&l.key),
+            l.name,
+            if l.cached { "cached" } else { "built " },
+            l.duration
+        );
+    }
+    if let Some(name) = &recipe.name {
+        println!("image {name}: {} layers", built.layers.len());
+    }
+    Ok(())
+}
+
+fn images(store: &Store) -> Result<(), BuildError> {
+    let catalog = Catalog::new(store)?;
+    let now = pristine::layers::now_secs();
+    println!(
+        "{:<24} {:<12} {:>6} {:>10} {:>10}  BASE",
+        "NAME", "TOP", "LAYERS", "SIZE", "CREATED"
+    );
+    for r in catalog.images()? {
+        let bytes: u64 = r
+            .layers
+            .iter()
+            .filter_map(|k| catalog.layer_meta(k).ok())
+            .map(|m| m.size)
+            .sum();
+        println!(
+            "{:<24} {:<12} {:>6} {:>10} {:>10}  {:?}",
+            r.name,
+            r.layers.last().map(|k| short(k)).unwrap_or("-"),
+            r.layers.len(),
+            size(bytes),
+            age(now.saturating_sub(r.created)),
+            r.base
+        );
+    }
+    Ok(())
+}
+
+fn layers(store: &Store) -> Result<(), BuildError> {
+    let catalog = Catalog::new(store)?;
+    let now = std::time::SystemTime::now();
+    let now_secs = pristine::layers::now_secs();
+    println!(
+        "{:<12} {:<24} {:<12} {:>10} {:>10} {:>10}",
+        "KEY", "NAME", "PARENT", "SIZE", "CREATED", "LAST USE"
+    );
+    for (m, used) in catalog.layers()? {
+        let used = used
+            .and_then(|u| now.duration_since(u).ok())
+            .map(|d| age(d.as_secs()))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<12} {:<24} {:<12} {:>10} {:>10} {:>10}",
+            short(&m.key),
+            m.name,
+            short(&m.parent),
+            size(m.size),
+            age(now_secs.saturating_sub(m.created)),
+            used
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     pristine::main_if_requested();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(*args),
+        Command::Build { file, store } => {
+            match store
+                .open()
+                .map_err(BuildError::from)
+                .and_then(|s| build(&file, &s))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e, 1),
+            }
+        }
+        Command::Images { store } => match store
+            .open()
+            .map_err(BuildError::from)
+            .and_then(|s| images(&s))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e, 1),
+        },
+        Command::Layers { store } => match store
+            .open()
+            .map_err(BuildError::from)
+            .and_then(|s| layers(&s))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e, 1),
+        },
+        Command::Gc {
+            older_than,
+            dry_run,
+            store,
+        } => {
+            let r = store.open().map_err(BuildError::from).and_then(|s| {
+                let leftovers = s.remove_leftovers()?;
+                let removed = Catalog::new(&s)?.gc(older_than, dry_run)?;
+                Ok((leftovers, removed))
+            });
+            match r {
+                Ok((leftovers, removed)) => {
+                    for r in &removed {
+                        println!("{}{r}", if dry_run { "would remove " } else { "removed " });
+                    }
+                    println!(
+                        "{} layer/staging entries, {leftovers} leftover container directories",
+                        removed.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e, 1),
+            }
+        }
+        Command::Shell {
+            image,
+            binds,
+            store,
+        } => {
+            let shell = if std::path::Path::new("/bin/bash").exists() {
+                "/bin/bash"
+            } else {
+                "/bin/sh"
+            };
+            let args = RunArgs {
+                image,
+                layers: Vec::new(),
+                binds,
+                env: Vec::new(),
+                clear_env: false,
+                workdir: "/".into(),
+                hostname: None,
+                timeout: None,
+                keep: false,
+                upper_size: "4g".into(),
+                upper_on_disk: false,
+                store: store.dir,
+                command: vec![shell.into(), "-i".into()],
+            };
+            run(args)
+        }
+        Command::Import { file, name, store } => {
+            match store
+                .open()
+                .map_err(BuildError::from)
+                .and_then(|s| pristine::layers::import_image(&s, &file, name.as_deref()))
+            {
+                Ok(r) => {
+                    println!("imported {} ({} layers)", r.name, r.layers.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e, 1),
+            }
+        }
+        Command::Export { image, file, store } => {
+            match store
+                .open()
+                .map_err(BuildError::from)
+                .and_then(|s| pristine::layers::export_image(&s, &image, &file))
+            {
+                Ok(()) => {
+                    println!("exported {image} to {}", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e, 1),
+            }
+        }
         Command::Diff { path } => match pristine::diff::diff_kept(&path) {
             Ok(changes) => {
                 for c in changes {

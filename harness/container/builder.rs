@@ -27,6 +27,10 @@ pub enum Upper {
     Tmpfs(String),
     /// A directory in the store, on disk (also used whenever the layer may be kept).
     Disk,
+    /// An existing directory of the caller's that receives the changes and outlives the
+    /// container (as when building a layer). The overlay work directory is created beside
+    /// it and removed afterwards. Not combined with keeping.
+    Dir(PathBuf),
 }
 
 impl Default for Upper {

@@ -125,20 +125,29 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         },
         Base::Host => RootfsSource::Lowers(layers_top_first.chain([PathBuf::from("/")]).collect()),
         Base::Rootfs(dir) => RootfsSource::Lowers(layers_top_first.chain([dir.clone()]).collect()),
+        Base::Scratch => RootfsSource::Lowers(layers_top_first.collect()),
     };
-    let on_disk = c.keep != Keep::Never || c.upper == Upper::Disk;
+    let own_upper = match &c.upper {
+        Upper::Dir(dir) => Some(OwnUpper::new(dir, &id)?),
+        _ => None,
+    };
+    let on_disk = own_upper.is_none() && (c.keep != Keep::Never || c.upper == Upper::Disk);
     let cdir = if on_disk {
         Some(store.container_dir(&id)?)
     } else {
         None
     };
-    let upper = match (&cdir, &c.upper) {
-        (Some(d), _) => UpperPlacement::Disk {
+    let upper = match (&cdir, &own_upper, &c.upper) {
+        (Some(d), _, _) => UpperPlacement::Disk {
             upper: d.upper(),
             work: d.work(),
         },
-        (None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: size.clone() },
-        (None, Upper::Disk) => unreachable!("an on-disk upper always has a container dir"),
+        (None, Some(own), _) => UpperPlacement::Disk {
+            upper: own.upper.clone(),
+            work: own.work.clone(),
+        },
+        (None, None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: size.clone() },
+        (None, None, _) => unreachable!("an on-disk upper always has a directory"),
     };
     let base = store.mount_base();
     let ops = plan(&PlanInput {
@@ -291,6 +300,38 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     })
 }
 
+/// A caller-provided upper directory and the work directory made beside it for one run.
+struct OwnUpper {
+    upper: PathBuf,
+    work: PathBuf,
+}
+
+impl OwnUpper {
+    fn new(dir: &Path, id: &str) -> Result<Self, Error> {
+        let upper = std::fs::canonicalize(dir).map_err(|source| ConfigError::MissingDirectory {
+            what: "upper directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = upper
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let work = upper.with_file_name(format!(".{name}.work-{id}"));
+        std::fs::create_dir(&work).map_err(|source| Error::Io {
+            op: "create the overlay work directory beside the upper directory",
+            source,
+        })?;
+        Ok(OwnUpper { upper, work })
+    }
+}
+
+impl Drop for OwnUpper {
+    fn drop(&mut self) {
+        let _ = crate::store::remove_tree(&self.work);
+    }
+}
+
 /// Moves the upper layer to `STORE/kept/ID/upper` and records the lower layers beside it
 /// (`lowers`, one path a line, uppermost first) so that the diff can be computed later.
 fn keep_upper(store: &Store, id: &str, upper: &Path, image: &crate::Image) -> Result<Kept, Error> {
@@ -303,10 +344,11 @@ fn keep_upper(store: &Store, id: &str, upper: &Path, image: &crate::Image) -> Re
     std::fs::rename(upper, dir.join("upper"))
         .map_err(io("move the upper layer to the kept directory"))?;
     let mut lowers: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
-    lowers.push(match image.base() {
-        Base::Host => PathBuf::from("/"),
-        Base::Rootfs(d) => d.clone(),
-    });
+    match image.base() {
+        Base::Host => lowers.push(PathBuf::from("/")),
+        Base::Rootfs(d) => lowers.push(d.clone()),
+        Base::Scratch => {}
+    }
     let text: String = lowers
         .iter()
         .map(|l| format!("{}\n", l.display()))

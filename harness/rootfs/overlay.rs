@@ -17,7 +17,7 @@ pub enum OverlayOptionsError {
         ch: char,
     },
     /// The option string is over one page.
-    #[error("overlay mount options are {len} bytes, over the kernel's limit of {MOUNT_DATA_MAX}; use fewer layers or a shorter store path (PRISTINE_STORE)")]
+    #[error("overlay mount options are {len} bytes, over the kernel's limit of {MOUNT_DATA_MAX}, and this kernel is older than 6.8 (no `lowerdir+`); use fewer layers or a shorter store path (PRISTINE_STORE)")]
     TooLong {
         /// Length of the option string.
         len: usize,

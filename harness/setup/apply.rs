@@ -9,7 +9,7 @@ use nix::sys::stat::SFlag;
 use serde::{Deserialize, Serialize};
 
 use super::SetupOp;
-use crate::rootfs::overlay::overlay_options;
+use crate::rootfs::overlay::{overlay_options, OverlayOptionsError};
 use crate::sys::{self, SysError};
 
 /// A setup step that failed, as reported from the init to the caller.
@@ -91,8 +91,20 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
             work,
             userxattr,
         } => {
-            let data = overlay_options(lowers, upper, work, *userxattr, false)
-                .map_err(|_| SysError::new("build overlay options", Some(target), Errno::E2BIG))?;
+            let data = match overlay_options(lowers, upper, work, *userxattr, false) {
+                Ok(data) => data,
+                // Too many layers for one option page: one `lowerdir+` per layer instead.
+                Err(OverlayOptionsError::TooLong { .. }) => {
+                    return sys::mount_overlay_layered(target, lowers, upper, work, *userxattr)
+                }
+                Err(_) => {
+                    return Err(SysError::new(
+                        "build overlay options",
+                        Some(target),
+                        Errno::EINVAL,
+                    ))
+                }
+            };
             sys::mount(
                 "mount overlay",
                 Some(Path::new("overlay")),

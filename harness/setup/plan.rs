@@ -191,10 +191,20 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             ..
         } = op
         {
-            overlay_options(lowers, upper, work, *userxattr, false)?;
+            match overlay_options(lowers, upper, work, *userxattr, false) {
+                // Applied through the new mount API's `lowerdir+`, one layer at a time.
+                Err(OverlayOptionsError::TooLong { .. }) if layered_mount_supported() => {}
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
         }
     }
     Ok(ops)
+}
+
+/// overlayfs takes `lowerdir+` through `fsconfig` from Linux 6.8 on.
+fn layered_mount_supported() -> bool {
+    crate::hints::kernel_version().is_some_and(|v| v >= (6, 8))
 }
 
 /// The host's top-level entries plus directories that only the layers add (e.g. `/data`

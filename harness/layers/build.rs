@@ -1,0 +1,301 @@
+//! Building recipes into cached layers.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::catalog::{now, tree_size, BaseRecord, Catalog, ImageRecord, LayerMeta};
+use super::error::{io, BuildError};
+use super::key::{host_base_key, layer_key, rootfs_base_key};
+use super::recipe::{BaseSpec, LayerSpec, Recipe, Step};
+use crate::image::{Base, Image};
+use crate::store::{remove_tree, Store};
+use crate::{Container, Upper};
+
+/// Default time limit of one run step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// One layer of a build.
+#[derive(Debug, Clone)]
+pub struct BuiltLayer {
+    /// Layer name.
+    pub name: String,
+    /// Content-addressed key.
+    pub key: String,
+    /// Whether it was found in the store (no container started).
+    pub cached: bool,
+    /// Time spent on this layer (lookup, or build and commit).
+    pub duration: Duration,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The image: the base and every layer, ready for [`Container::new`].
+    pub image: Image,
+    /// Each layer, bottom first.
+    pub layers: Vec<BuiltLayer>,
+}
+
+impl Recipe {
+    /// Builds whatever is not cached yet and returns the image.
+    pub fn build(&self, store: &Store) -> Result<Image, BuildError> {
+        self.build_report(store).map(|b| b.image)
+    }
+
+    /// Like [`Recipe::build`], also saying which layers were cached.
+    ///
+    /// Safe to call from many processes at once (nextest runs one process per test): each
+    /// layer is built under an exclusive lock on its key, and whoever comes second finds the
+    /// layer published and reuses it. A failed or interrupted build publishes nothing.
+    pub fn build_report(&self, store: &Store) -> Result<Built, BuildError> {
+        self.validate(Path::new("<recipe>"))?;
+        let catalog = Catalog::new(store)?;
+        let (mut image, mut parent, base_record, mut keys) = match &self.base {
+            BaseSpec::Host => (Image::host(), host_base_key(), BaseRecord::Host, Vec::new()),
+            BaseSpec::Rootfs(d) => {
+                let src = self.source_path(d);
+                let dir = std::fs::canonicalize(&src).map_err(io("find rootfs", &src))?;
+                let key = rootfs_base_key(&dir);
+                (
+                    Image::rootfs(&dir),
+                    key,
+                    BaseRecord::Rootfs(dir),
+                    Vec::new(),
+                )
+            }
+            BaseSpec::Image(name) => {
+                let record = catalog
+                    .image_record(name)?
+                    .ok_or_else(|| BuildError::UnknownImage(name.clone()))?;
+                let image = catalog.image_of(&record)?;
+                let parent = match record.layers.last() {
+                    Some(top) => top.clone(),
+                    None => match &record.base {
+                        BaseRecord::Host => host_base_key(),
+                        BaseRecord::Rootfs(d) => rootfs_base_key(d),
+                        BaseRecord::Scratch => "scratch".into(),
+                    },
+                };
+                (image, parent, record.base.clone(), record.layers.clone())
+            }
+        };
+        let mut built = Vec::new();
+        for layer in &self.layers {
+            let started = Instant::now();
+            let key = layer_key(store.root(), &parent, self, layer)?;
+            let mut cached = catalog.has_layer(&key);
+            if !cached {
+                let _lock = catalog.lock(&key)?;
+                cached = catalog.has_layer(&key);
+                if !cached {
+                    self.build_layer(store, &catalog, &image, layer, &key, &parent)?;
+                }
+            }
+            catalog.touch(&key);
+            image = image.layer(catalog.layer_root(&key));
+            built.push(BuiltLayer {
+                name: layer.name.clone(),
+                key: key.clone(),
+                cached,
+                duration: started.elapsed(),
+            });
+            keys.push(key.clone());
+            parent = key;
+        }
+        if let Some(name) = &self.name {
+            let current = catalog.image_record(name)?;
+            if current.as_ref().map(|r| (&r.base, &r.layers)) != Some((&base_record, &keys)) {
+                catalog.record_image(&ImageRecord {
+                    name: name.clone(),
+                    base: base_record,
+                    layers: keys,
+                    created: now(),
+                    config: Default::default(),
+                })?;
+            }
+        }
+        Ok(Built {
+            image,
+            layers: built,
+        })
+    }
+
+    fn build_layer(
+        &self,
+        store: &Store,
+        catalog: &Catalog,
+        below: &Image,
+        layer: &LayerSpec,
+        key: &str,
+        parent: &str,
+    ) -> Result<(), BuildError> {
+        let staging = Staging(catalog.staging(key)?);
+        let upper = staging.0.join("root");
+        for (index, step) in layer.steps.iter().enumerate() {
+            match step {
+                Step::Run { argv, env, workdir } => {
+                    let mut c = Container::new(below.clone())
+                        .store(store.root())
+                        .upper(Upper::Dir(upper.clone()))
+                        .env_clear()
+                        .workdir(workdir)
+                        .timeout(layer.timeout.unwrap_or(STEP_TIMEOUT));
+                    if !env.contains_key("HOME") {
+                        c = c.env("HOME", "/root");
+                    }
+                    for (k, v) in env {
+                        c = c.env(k, v);
+                    }
+                    let out = c.run(argv).map_err(|e| BuildError::Container {
+                        layer: layer.name.clone(),
+                        step: index,
+                        source: Box::new(e),
+                    })?;
+                    if !out.status.success() || out.timed_out {
+                        return Err(BuildError::StepFailed {
+                            layer: layer.name.clone(),
+                            step: index,
+                            command: argv.join(" "),
+                            status: out.status,
+                            timed_out: out.timed_out,
+                            stdout: out.stdout_str(),
+                            stderr: out.stderr_str(),
+                        });
+                    }
+                }
+                Step::Copy { from, to } => {
+                    let src = self.source_path(from);
+                    copy_into(below, &upper, &src, to).map_err(|reason| BuildError::BadCopy {
+                        layer: layer.name.clone(),
+                        from: src.clone(),
+                        to: to.clone(),
+                        reason,
+                    })?;
+                }
+            }
+        }
+        normalize_opaque(&upper).map_err(io("normalize opaque directories in", &upper))?;
+        let meta = LayerMeta {
+            key: key.to_string(),
+            parent: parent.to_string(),
+            name: layer.name.clone(),
+            created: now(),
+            size: tree_size(&upper),
+        };
+        catalog.commit(&staging.0, &meta)?;
+        std::mem::forget(staging);
+        Ok(())
+    }
+}
+
+/// A staging directory, removed unless it was published.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.0);
+    }
+}
+
+/// The directories an image's files come from, uppermost first.
+fn lowers(image: &Image) -> Vec<PathBuf> {
+    let mut l: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
+    match image.base() {
+        Base::Host => l.push(PathBuf::from("/")),
+        Base::Rootfs(d) => l.push(d.clone()),
+        Base::Scratch => {}
+    }
+    l
+}
+
+/// Copies host `src` to `to` in the layer being built (`upper`), creating parent
+/// directories with the modes they have below. Refuses to go through a symlink of the image
+/// (the copy would shadow the link instead of following it).
+fn copy_into(image: &Image, upper: &Path, src: &Path, to: &Path) -> Result<(), String> {
+    std::fs::symlink_metadata(src).map_err(|e| format!("source: {e}"))?;
+    let rel = to
+        .strip_prefix("/")
+        .map_err(|_| "destination must be absolute".to_string())?;
+    let below = lowers(image);
+    let mut cur = PathBuf::new();
+    if let Some(parent) = rel.parent() {
+        for comp in parent.components() {
+            cur.push(comp);
+            let here = upper.join(&cur);
+            match std::fs::symlink_metadata(&here) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => return Err(format!("/{} is not a directory", cur.display())),
+                Err(_) => {}
+            }
+            let mut mode = 0o755;
+            for lower in &below {
+                if let Ok(m) = std::fs::symlink_metadata(lower.join(&cur)) {
+                    if m.file_type().is_symlink() {
+                        return Err(format!(
+                            "/{} is a symlink in the image; copy to the path it points to",
+                            cur.display()
+                        ));
+                    }
+                    if !m.is_dir() {
+                        return Err(format!(
+                            "/{} is not a directory in the image",
+                            cur.display()
+                        ));
+                    }
+                    mode = m.mode() & 0o7777;
+                    break;
+                }
+            }
+            std::fs::create_dir(&here).map_err(|e| format!("create /{}: {e}", cur.display()))?;
+            std::fs::set_permissions(&here, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("chmod /{}: {e}", cur.display()))?;
+        }
+    }
+    let dst = upper.join(rel);
+    if std::fs::symlink_metadata(&dst).is_ok() {
+        remove_tree(&dst).map_err(|e| format!("replace {}: {e}", to.display()))?;
+    }
+    copy_tree(src, &dst).map_err(|e| e.to_string())
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(src)?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(src)?, dst)
+    } else if ft.is_dir() {
+        std::fs::create_dir(dst)?;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        std::fs::set_permissions(dst, meta.permissions())
+    } else if ft.is_file() {
+        std::fs::copy(src, dst).map(drop)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!(
+                "{}: only files, directories and symlinks can be copied",
+                src.display()
+            ),
+        ))
+    }
+}
+
+/// Marks every opaque directory in both xattr namespaces where permitted, so a layer built
+/// in one privilege mode stacks in the other (root writes `trusted.`, rootless `user.`).
+fn normalize_opaque(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            let p = e.path();
+            if crate::whiteout::is_opaque(&p)? {
+                crate::whiteout::make_opaque(&p)?;
+            }
+            normalize_opaque(&p)?;
+        }
+    }
+    Ok(())
+}

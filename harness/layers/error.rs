@@ -1,0 +1,91 @@
+//! Errors of building, importing, exporting and collecting layers.
+
+use std::path::PathBuf;
+
+/// Why a layer or image operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The recipe is malformed.
+    #[error("bad recipe {path}: {reason}")]
+    BadRecipe {
+        /// Recipe file (or `<rust>` for recipes made in code).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file operation failed.
+    #[error("failed to {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A copy step's source or destination cannot be used.
+    #[error("layer {layer:?}: cannot copy {from} to {to}: {reason}")]
+    BadCopy {
+        /// Layer name.
+        layer: String,
+        /// Host source.
+        from: PathBuf,
+        /// Destination in the image.
+        to: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A run step exited unsuccessfully or timed out. No layer was written.
+    #[error("layer {layer:?}: step {step} `{command}` failed ({status}){}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}", if *timed_out { ", timed out" } else { "" })]
+    StepFailed {
+        /// Layer name.
+        layer: String,
+        /// Step index within the layer.
+        step: usize,
+        /// The command, space-joined.
+        command: String,
+        /// How it ended.
+        status: crate::ExitStatus,
+        /// Whether the step's time limit expired.
+        timed_out: bool,
+        /// Its standard output.
+        stdout: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// A build container could not be run.
+    #[error("layer {layer:?}: step {step}: {source}")]
+    Container {
+        /// Layer name.
+        layer: String,
+        /// Step index.
+        step: usize,
+        /// The container error.
+        #[source]
+        source: Box<crate::Error>,
+    },
+    /// No image of that name is in the store.
+    #[error("no image named {0:?} in the store (see `pristine images`)")]
+    UnknownImage(String),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Import or export failed.
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
+    /// Something that cannot be exported.
+    #[error("cannot export {0}")]
+    NotExportable(String),
+}
+
+pub(crate) fn io<'a>(
+    op: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
+    move |source| BuildError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}

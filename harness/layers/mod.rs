@@ -1,0 +1,15 @@
+//! Snapshot layers: recipes built into content-addressed, cached, read-only layers; the
+//! catalog of layers and named images in the store; import and export as OCI images.
+
+mod build;
+mod catalog;
+mod error;
+mod key;
+mod portable;
+mod recipe;
+
+pub use build::{Built, BuiltLayer};
+pub use catalog::{now as now_secs, BaseRecord, Catalog, ImageRecord, LayerMeta};
+pub use error::BuildError;
+pub use portable::{export_image, import_image, resolve_image};
+pub use recipe::{BaseSpec, LayerSpec, Recipe, Step};

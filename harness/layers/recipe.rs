@@ -1,0 +1,357 @@
+//! Recipes: how an image is made (a base plus layers of build steps), in Rust or TOML.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::BuildError;
+
+/// One build step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Run a command in a throwaway container over the layers below.
+    Run {
+        /// The command and its arguments.
+        argv: Vec<String>,
+        /// Environment (the build does not inherit the caller's; `PATH` has a default).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+        /// Working directory inside the container.
+        #[serde(default = "root_dir")]
+        workdir: PathBuf,
+    },
+    /// Copy a host file or directory into the layer.
+    Copy {
+        /// Host path (relative paths are relative to the recipe file, or the current
+        /// directory for recipes made in Rust).
+        from: PathBuf,
+        /// Absolute destination inside the image.
+        to: PathBuf,
+    },
+}
+
+fn root_dir() -> PathBuf {
+    PathBuf::from("/")
+}
+
+/// One layer: a name (for people; the key is what identifies it) and its steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[must_use]
+pub struct LayerSpec {
+    /// A human-readable name, shown by `pristine layers`.
+    pub name: String,
+    /// Steps, in order.
+    #[serde(default, rename = "step")]
+    pub steps: Vec<Step>,
+    /// How long each run step may take (default 10 minutes).
+    #[serde(
+        default,
+        with = "humantime_serde_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl LayerSpec {
+    /// A layer without steps yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        LayerSpec {
+            name: name.into(),
+            steps: Vec::new(),
+            timeout: None,
+        }
+    }
+
+    /// Adds a step that runs `argv` with no extra environment, in `/`.
+    pub fn run<I, S>(self, argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.run_with(argv, [] as [(String, String); 0], "/")
+    }
+
+    /// Adds a step that runs `argv` with `env`, in `workdir`.
+    pub fn run_with<I, S, E, K, V>(mut self, argv: I, env: E, workdir: impl Into<PathBuf>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+        E: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.steps.push(Step::Run {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            workdir: workdir.into(),
+        });
+        self
+    }
+
+    /// Adds a step that copies a host file or directory to `to` in the image.
+    pub fn copy(mut self, from: impl Into<PathBuf>, to: impl Into<PathBuf>) -> Self {
+        self.steps.push(Step::Copy {
+            from: from.into(),
+            to: to.into(),
+        });
+        self
+    }
+
+    /// Sets the time limit of each run step.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// What a recipe starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaseSpec {
+    /// The host's root filesystem.
+    Host,
+    /// A root filesystem directory.
+    Rootfs(PathBuf),
+    /// A named image in the store (built or imported earlier).
+    Image(String),
+}
+
+/// How to make an image: a base and layers, built bottom-up, each layer cached by a key
+/// that covers its parent, its steps and the content of every copied file.
+///
+/// ```no_run
+/// use pristine::{LayerSpec, Recipe, Store};
+///
+/// let image = Recipe::host()
+///     .layer(LayerSpec::new("greeting").run(["sh", "-c", "echo hello > /etc/greeting"]))
+///     .build(&Store::open_default()?)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[must_use]
+pub struct Recipe {
+    /// Name under which the built image is recorded in the store (`pristine images`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The base.
+    pub base: BaseSpec,
+    /// Layers, bottom first.
+    #[serde(default, rename = "layer")]
+    pub layers: Vec<LayerSpec>,
+    /// Directory that relative `copy` sources are resolved against.
+    #[serde(skip)]
+    pub context: Option<PathBuf>,
+}
+
+impl Recipe {
+    /// A recipe over the host's root filesystem.
+    pub fn host() -> Self {
+        Self::over(BaseSpec::Host)
+    }
+
+    /// A recipe over a rootfs directory.
+    pub fn rootfs(dir: impl Into<PathBuf>) -> Self {
+        Self::over(BaseSpec::Rootfs(dir.into()))
+    }
+
+    /// A recipe over a named image of the store.
+    pub fn image(name: impl Into<String>) -> Self {
+        Self::over(BaseSpec::Image(name.into()))
+    }
+
+    fn over(base: BaseSpec) -> Self {
+        Recipe {
+            name: None,
+            base,
+            layers: Vec::new(),
+            context: None,
+        }
+    }
+
+    /// Records the built image under `name`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Adds a layer on top.
+    pub fn layer(mut self, layer: LayerSpec) -> Self {
+        self.layers.push(layer);
+        self
+    }
+
+    /// Reads a recipe from a TOML file:
+    ///
+    /// ```toml
+    /// name = "seeded-db"
+    /// base = "host"            # or { rootfs = "path" } or { image = "name" }
+    ///
+    /// [[layer]]
+    /// name = "seed"
+    /// timeout = "2m"
+    /// [[layer.step]]
+    /// run = { argv = ["sh", "-c", "mkdir -p /srv && cp /seed.sql /srv/"], env = { A = "b" }, workdir = "/" }
+    /// [[layer.step]]
+    /// copy = { from = "seed.sql", to = "/seed.sql" }
+    /// ```
+    ///
+    /// Relative `copy` sources are relative to the file's directory; a missing `name`
+    /// defaults to the file's stem.
+    pub fn from_toml_file(path: &Path) -> Result<Self, BuildError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BuildError::Io {
+            op: "read recipe",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut recipe: Recipe = toml::from_str(&text).map_err(|e| BuildError::BadRecipe {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if recipe.name.is_none() {
+            recipe.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        recipe.context = Some(std::fs::canonicalize(dir).map_err(|source| BuildError::Io {
+            op: "resolve recipe directory",
+            path: dir.to_path_buf(),
+            source,
+        })?);
+        recipe.validate(path)?;
+        Ok(recipe)
+    }
+
+    /// Checks what can be checked without building.
+    pub(crate) fn validate(&self, origin: &Path) -> Result<(), BuildError> {
+        let bad = |reason: String| BuildError::BadRecipe {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        if let Some(name) = &self.name {
+            super::catalog::check_image_name(name).map_err(bad)?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (j, step) in layer.steps.iter().enumerate() {
+                match step {
+                    Step::Run { argv, workdir, .. } => {
+                        if argv.is_empty() {
+                            return Err(bad(format!(
+                                "layer {i} ({}) step {j}: empty command",
+                                layer.name
+                            )));
+                        }
+                        if !workdir.is_absolute() {
+                            return Err(bad(format!(
+                                "layer {i} ({}) step {j}: workdir must be absolute",
+                                layer.name
+                            )));
+                        }
+                    }
+                    Step::Copy { to, .. } => {
+                        if !to.is_absolute()
+                            || to
+                                .components()
+                                .any(|c| c == std::path::Component::ParentDir)
+                        {
+                            return Err(bad(format!(
+                                "layer {i} ({}) step {j}: copy destination {} must be absolute, without '..'",
+                                layer.name,
+                                to.display()
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a copy source against the recipe's context directory.
+    pub(crate) fn source_path(&self, from: &Path) -> PathBuf {
+        if from.is_absolute() {
+            from.to_path_buf()
+        } else {
+            self.context
+                .clone()
+                .or_else(|| std::env::current_dir().ok())
+                .unwrap_or_default()
+                .join(from)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_toml_recipes_and_rejects_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db.toml");
+        std::fs::write(
+            &file,
+            r#"
+base = "host"
+[[layer]]
+name = "seed"
+timeout = "2m"
+[[layer.step]]
+run = { argv = ["sh", "-c", "true"], env = { A = "b" } }
+[[layer.step]]
+copy = { from = "seed.sql", to = "/seed.sql" }
+"#,
+        )
+        .unwrap();
+        let r = Recipe::from_toml_file(&file).unwrap();
+        assert_eq!(r.name.as_deref(), Some("db"));
+        assert_eq!(r.layers[0].timeout, Some(Duration::from_secs(120)));
+        assert_eq!(
+            r.layers[0].steps[0],
+            Step::Run {
+                argv: vec!["sh".into(), "-c".into(), "true".into()],
+                env: [("A".to_string(), "b".to_string())].into(),
+                workdir: "/".into()
+            }
+        );
+        assert_eq!(
+            r.source_path(Path::new("seed.sql")),
+            dir.path().canonicalize().unwrap().join("seed.sql")
+        );
+
+        for (bad, needle) in [
+            ("base = 3", "base"),
+            ("base = \"host\"\n[[layer]]\nname = \"x\"\n[[layer.step]]\nrun = { argv = [] }", "empty command"),
+            ("base = \"host\"\n[[layer]]\nname = \"x\"\n[[layer.step]]\ncopy = { from = \"a\", to = \"rel\" }", "absolute"),
+            ("name = \"a/b\"\nbase = \"host\"", "name"),
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            let err = Recipe::from_toml_file(&file).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+}

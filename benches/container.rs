@@ -17,8 +17,13 @@
 //!
 //! At the end a summary (medians and ratios) is printed from criterion's estimates.
 //!
+//! The kernel floor needs root (it mounts without a user namespace) and is skipped, like a
+//! missing or unusable `bwrap`, with a printed note. Being a fork-like clone of this
+//! process, the floor also copies the benchmark's own page tables, which pristine (a
+//! vfork-style clone + exec) does not; with two workers those copies contend on the shared
+//! address space.
+//!
 //! `PRISTINE_BENCH_QUICK=1` shortens everything (fewer samples, shorter windows).
-//! Needs root (the kernel floor mounts without a user namespace).
 
 use std::ffi::CString;
 use std::os::raw::c_char;
@@ -45,6 +50,7 @@ fn main() {
 
     let quick = std::env::var_os("PRISTINE_BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0");
     let started = SystemTime::now();
+    let load_before = load_average();
 
     // Everything on the crate's filesystem (not a possible tmpfs /tmp), so that
     // `pristine_true_disk_upper` really writes its upper layer to disk.
@@ -56,9 +62,7 @@ fn main() {
     let floor_dir = tmp.path().join("floor");
     std::fs::create_dir(&floor_dir).expect("create the kernel floor's mount point");
     let floor = Floor::new(&floor_dir);
-    let bwrap = find_on_path("bwrap");
-
-    check_everything_works(&store, &floor, bwrap.as_deref());
+    let (floor, bwrap) = check_everything_works(&store, &floor, find_on_path("bwrap"));
 
     let mut c = Criterion::default().configure_from_args();
     c = if quick {
@@ -72,11 +76,19 @@ fn main() {
             .measurement_time(Duration::from_secs(3))
     };
 
-    bench_cycle(&mut c, &store, &floor, bwrap.as_deref());
-    bench_throughput(&mut c, &store, &floor, bwrap.as_deref(), quick);
+    bench_cycle(&mut c, &store, floor, bwrap.as_deref());
+    bench_throughput(&mut c, &store, floor, bwrap.as_deref(), quick);
     c.final_summary();
 
-    print_summary(started);
+    print_summary(started, &load_before);
+}
+
+/// The 1, 5 and 15 minute load averages: other work on this (small, noisy) machine skews
+/// the figures, so the summary shows them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -350,29 +362,61 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Runs everything once before measuring, so that a broken setup fails with a clear message
-/// instead of inside criterion.
-fn check_everything_works(store: &Path, floor: &Floor, bwrap: Option<&Path>) {
+/// instead of inside criterion. The kernel floor (needs root) and bubblewrap (needs
+/// namespaces it may not get) are optional: when they cannot run, they are skipped with a
+/// note. Returns the floor and bwrap to measure.
+fn check_everything_works<'a>(
+    store: &Path,
+    floor: &'a Floor,
+    bwrap: Option<PathBuf>,
+) -> (Option<&'a Floor>, Option<PathBuf>) {
     plain_spawn_true();
-    floor_true(floor);
     pristine_true(store, None);
     pristine_true(store, Some(Upper::Disk));
     pristine_cli_true(store);
-    match bwrap {
-        Some(b) => bwrap_true(b),
-        None => println!(
-            "note: bwrap is not on PATH, skipping {CYCLE}/bwrap_true and {THROUGHPUT}/bwrap \
-             (apt-get install bubblewrap to compare)"
-        ),
-    }
+    let floor = match floor.cycle() {
+        Ok(()) => Some(floor),
+        Err(e) => {
+            println!("note: skipping the kernel floor benchmarks (needs root): {e}");
+            None
+        }
+    };
+    let bwrap = match bwrap {
+        None => {
+            println!(
+                "note: bwrap is not on PATH, skipping {CYCLE}/bwrap_true and {THROUGHPUT}/bwrap \
+                 (apt-get install bubblewrap to compare)"
+            );
+            None
+        }
+        Some(b) => match bwrap_command(&b).output() {
+            Ok(out) if out.status.success() => Some(b),
+            Ok(out) => {
+                println!(
+                    "note: skipping bwrap, which fails here ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                println!("note: skipping bwrap, which cannot be started: {e}");
+                None
+            }
+        },
+    };
+    (floor, bwrap)
 }
 
 // ---------------------------------------------------------------------------------------
 // Groups.
 
-fn bench_cycle(c: &mut Criterion, store: &Path, floor: &Floor, bwrap: Option<&Path>) {
+fn bench_cycle(c: &mut Criterion, store: &Path, floor: Option<&Floor>, bwrap: Option<&Path>) {
     let mut g = c.benchmark_group(CYCLE);
     g.bench_function("plain_spawn_true", |b| b.iter(plain_spawn_true));
-    g.bench_function("kernel_floor_true", |b| b.iter(|| floor_true(floor)));
+    if let Some(floor) = floor {
+        g.bench_function("kernel_floor_true", |b| b.iter(|| floor_true(floor)));
+    }
     g.bench_function("pristine_true_tmpfs", |b| {
         b.iter(|| pristine_true(store, None))
     });
@@ -402,7 +446,7 @@ fn in_parallel(n: u64, one: &(dyn Fn() + Sync)) {
 fn bench_throughput(
     c: &mut Criterion,
     store: &Path,
-    floor: &Floor,
+    floor: Option<&Floor>,
     bwrap: Option<&Path>,
     quick: bool,
 ) {
@@ -420,7 +464,9 @@ fn bench_throughput(
         });
     };
     case("plain_spawn", &plain_spawn_true);
-    case("kernel_floor", &|| floor_true(floor));
+    if let Some(floor) = floor {
+        case("kernel_floor", &|| floor_true(floor));
+    }
     case("pristine_tmpfs", &|| pristine_true(store, None));
     if let Some(bwrap) = bwrap {
         case("bwrap", &|| bwrap_true(bwrap));
@@ -457,7 +503,7 @@ fn median_ns(home: &Path, id: &str, since: SystemTime) -> Option<f64> {
     json["median"]["point_estimate"].as_f64()
 }
 
-fn print_summary(started: SystemTime) {
+fn print_summary(started: SystemTime, load_before: &str) {
     let home = criterion_home();
     let med = |id: &str| median_ns(&home, id, started);
     let ms = |ns: Option<f64>| ns.map_or("(not run)".to_string(), |v| format!("{:.3} ms", v / 1e6));
@@ -468,6 +514,11 @@ fn print_summary(started: SystemTime) {
 
     println!();
     println!("==== summary (medians, this run; {}) ====", home.display());
+    println!(
+        "load average before: {load_before}; after: {} ({} CPUs)",
+        load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     let cycle = [
         "plain_spawn_true",
         "kernel_floor_true",

@@ -45,10 +45,29 @@ impl fmt::Display for Change {
 
 /// Changes recorded in `upper` over `lowers` (uppermost first), sorted by path.
 pub fn diff(upper: &Path, lowers: &[PathBuf]) -> std::io::Result<Vec<Change>> {
+    diff_with_mount_points(upper, lowers, &[])
+}
+
+/// Like [`diff`], knowing the container's mount points (absolute paths inside it): the
+/// empty directory or file a mount point needed in the upper layer is not a change.
+pub fn diff_with_mount_points(
+    upper: &Path,
+    lowers: &[PathBuf],
+    mount_points: &[PathBuf],
+) -> std::io::Result<Vec<Change>> {
     let mut out = Vec::new();
-    walk(upper, Path::new("/"), lowers, &mut out)?;
+    let ctx = Walk {
+        lowers,
+        mount_points,
+    };
+    walk(&ctx, upper, Path::new("/"), &mut out)?;
     out.sort();
     Ok(out)
+}
+
+struct Walk<'a> {
+    lowers: &'a [PathBuf],
+    mount_points: &'a [PathBuf],
 }
 
 /// Changes of a kept container directory (`STORE/kept/ID`, see [`crate::Kept`]).
@@ -67,7 +86,13 @@ pub fn diff_kept(dir: &Path) -> std::io::Result<Vec<Change>> {
         .filter(|l| !l.is_empty())
         .map(PathBuf::from)
         .collect();
-    diff(&dir.join("upper"), &lowers)
+    let mount_points: Vec<PathBuf> = std::fs::read_to_string(dir.join("mountpoints"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    diff_with_mount_points(&dir.join("upper"), &lowers, &mount_points)
 }
 
 fn in_lower(lowers: &[PathBuf], rel: &Path) -> Option<std::fs::Metadata> {
@@ -76,7 +101,14 @@ fn in_lower(lowers: &[PathBuf], rel: &Path) -> Option<std::fs::Metadata> {
         .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok())
 }
 
-fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> std::io::Result<()> {
+fn in_lower_link(lowers: &[PathBuf], rel: &Path) -> Option<PathBuf> {
+    lowers
+        .iter()
+        .find_map(|l| std::fs::read_link(l.join(rel)).ok())
+}
+
+fn walk(ctx: &Walk<'_>, dir: &Path, at: &Path, out: &mut Vec<Change>) -> std::io::Result<()> {
+    let lowers = ctx.lowers;
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
@@ -85,6 +117,15 @@ fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> std
         let inside = at.join(entry.file_name());
         let rel = inside.strip_prefix("/").unwrap_or(&inside).to_path_buf();
         let below = in_lower(lowers, &rel);
+        let placeholder = ctx.mount_points.contains(&inside)
+            && if meta.is_dir() {
+                std::fs::read_dir(&path)?.next().is_none()
+            } else {
+                meta.is_file() && meta.len() == 0
+            };
+        if placeholder {
+            continue;
+        }
         if is_whiteout(&meta) {
             out.push(Change {
                 path: inside,
@@ -129,8 +170,15 @@ fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> std
                     });
                 }
             }
-            walk(&path, &inside, lowers, out)?;
+            walk(ctx, &path, &inside, out)?;
         } else {
+            // Top-level symlinks pristine recreates from the host (`/bin -> usr/bin`).
+            let same_link = meta.file_type().is_symlink()
+                && below.as_ref().is_some_and(|b| b.file_type().is_symlink())
+                && std::fs::read_link(&path).ok() == in_lower_link(lowers, &rel);
+            if same_link && at == Path::new("/") {
+                continue;
+            }
             out.push(Change {
                 path: inside,
                 kind: if below.is_some() {

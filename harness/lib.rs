@@ -50,6 +50,7 @@ pub mod rootfs;
 mod setup;
 pub mod store;
 pub mod sys;
+pub mod testing;
 pub mod userns;
 pub mod whiteout;
 

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use pristine::{Bind, Container, ExitStatus, Image, Keep, Upper};
 
+mod common;
+
 /// A store of its own for each test, so that tests can assert on its contents.
 struct TestStore {
     dir: tempfile::TempDir,
@@ -53,10 +55,6 @@ fn sh(store: &TestStore, image: Image, script: &str) -> pristine::Outcome {
         .container(image)
         .run(["/bin/sh", "-c", script])
         .unwrap_or_else(|e| panic!("container failed: {e}"))
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// A layer directory with a few data files, stacked over the host image in tests.
@@ -282,7 +280,7 @@ fn keep_lists_exactly_what_changed() {
         ]
     );
     // The same list from the CLI, later.
-    let cli = Command::new(env!("CARGO_BIN_EXE_pristine"))
+    let cli = Command::new(common::pristine_bin())
         .arg("diff")
         .arg(&kept.dir)
         .output()
@@ -414,7 +412,7 @@ fn bad_input_is_a_clear_error() {
 }
 
 fn cli() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pristine"))
+    Command::new(common::pristine_bin())
 }
 
 #[test]
@@ -592,59 +590,8 @@ fn a_thousand_containers_leak_nothing() {
     assert_eq!(store.listing(), before_files, "store contents changed");
 }
 
-/// Runs this test binary again as `nobody`, which exercises the rootless path: user
-/// namespace, uid mapped to root inside, overlayfs with `userxattr`.
+/// Runs this test binary again as `nobody`, which exercises the rootless path.
 #[test]
 fn rootless_mode_passes_too() {
-    if !is_root() {
-        eprintln!("already running rootless; nothing more to do");
-        return;
-    }
-    if which("setpriv").is_none() {
-        panic!("setpriv (util-linux) is needed to test the rootless path");
-    }
-    // Copy the binaries somewhere `nobody` can read: the checkout may be under /root.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let deps = dir.path().join("deps");
-    std::fs::create_dir(&deps).unwrap();
-    let me = std::env::current_exe().unwrap();
-    let test_bin = deps.join(me.file_name().unwrap());
-    std::fs::copy(&me, &test_bin).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_pristine"), dir.path().join("pristine")).unwrap();
-    let home = dir.path().join("home");
-    std::fs::create_dir(&home).unwrap();
-    nix::unistd::chown(&home, Some(65534.into()), Some(65534.into())).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&test_bin)
-        .args(["--skip", "rootless_mode_passes_too", "--test-threads", "2"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &home)
-        .env("TMPDIR", &home)
-        .env("PRISTINE_STORE", home.join("store"))
-        .current_dir(&home)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "rootless run failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("test result: ok"), "{stdout}");
-    eprintln!(
-        "{}",
-        stdout
-            .lines()
-            .filter(|l| l.starts_with("test result"))
-            .collect::<String>()
-    );
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    common::rerun_as_nobody("rootless_mode_passes_too");
 }

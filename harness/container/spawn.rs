@@ -19,7 +19,7 @@ use crate::image::Base;
 use crate::init::{init_program, InitReport, InitSpec, INIT_ARG};
 use crate::namespaces;
 use crate::rootfs::host::{self, HostEntry};
-use crate::setup::{plan, PlanInput, RootfsSource, UpperPlacement};
+use crate::setup::{plan, PlanInput, RootfsSource, SetupOp, UpperPlacement};
 use crate::store::Store;
 use crate::sys::{self, ExecRequest};
 use crate::userns;
@@ -159,6 +159,18 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         hostname: &hostname,
     })
     .map_err(ConfigError::from)?;
+    let mount_points: Vec<PathBuf> = ops
+        .iter()
+        .filter_map(|op| match op {
+            SetupOp::Bind { target, .. }
+            | SetupOp::Overlay { target, .. }
+            | SetupOp::Tmpfs { target, .. }
+            | SetupOp::Proc { target }
+            | SetupOp::Devpts { target, .. } => target.strip_prefix(base.join("root")).ok(),
+            _ => None,
+        })
+        .map(|rel| Path::new("/").join(rel))
+        .collect();
     let spec = serde_json::to_vec(&InitSpec {
         ops,
         argv: argv.clone(),
@@ -285,7 +297,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         Keep::OnFailure => !status.success() || timed_out,
     };
     let kept = match (keep, &cdir) {
-        (true, Some(d)) => Some(keep_upper(&store, &id, &d.upper(), &image)?),
+        (true, Some(d)) => Some(keep_upper(&store, &id, &d.upper(), &image, &mount_points)?),
         _ => None,
     };
     drop(cdir);
@@ -334,7 +346,13 @@ impl Drop for OwnUpper {
 
 /// Moves the upper layer to `STORE/kept/ID/upper` and records the lower layers beside it
 /// (`lowers`, one path a line, uppermost first) so that the diff can be computed later.
-fn keep_upper(store: &Store, id: &str, upper: &Path, image: &crate::Image) -> Result<Kept, Error> {
+fn keep_upper(
+    store: &Store,
+    id: &str,
+    upper: &Path,
+    image: &crate::Image,
+    mount_points: &[PathBuf],
+) -> Result<Kept, Error> {
     let dir = store.kept_dir().join(id);
     let io = |op| move |source| Error::Io { op, source };
     if dir.exists() {
@@ -354,6 +372,11 @@ fn keep_upper(store: &Store, id: &str, upper: &Path, image: &crate::Image) -> Re
         .map(|l| format!("{}\n", l.display()))
         .collect();
     std::fs::write(dir.join("lowers"), text).map_err(io("record the lower layers"))?;
+    let text: String = mount_points
+        .iter()
+        .map(|m| format!("{}\n", m.display()))
+        .collect();
+    std::fs::write(dir.join("mountpoints"), text).map_err(io("record the mount points"))?;
     Ok(Kept { dir })
 }
 

@@ -19,6 +19,8 @@ pub enum HostEntry {
     File(String),
     /// A symbolic link, recreated with the same target.
     Symlink(String, PathBuf),
+    /// A regular file that a layer adds at the top level: bound read-only from the layer.
+    LayerFile(String, PathBuf),
 }
 
 /// Top-level directories the container gets fresh instances of instead of the host's.

@@ -96,9 +96,12 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             userxattr: input.rootless,
         }),
         RootfsSource::HostEntries { entries, layers } => {
-            // pivot_root needs the new root to be a mount point.
+            // The new root is the upper directory itself, bound to the root mount point: new
+            // top-level entries land in the upper layer like everything else (and pivot_root
+            // gets the mount point it needs). Each top-level directory's overlay is mounted
+            // over its own upper subdirectory, reached through that bind.
             ops.push(SetupOp::Bind {
-                source: root.clone(),
+                source: upper.clone(),
                 target: root.clone(),
                 readonly: false,
                 recursive: false,
@@ -117,7 +120,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                             .iter()
                             .any(|p| p.starts_with(Path::new("/").join(&name))) =>
                     {
-                        for dir in [upper.join(&name), work.join(&name), root.join(&name)] {
+                        for dir in [upper.join(&name), work.join(&name)] {
                             ops.push(SetupOp::Mkdir { path: dir });
                         }
                         let mut lowers: Vec<PathBuf> = layers
@@ -144,6 +147,12 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                         target: root.join(&name),
                         readonly: true,
                         recursive: true,
+                    }),
+                    HostEntry::LayerFile(name, source) => ops.push(SetupOp::Bind {
+                        source,
+                        target: root.join(&name),
+                        readonly: true,
+                        recursive: false,
                     }),
                     HostEntry::Symlink(name, target) => ops.push(SetupOp::Symlink {
                         target,
@@ -214,7 +223,8 @@ fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf]) -> Vec<HostEntr
         HostEntry::Overlay(n)
         | HostEntry::ReadOnlyBind(n)
         | HostEntry::File(n)
-        | HostEntry::Symlink(n, _) => n.clone(),
+        | HostEntry::Symlink(n, _)
+        | HostEntry::LayerFile(n, _) => n.clone(),
     };
     let mut out: Vec<HostEntry> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -238,10 +248,17 @@ fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf]) -> Vec<HostEntr
             if crate::whiteout::is_whiteout(&meta) {
                 continue; // deleted by this layer: hidden from everything below
             }
-            if meta.is_dir() {
-                out.push(HostEntry::Overlay(name));
-            } else if let Some(host) = entries.iter().find(|h| name_of(h) == name) {
-                out.push(host.clone());
+            match entries.iter().find(|h| name_of(h) == name) {
+                // What the host must show as is (mounts below, symlinks, files) stays so.
+                Some(host) if !matches!(host, HostEntry::Overlay(_)) => out.push(host.clone()),
+                _ if meta.is_dir() => out.push(HostEntry::Overlay(name)),
+                _ if meta.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(e.path()) {
+                        out.push(HostEntry::Symlink(name, target));
+                    }
+                }
+                _ if meta.is_file() => out.push(HostEntry::LayerFile(name, e.path())),
+                _ => {}
             }
         }
     }

@@ -24,7 +24,9 @@ pub enum CarryError {
         source: std::io::Error,
     },
     /// The file is not an ELF64 little-endian executable.
-    #[error("cannot carry {path}: {reason} (only x86-64/aarch64-style ELF64 LE binaries are supported)")]
+    #[error(
+        "cannot carry {path}: {reason} (only x86-64/aarch64-style ELF64 LE binaries are supported)"
+    )]
     NotElf {
         /// The binary.
         path: PathBuf,
@@ -94,7 +96,10 @@ pub fn carry(binary: &Path) -> Result<Carried, CarryError> {
     }
     let lib_dir = format!("{CARRY_DIR}/lib");
     let ld_target = format!("{CARRY_DIR}/ld.so");
-    let mut binds = vec![ro(binary, bin_target.clone()), ro(&interp, ld_target.clone())];
+    let mut binds = vec![
+        ro(binary, bin_target.clone()),
+        ro(&interp, ld_target.clone()),
+    ];
     for (soname, path) in parse_list(&text) {
         binds.push(ro(&path, format!("{lib_dir}/{soname}")));
     }
@@ -205,7 +210,9 @@ mod tests {
     #[test]
     fn finds_the_interpreter_of_this_binary() {
         let me = std::env::current_exe().unwrap();
-        let interp = interpreter(&me).unwrap().expect("a dynamically linked test binary");
+        let interp = interpreter(&me)
+            .unwrap()
+            .expect("a dynamically linked test binary");
         assert!(interp.is_absolute() && interp.exists(), "{interp:?}");
         assert!(matches!(
             parse_interp(b"not an elf at all, definitely not, no no no no no no no no no no no no"),

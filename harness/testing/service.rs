@@ -12,8 +12,24 @@ use std::time::{Duration, Instant};
 
 use crate::hints::Hint;
 
-/// Where services' logs go inside the container (`DIR/NAME.log`).
+/// Where services' logs go inside the container (`DIR/NAME.log`), if the image lets the
+/// container create it; otherwise [`FALLBACK_LOG_DIR`] (e.g. rootless on the host image,
+/// where `/var/log` belongs to an unmapped user).
 pub const LOG_DIR: &str = "/var/log/pristine";
+/// Where services' logs go when [`LOG_DIR`] cannot be created.
+pub const FALLBACK_LOG_DIR: &str = "/tmp/pristine-log";
+
+/// The log directory, created on first use (inside the container only).
+fn log_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<&'static Path> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if std::fs::create_dir_all(LOG_DIR).is_ok() {
+            Path::new(LOG_DIR)
+        } else {
+            Path::new(FALLBACK_LOG_DIR)
+        }
+    })
+}
 
 /// How often readiness is checked.
 const POLL: Duration = Duration::from_millis(1);
@@ -134,9 +150,9 @@ impl Service {
         self
     }
 
-    /// Its log file inside the container.
-    pub fn log_path(&self) -> PathBuf {
-        Path::new(LOG_DIR).join(format!("{}.log", self.name))
+    /// Its log file inside the container (creates the log directory: call it there only).
+    pub(crate) fn log_path(&self) -> PathBuf {
+        log_dir().join(format!("{}.log", self.name))
     }
 }
 
@@ -279,7 +295,7 @@ impl Service {
             path: log.clone(),
             source,
         };
-        std::fs::create_dir_all(LOG_DIR).map_err(io_log)?;
+        std::fs::create_dir_all(log_dir()).map_err(io_log)?;
         let out = File::create(&log).map_err(io_log)?;
         let err = out.try_clone().map_err(io_log)?;
         let user = match &self.user {

@@ -1,0 +1,611 @@
+//! The harness builder and its libtest-mimic glue: discovery (building the trial list, which
+//! touches neither the kernel nor any image) and execution (one container per trial).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Conclusion, Failed, Trial};
+
+use super::carry::{self, Carried};
+use super::inside::{self, Timings, INSIDE_ENV, T0_ENV};
+use super::report::{self, TestTiming};
+use super::service::Service;
+use crate::{Base, Bind, Container, Image, Keep, Stdio, Upper};
+
+/// What a test body returns: `?` works on any error; a panic fails the test too.
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+type Body = Arc<dyn Fn(&Ctx) -> TestResult + Send + Sync>;
+type ImageFn = Arc<dyn Fn() -> Result<Image, String> + Send + Sync>;
+
+/// Environment variable: per-test timeout (`30s`, `2m`, or seconds), overriding
+/// [`Harness::timeout`].
+pub const TIMEOUT_ENV: &str = "PRISTINE_TEST_TIMEOUT";
+/// Environment variable: `failed` (or `on-failure`), `always` or `never`: keep the upper
+/// layer of failed (or all) tests and print what they changed. Overrides [`Harness::keep`].
+pub const KEEP_ENV: &str = "PRISTINE_KEEP";
+/// The default per-test timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a test body gets: its name and its services.
+#[derive(Debug)]
+pub struct Ctx {
+    pub(crate) name: String,
+    pub(crate) services: Vec<(String, PathBuf)>,
+}
+
+impl Ctx {
+    /// The test's full name (`group::test` in a named group).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The log file of service `name` (its stdout and stderr), if there is such a service.
+    pub fn service_log_path(&self, name: &str) -> Option<&std::path::Path> {
+        self.services
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.as_path())
+    }
+
+    /// The log of service `name` so far (empty if there is no such service).
+    pub fn service_log(&self, name: &str) -> String {
+        self.service_log_path(name)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) struct TestDef {
+    pub(crate) name: String,
+    pub(crate) body: Body,
+    pub(crate) ignored: bool,
+}
+
+/// Tests sharing an image and services.
+pub(crate) struct Group {
+    pub(crate) prefix: String,
+    image: Option<ImageFn>,
+    image_cell: Arc<OnceLock<Result<Image, String>>>,
+    pub(crate) services: Vec<Service>,
+    binds: Vec<Bind>,
+    env: Vec<(String, String)>,
+    workdir: Option<PathBuf>,
+    carry: Option<bool>,
+    pub(crate) tests: Vec<TestDef>,
+}
+
+impl Group {
+    fn new(prefix: String) -> Self {
+        Group {
+            prefix,
+            image: None,
+            image_cell: Arc::new(OnceLock::new()),
+            services: Vec::new(),
+            binds: Vec::new(),
+            env: Vec::new(),
+            workdir: None,
+            carry: None,
+            tests: Vec::new(),
+        }
+    }
+}
+
+/// Settings shared by all groups.
+#[derive(Clone, Default)]
+struct Settings {
+    timeout: Option<Duration>,
+    keep: Option<Keep>,
+    upper: Option<Upper>,
+    store: Option<PathBuf>,
+}
+
+/// A libtest-compatible test harness whose tests each run inside their own container.
+///
+/// Use it as the `main` of a `[[test]]` target with `harness = false`:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use pristine::testing::{Harness, Service};
+///
+/// fn main() {
+///     Harness::new()
+///         .image(|| Ok::<_, std::convert::Infallible>(pristine::Image::host()))
+///         .service(
+///             Service::new("web", ["python3", "-m", "http.server", "8000"])
+///                 .ready_tcp(8000)
+///                 .start_timeout(Duration::from_secs(10)),
+///         )
+///         .test("writes_are_private", |_ctx| {
+///             std::fs::write("/etc/motd", "mine")?; // inside the container
+///             Ok(())
+///         })
+///         .run();
+/// }
+/// ```
+///
+/// The outer process (what `cargo test` and nextest start) parses the libtest command line
+/// and runs each selected test as a trial that starts a container and, inside it, this same
+/// binary again with `--exact NAME --nocapture` and a marker in the environment. That inner
+/// process starts the services, waits until they are ready and runs the test body.
+#[must_use]
+pub struct Harness {
+    groups: Vec<Group>,
+    settings: Settings,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness {
+    /// A harness with one unnamed group on the host image.
+    ///
+    /// Calls [`crate::main_if_requested`] first, so this binary can serve as the containers'
+    /// init: create the harness first thing in `main`.
+    pub fn new() -> Self {
+        crate::main_if_requested();
+        Harness {
+            groups: vec![Group::new(String::new())],
+            settings: Settings::default(),
+        }
+    }
+
+    fn current(&mut self) -> &mut Group {
+        self.groups.last_mut().expect("there is always a group")
+    }
+
+    /// Starts a new group of tests named `name::TEST`, with its own image, services, binds
+    /// and environment (none until set). Timeout, keep, upper and store stay harness-wide.
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        let prefix = if name.is_empty() {
+            String::new()
+        } else {
+            format!("{name}::")
+        };
+        self.groups.push(Group::new(prefix));
+        self
+    }
+
+    /// The current group's image, made on first use by a test that runs (never for
+    /// `--list`), once per process. Default: [`Image::host`].
+    pub fn image<F, E>(mut self, make: F) -> Self
+    where
+        F: Fn() -> Result<Image, E> + Send + Sync + 'static,
+        E: std::fmt::Display,
+    {
+        self.current().image = Some(Arc::new(move || make().map_err(|e| e.to_string())));
+        self
+    }
+
+    /// Adds a service to the current group, started (in order) before each test body.
+    pub fn service(mut self, service: Service) -> Self {
+        self.current().services.push(service);
+        self
+    }
+
+    /// Adds a volume to the current group's containers.
+    pub fn bind(mut self, bind: Bind) -> Self {
+        self.current().binds.push(bind);
+        self
+    }
+
+    /// Sets an environment variable in the current group's containers.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.current().env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The working directory of the current group's tests (default: the caller's on the
+    /// host image, `/` on other images).
+    pub fn workdir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.current().workdir = Some(dir.into());
+        self
+    }
+
+    /// Whether to carry the test binary with its interpreter and libraries into the
+    /// current group's image (default: on images other than the host's).
+    pub fn carry(mut self, carry: bool) -> Self {
+        self.current().carry = Some(carry);
+        self
+    }
+
+    /// Adds a test to the current group; `body` runs inside the test's container.
+    pub fn test<F>(mut self, name: impl Into<String>, body: F) -> Self
+    where
+        F: Fn(&Ctx) -> TestResult + Send + Sync + 'static,
+    {
+        let g = self.current();
+        let name = format!("{}{}", g.prefix, name.into());
+        g.tests.push(TestDef {
+            name,
+            body: Arc::new(body),
+            ignored: false,
+        });
+        self
+    }
+
+    /// Adds a test that runs only with `--ignored` or `--include-ignored`.
+    pub fn test_ignored<F>(mut self, name: impl Into<String>, body: F) -> Self
+    where
+        F: Fn(&Ctx) -> TestResult + Send + Sync + 'static,
+    {
+        self = self.test(name, body);
+        if let Some(t) = self.current().tests.last_mut() {
+            t.ignored = true;
+        }
+        self
+    }
+
+    /// Per-test timeout: the test is killed with its container and reported as timed out
+    /// (default 60 s; `PRISTINE_TEST_TIMEOUT` overrides it).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = Some(timeout);
+        self
+    }
+
+    /// When to keep a test's upper layer (default [`Keep::Never`]; `PRISTINE_KEEP`
+    /// overrides it). A kept layer's path and diff are part of the failure report.
+    pub fn keep(mut self, keep: Keep) -> Self {
+        self.settings.keep = Some(keep);
+        self
+    }
+
+    /// Where upper layers live (default: a 4 GiB tmpfs).
+    pub fn upper(mut self, upper: Upper) -> Self {
+        self.settings.upper = Some(upper);
+        self
+    }
+
+    /// The store directory (default: [`crate::Store::default_location`]).
+    pub fn store(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.settings.store = Some(dir.into());
+        self
+    }
+
+    /// The full names of all tests, in order.
+    pub fn test_names(&self) -> Vec<String> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.tests.iter().map(|t| t.name.clone()))
+            .collect()
+    }
+
+    /// Runs the harness on the libtest command line, prints a timing summary to stderr
+    /// and exits with libtest's exit code.
+    pub fn run(self) -> ! {
+        let finished = self.execute(&Arguments::from_args());
+        if let Some(s) = finished.summary() {
+            eprintln!("{s}");
+        }
+        finished.conclusion.exit()
+    }
+
+    /// Runs the harness with `args` and returns the conclusion and per-test timings.
+    ///
+    /// Inside a test's container (the re-executed binary) this runs that one test and
+    /// exits instead of returning.
+    pub fn execute(self, args: &Arguments) -> Finished {
+        if let Some(name) = std::env::var_os(INSIDE_ENV) {
+            inside::run(&self.groups, &name.to_string_lossy());
+        }
+        let timings = Arc::new(Mutex::new(Vec::new()));
+        let config = Arc::new(RunConfig::from_env(&self.settings, args.nocapture));
+        let mut trials = Vec::new();
+        for g in self.groups {
+            let group = Arc::new(GroupRun {
+                image: g.image,
+                image_cell: g.image_cell,
+                binds: g.binds,
+                env: g.env,
+                workdir: g.workdir,
+                carry: g.carry,
+            });
+            for t in g.tests {
+                let (group, config, timings) = (group.clone(), config.clone(), timings.clone());
+                let name = t.name.clone();
+                trials.push(
+                    Trial::test(t.name, move || {
+                        let (result, timing) = run_trial(&group, &config, &name);
+                        if let Some(timing) = timing {
+                            timings
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(timing);
+                        }
+                        result
+                    })
+                    .with_ignored_flag(t.ignored),
+                );
+            }
+        }
+        let conclusion = libtest_mimic::run(args, trials);
+        let timings = std::mem::take(&mut *timings.lock().unwrap_or_else(|e| e.into_inner()));
+        Finished {
+            conclusion,
+            timings,
+        }
+    }
+}
+
+/// The result of [`Harness::execute`].
+#[derive(Debug)]
+#[must_use]
+pub struct Finished {
+    /// libtest-mimic's conclusion (`.exit()` exits with its code).
+    pub conclusion: Conclusion,
+    /// Timings of the tests that ran in a container, in completion order.
+    pub timings: Vec<TestTiming>,
+}
+
+impl Finished {
+    /// A one-paragraph summary of container start latencies, if any test ran.
+    pub fn summary(&self) -> Option<String> {
+        report::summary(&self.timings)
+    }
+}
+
+struct GroupRun {
+    image: Option<ImageFn>,
+    image_cell: Arc<OnceLock<Result<Image, String>>>,
+    binds: Vec<Bind>,
+    env: Vec<(String, String)>,
+    workdir: Option<PathBuf>,
+    carry: Option<bool>,
+}
+
+impl GroupRun {
+    fn image(&self) -> Result<&Image, String> {
+        self.image_cell
+            .get_or_init(|| match &self.image {
+                None => Ok(Image::host()),
+                Some(f) => f(),
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+/// Settings resolved from the builder and the environment, once.
+struct RunConfig {
+    timeout: Duration,
+    keep: Keep,
+    upper: Option<Upper>,
+    store: Option<PathBuf>,
+    nocapture: bool,
+}
+
+impl RunConfig {
+    fn from_env(s: &Settings, nocapture: bool) -> Self {
+        let mut warnings = Vec::new();
+        let timeout = match std::env::var(TIMEOUT_ENV) {
+            Ok(v) if !v.trim().is_empty() => match parse_timeout(&v) {
+                Some(t) => t,
+                None => {
+                    warnings.push(format!(
+                        "ignoring {TIMEOUT_ENV}={v:?}: expected a duration like 30s or 2m"
+                    ));
+                    s.timeout.unwrap_or(DEFAULT_TIMEOUT)
+                }
+            },
+            _ => s.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        };
+        let keep = match std::env::var(KEEP_ENV) {
+            Ok(v) if !v.trim().is_empty() => match parse_keep(&v) {
+                Some(k) => k,
+                None => {
+                    warnings.push(format!(
+                        "ignoring {KEEP_ENV}={v:?}: expected failed, always or never"
+                    ));
+                    s.keep.unwrap_or(Keep::Never)
+                }
+            },
+            _ => s.keep.unwrap_or(Keep::Never),
+        };
+        for w in &warnings {
+            eprintln!("pristine: {w}");
+        }
+        RunConfig {
+            timeout,
+            keep,
+            upper: s.upper.clone(),
+            store: s.store.clone(),
+            nocapture,
+        }
+    }
+}
+
+/// `30s`, `1m 30s`, `500ms` or plain seconds.
+pub(crate) fn parse_timeout(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    humantime::parse_duration(v).ok().filter(|d| !d.is_zero())
+}
+
+/// `PRISTINE_KEEP` values.
+pub(crate) fn parse_keep(v: &str) -> Option<Keep> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "failed" | "failure" | "on-failure" | "onfailure" | "fail" => Some(Keep::OnFailure),
+        "always" | "all" | "1" | "yes" => Some(Keep::Always),
+        "never" | "0" | "no" => Some(Keep::Never),
+        _ => None,
+    }
+}
+
+/// The test binary carried into images, planned once per process.
+fn carried_self() -> Result<&'static Carried, String> {
+    static CARRIED: OnceLock<Result<Carried, String>> = OnceLock::new();
+    CARRIED
+        .get_or_init(|| {
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("failed to locate the test binary: {e}"))?;
+            carry::carry(&exe).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Whether `dir` of the host is visible in a container of the host image: not under the
+/// container's own fresh `/tmp`, `/dev` or `/proc`.
+pub(crate) fn visible_on_host_image(dir: &std::path::Path) -> bool {
+    !["/tmp", "/dev", "/proc"].iter().any(|p| dir.starts_with(p))
+}
+
+/// Monotonic clock in nanoseconds (`CLOCK_MONOTONIC` is shared by all containers: they have
+/// no time namespace).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn run_trial(
+    group: &GroupRun,
+    config: &RunConfig,
+    name: &str,
+) -> (Result<(), Failed>, Option<TestTiming>) {
+    let image = match group.image() {
+        Ok(i) => i.clone(),
+        Err(e) => {
+            return (
+                Err(format!("failed to make the image for test {name}: {e}").into()),
+                None,
+            )
+        }
+    };
+    let carry = group.carry.unwrap_or(*image.base() != Base::Host);
+    let mut c = Container::new(image)
+        .stdio(Stdio::Capture)
+        .timeout(config.timeout)
+        .keep(config.keep);
+    if let Some(u) = &config.upper {
+        c = c.upper(u.clone());
+    }
+    if let Some(s) = &config.store {
+        c = c.store(s);
+    }
+    let mut argv: Vec<String> = match carry {
+        true => match carried_self() {
+            Ok(carried) => {
+                for b in &carried.binds {
+                    c = c.bind(b.clone());
+                }
+                carried.argv.clone()
+            }
+            Err(e) => return (Err(format!("test {name}: {e}").into()), None),
+        },
+        // The host's libc is there, but the binary's own directory may not be (the
+        // container's /tmp is a fresh tmpfs, for one): bind the binary itself.
+        false => match std::env::current_exe() {
+            Ok(exe) => {
+                let target = format!("{}/bin", carry::CARRY_DIR);
+                c = c.bind(Bind {
+                    source: exe,
+                    target: target.clone().into(),
+                    readonly: true,
+                });
+                vec![target]
+            }
+            Err(e) => {
+                return (
+                    Err(format!("failed to locate the test binary: {e}").into()),
+                    None,
+                )
+            }
+        },
+    };
+    argv.extend(["--exact".into(), name.to_string(), "--nocapture".into()]);
+    for b in &group.binds {
+        c = c.bind(b.clone());
+    }
+    for (k, v) in &group.env {
+        c = c.env(k, v);
+    }
+    let workdir = match (&group.workdir, carry) {
+        (Some(w), _) => Some(w.clone()),
+        (None, false) => std::env::current_dir()
+            .ok()
+            .filter(|d| visible_on_host_image(d)),
+        (None, true) => None,
+    };
+    if let Some(w) = workdir {
+        c = c.workdir(w);
+    }
+    let t0 = monotonic_ns();
+    c = c.env(INSIDE_ENV, name).env(T0_ENV, t0.to_string());
+    let out = match c.run(&argv) {
+        Ok(out) => out,
+        Err(e) => {
+            return (
+                Err(format!("failed to run test {name} in a container: {e}").into()),
+                None,
+            )
+        }
+    };
+    let (stdout, inner) = Timings::strip(&out.stdout);
+    let timing = TestTiming::new(name, t0, out.duration, inner.as_ref());
+    let passed = out.status.success() && !out.timed_out;
+    if passed {
+        if config.nocapture {
+            print!("{stdout}");
+            eprint!("{}", out.stderr_str());
+        }
+        return (Ok(()), Some(timing));
+    }
+    let diff = out.kept.as_ref().map(|k| (k.upper(), k.diff()));
+    let text = report::failure(&report::FailureInput {
+        name,
+        id: &out.id,
+        status: out.status,
+        timed_out: out.timed_out,
+        timeout: config.timeout,
+        duration: out.duration,
+        stdout: &stdout,
+        stderr: &out.stderr_str(),
+        kept: diff
+            .as_ref()
+            .map(|(p, d)| (p.as_path(), d.as_ref().map_err(|e| e.to_string()))),
+        keep_asked: config.keep != Keep::Never,
+    });
+    (Err(text.into()), Some(timing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_timeouts_and_keep() {
+        assert_eq!(parse_timeout("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("1m 30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("0"), None);
+        assert_eq!(parse_timeout("soon"), None);
+        assert_eq!(parse_keep("failed"), Some(Keep::OnFailure));
+        assert_eq!(parse_keep("Always"), Some(Keep::Always));
+        assert_eq!(parse_keep("sometimes"), None);
+    }
+
+    #[test]
+    fn listing_builds_no_image() {
+        let h = Harness::new()
+            .image(|| -> Result<Image, String> { panic!("must not be called") })
+            .test("a", |_| Ok(()))
+            .group("g")
+            .test_ignored("b", |_| Ok(()));
+        assert_eq!(h.test_names(), ["a", "g::b"]);
+        let f = h.execute(&Arguments::from_iter(["bin", "--list"]));
+        assert_eq!(f.conclusion.num_passed, 0);
+        assert!(f.timings.is_empty());
+    }
+}

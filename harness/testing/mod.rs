@@ -1,0 +1,23 @@
+//! Test harness: every test in its own container, on libtest-mimic, for `cargo test` and
+//! `cargo nextest run`; and `pristine wrap`, which does the same for unmodified test
+//! binaries as a nextest wrapper script.
+//!
+//! - [`Harness`] (discovery and execution, `harness.rs`): the builder and its trials; the
+//!   test list is built without touching the kernel or any image.
+//! - `inside.rs`: what the re-executed test binary does in its container.
+//! - [`Service`] (`service.rs`): services and their readiness checks.
+//! - [`carry`]: running a host binary in an image without a compatible libc.
+//! - `report.rs`: failure reports and timing summaries.
+//! - [`wrap`]: the nextest wrapper.
+
+pub mod carry;
+mod harness;
+mod inside;
+mod report;
+mod service;
+pub mod wrap;
+
+pub use harness::{Ctx, Finished, Harness, TestResult, DEFAULT_TIMEOUT, KEEP_ENV, TIMEOUT_ENV};
+pub use inside::INSIDE_ENV;
+pub use report::{render_diff, TestTiming};
+pub use service::{Ready, Service, ServiceError, FALLBACK_LOG_DIR, LOG_DIR};

@@ -1,0 +1,82 @@
+//! Shared by the integration tests.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The `pristine` binary: beside the test binary's `deps/` directory (which also holds when
+/// the binaries were copied elsewhere for the rootless run), else cargo's.
+pub fn pristine_bin() -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    let sibling = me
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("pristine"));
+    match sibling {
+        Some(p) if p.is_file() => p,
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_pristine")),
+    }
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Runs this test binary again as `nobody` (skipping `this_test`), which exercises the
+/// rootless path: user namespace, uid mapped to root inside, overlayfs with `userxattr`.
+/// The binaries are copied somewhere `nobody` can read: the checkout may be under /root.
+pub fn rerun_as_nobody(this_test: &str) {
+    if !is_root() {
+        eprintln!("already running rootless; nothing more to do");
+        return;
+    }
+    assert!(
+        which("setpriv").is_some(),
+        "setpriv (util-linux) is needed to test the rootless path"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let deps = dir.path().join("deps");
+    std::fs::create_dir(&deps).unwrap();
+    let me = std::env::current_exe().unwrap();
+    let test_bin = deps.join(me.file_name().unwrap());
+    std::fs::copy(&me, &test_bin).unwrap();
+    std::fs::copy(pristine_bin(), dir.path().join("pristine")).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    nix::unistd::chown(&home, Some(65534.into()), Some(65534.into())).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&test_bin)
+        .args(["--skip", this_test, "--test-threads", "2"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &home)
+        .env("TMPDIR", &home)
+        .env("PRISTINE_STORE", home.join("store"))
+        .current_dir(&home)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "rootless run failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("test result: ok"), "{stdout}");
+    eprintln!(
+        "rootless: {}",
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("test result"))
+            .collect::<String>()
+    );
+}

@@ -1,0 +1,322 @@
+//! A harness target for the harness's own tests. Under plain `cargo test` it runs the tests
+//! that must pass (services, isolation, carrying into a busybox image, groups); with
+//! `PRISTINE_FIXTURE_FAILING=1` it also registers tests that fail, panic, hang or whose
+//! service never comes up, which `tests/harness_suite.rs` drives and checks. It doubles as a
+//! nextest wrapper (`harness_fixture __pristine_wrap [OPTIONS] -- TESTBIN ARGS…`) until the
+//! `pristine` CLI has `wrap`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use pristine::testing::{Harness, Service};
+use pristine::Image;
+
+#[derive(Parser)]
+struct WrapCli {
+    #[command(flatten)]
+    args: pristine::testing::wrap::WrapArgs,
+}
+
+fn main() {
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some("__pristine_wrap".as_ref()) {
+        pristine::main_if_requested();
+        let cli = WrapCli::parse_from(std::env::args_os().skip(1));
+        std::process::exit(match pristine::testing::wrap::run(cli.args) {
+            c if c == std::process::ExitCode::SUCCESS => 0,
+            _ => 1,
+        });
+    }
+    let failing = std::env::var_os("PRISTINE_FIXTURE_FAILING").is_some();
+    let mut h = Harness::new()
+        .test("pid_and_hostname_are_the_containers", |_| {
+            let host = nix::unistd::gethostname()?
+                .into_string()
+                .unwrap_or_default();
+            if !host.starts_with("pristine-") {
+                return Err(format!("hostname {host:?}").into());
+            }
+            // PID 1 is the init, this test binary its only child.
+            if std::process::id() != 2 {
+                return Err(format!("pid {}", std::process::id()).into());
+            }
+            Ok(())
+        })
+        .test("writes_stay_private", |ctx| {
+            let p = Path::new("/etc/pristine-fixture-private");
+            if p.exists() {
+                return Err("a previous test's write is visible".into());
+            }
+            std::fs::write(p, ctx.name())?;
+            Ok(())
+        })
+        .test_ignored("ignored_but_passes", |_| Ok(()));
+
+    h = h
+        .group("isolation")
+        .service(Service::new("idle", ["sleep", "1000"]));
+    for i in 0..4 {
+        h = h.test(format!("same_file_and_port_{i}"), move |_| {
+            // Every test binds the same port and writes the same file, at the same time.
+            let listener = TcpListener::bind("127.0.0.1:7000")?;
+            std::fs::write("/etc/pristine-shared", format!("{i}"))?;
+            std::thread::sleep(Duration::from_millis(150));
+            let mut s = TcpStream::connect("127.0.0.1:7000")?;
+            s.write_all(format!("{i}").as_bytes())?;
+            let (mut conn, _) = listener.accept()?;
+            let mut got = String::new();
+            drop(s);
+            conn.read_to_string(&mut got)?;
+            let file = std::fs::read_to_string("/etc/pristine-shared")?;
+            if got != i.to_string() || file != i.to_string() {
+                return Err(format!("saw port data {got:?}, file {file:?}").into());
+            }
+            Ok(())
+        });
+    }
+
+    h = h
+        .group("svc")
+        .service(
+            Service::new(
+                "web",
+                ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1"],
+            )
+            .workdir("/usr/share")
+            .ready_tcp(8000)
+            .start_timeout(Duration::from_secs(10)),
+        )
+        .service(
+            Service::new(
+                "sock",
+                [
+                    "python3",
+                    "-c",
+                    "import socket,time; s=socket.socket(socket.AF_UNIX); s.bind('/tmp/svc.sock'); s.listen(); print('bound', flush=True); time.sleep(1000)",
+                ],
+            )
+            .ready_unix_socket("/tmp/svc.sock"),
+        )
+        .service(
+            Service::new(
+                "flag",
+                ["sh", "-c", "sleep 0.05; echo up > /tmp/flag; exec sleep 1000"],
+            )
+            .ready_command(["test", "-e", "/tmp/flag"]),
+        )
+        .service(
+            Service::new(
+                "chatty",
+                ["sh", "-c", "echo starting; echo LISTENING on 1 >&2; exec sleep 1000"],
+            )
+            .ready_log("LISTENING"),
+        )
+        .test("all_ready_before_the_body_and_logged", |ctx| {
+            let mut s = TcpStream::connect("127.0.0.1:8000")?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)?;
+            if !resp.starts_with("HTTP/1.0 200") {
+                return Err(format!("response {resp:?}").into());
+            }
+            std::os::unix::net::UnixStream::connect("/tmp/svc.sock")?;
+            if std::fs::read_to_string("/tmp/flag")? != "up\n" {
+                return Err("flag".into());
+            }
+            // The service's log file has its output (python logs requests to stderr).
+            let mut web = String::new();
+            for _ in 0..1000 {
+                web = ctx.service_log("web");
+                if web.contains("\"GET / HTTP/1.0\" 200") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if !web.contains("\"GET / HTTP/1.0\" 200") {
+                return Err(format!("web log: {web:?}").into());
+            }
+            let chatty = ctx.service_log("chatty");
+            if chatty != "starting\nLISTENING on 1\n" {
+                return Err(format!("chatty log: {chatty:?}").into());
+            }
+            Ok(())
+        })
+        .test("same_port_in_every_container", |_| {
+            // Port 8000 is taken by this container's own web service only.
+            if TcpListener::bind("127.0.0.1:8000").is_ok() {
+                return Err("port 8000 was free: the service is not running here".into());
+            }
+            Ok(())
+        });
+
+    if nix::unistd::geteuid().is_root() {
+        h = h
+            .group("user")
+            .service(
+                Service::new(
+                    "as_nobody",
+                    [
+                        "sh",
+                        "-c",
+                        "id -u > /tmp/uid; id -G > /tmp/gids; exec sleep 1000",
+                    ],
+                )
+                .user("nobody")
+                .ready_command(["test", "-s", "/tmp/gids"]),
+            )
+            .test("service_runs_as_its_user", |_| {
+                let uid = std::fs::read_to_string("/tmp/uid")?;
+                let gids = std::fs::read_to_string("/tmp/gids")?;
+                if uid.trim() != "65534" || gids.trim() != "65534" {
+                    return Err(format!("uid {uid:?}, gids {gids:?}").into());
+                }
+                Ok(())
+            });
+    }
+
+    h = h
+        .group("busybox")
+        .image(busybox_rootfs)
+        .service(
+            Service::new(
+                "loop",
+                ["sh", "-c", "echo ready; while true; do sleep 1; done"],
+            )
+            .ready_log("ready"),
+        )
+        .test("runs_without_the_hosts_libc", |_| {
+            let libc = [
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                "/usr/bin/python3",
+            ];
+            if let Some(p) = libc.iter().find(|p| Path::new(p).exists()) {
+                return Err(format!("{p} exists: this is not the busybox image").into());
+            }
+            let out = std::process::Command::new("sh")
+                .args(["-c", "echo $((6*7))"])
+                .output()?;
+            if out.stdout != b"42\n" {
+                return Err(format!("busybox sh said {:?}", out.stdout).into());
+            }
+            std::fs::write("/bin/new-file", "x")?;
+            Ok(())
+        });
+
+    if failing {
+        h = h
+            .group("fail")
+            .test("returns_an_error", |_| {
+                println!("to stdout: before the error");
+                eprintln!("to stderr: before the error");
+                Err("deliberate failure".into())
+            })
+            .test("panics", |_| {
+                let v: Vec<u32> = Vec::new();
+                assert_eq!(v.len(), 1, "deliberate panic");
+                Ok(())
+            })
+            .test("hangs", |_| {
+                println!("about to hang");
+                std::thread::sleep(Duration::from_secs(3600));
+                Ok(())
+            })
+            .test_ignored("ignored_and_fails", |_| Err("ignored but fails".into()))
+            .group("down")
+            .service(
+                Service::new(
+                    "never",
+                    [
+                        "sh",
+                        "-c",
+                        "echo 'cannot bind: address in use' >&2; exec sleep 1000",
+                    ],
+                )
+                .ready_tcp(9)
+                .start_timeout(Duration::from_millis(300)),
+            )
+            .test("service_never_ready", |_| Ok(()))
+            .group("kept")
+            .image(data_layer_image)
+            .test("fails_after_writing", |_| {
+                std::fs::write("/data/edit.txt", "after\n")?;
+                std::fs::remove_file("/data/gone.txt")?;
+                std::fs::create_dir_all("/data/new/dir")?;
+                std::fs::write("/data/new/dir/file.txt", "new\n")?;
+                Err("deliberate failure after writing".into())
+            });
+    }
+    h.run()
+}
+
+/// A scratch directory owned by this user, shared by the processes of one user.
+fn scratch(name: &str) -> PathBuf {
+    let base = std::env::var_os("PRISTINE_FIXTURE_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    base.join(format!("{name}-{}", nix::unistd::geteuid()))
+}
+
+/// Builds `dir` with `fill` once: into a temporary sibling, then renamed into place.
+fn build_once(
+    dir: PathBuf,
+    fill: impl Fn(&Path) -> std::io::Result<()>,
+) -> Result<PathBuf, String> {
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    fill(&tmp).map_err(|e| format!("fill {}: {e}", tmp.display()))?;
+    match std::fs::rename(&tmp, &dir) {
+        Ok(()) => Ok(dir),
+        Err(_) if dir.is_dir() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(dir)
+        }
+        Err(e) => Err(format!("rename to {}: {e}", dir.display())),
+    }
+}
+
+/// A rootfs with nothing but a static busybox (no libc): `apt-get install busybox-static`.
+fn busybox_rootfs() -> Result<Image, String> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        return Err(
+            "/bin/busybox not found: install busybox-static (apt-get install busybox-static)"
+                .into(),
+        );
+    }
+    let dir = build_once(scratch("pristine-fixture-busybox"), |root| {
+        for d in ["bin", "etc", "tmp", "proc", "dev", "var/log"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        std::fs::copy(busybox, root.join("bin/busybox"))?;
+        for applet in ["sh", "sleep", "echo", "cat", "ls", "test", "id", "true"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+        Ok(())
+    })?;
+    Ok(Image::rootfs(dir))
+}
+
+/// The host image with a layer of data files at /data.
+fn data_layer_image() -> Result<Image, String> {
+    let dir = build_once(scratch("pristine-fixture-data-layer"), |root| {
+        let d = root.join("data");
+        std::fs::create_dir_all(d.join("sub"))?;
+        std::fs::write(d.join("keep.txt"), "keep\n")?;
+        std::fs::write(d.join("edit.txt"), "before\n")?;
+        std::fs::write(d.join("gone.txt"), "gone\n")?;
+        Ok(())
+    })?;
+    Ok(Image::host().layer(dir))
+}

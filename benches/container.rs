@@ -413,6 +413,10 @@ fn check_everything_works<'a>(
 
 fn bench_cycle(c: &mut Criterion, store: &Path, floor: Option<&Floor>, bwrap: Option<&Path>) {
     let mut g = c.benchmark_group(CYCLE);
+    // Milliseconds per iteration: flat sampling keeps the run time at about
+    // `measurement_time` (linear sampling needs n(n+1)/2 iterations, ~7 s at 9 ms and 40
+    // samples); the summary uses medians, which do not need the slope fit.
+    g.sampling_mode(SamplingMode::Flat);
     g.bench_function("plain_spawn_true", |b| b.iter(plain_spawn_true));
     if let Some(floor) = floor {
         g.bench_function("kernel_floor_true", |b| b.iter(|| floor_true(floor)));

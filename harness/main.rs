@@ -25,6 +25,8 @@ enum Command {
         /// A kept container directory, as printed by `pristine run --keep`.
         path: PathBuf,
     },
+    /// Run a test binary's tests each in its own container (a nextest wrapper script).
+    Wrap(pristine::testing::wrap::WrapArgs),
     /// Build the layers of a recipe file (TOML); cached layers are reused.
     Build {
         /// The recipe.
@@ -352,6 +354,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(*args),
+        Command::Wrap(args) => pristine::testing::wrap::run(args),
         Command::Build { file, store } => {
             match store
                 .open()

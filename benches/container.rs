@@ -30,7 +30,7 @@ use std::os::raw::c_char;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use pristine::{Container, Image, Upper};
@@ -80,7 +80,18 @@ fn main() {
     bench_throughput(&mut c, &store, floor, bwrap.as_deref(), quick);
     c.final_summary();
 
-    print_summary(started, &load_before);
+    // Only when actually benchmarking (`cargo bench`), not for `cargo test --benches`,
+    // `--list` or `--profile-time`.
+    let args: Vec<String> = std::env::args().collect();
+    let benching = args.iter().any(|a| a == "--bench")
+        && !args
+            .iter()
+            .any(|a| a == "--list" || a == "--test" || a.starts_with("--profile-time"));
+    if benching {
+        let rounds = if quick { 8 } else { 40 };
+        let inter = interleaved(rounds, &store, floor, bwrap.as_deref());
+        print_summary(started, &load_before, rounds, &inter);
+    }
 }
 
 /// The 1, 5 and 15 minute load averages: other work on this (small, noisy) machine skews
@@ -507,9 +518,80 @@ fn median_ns(home: &Path, id: &str, since: SystemTime) -> Option<f64> {
     json["median"]["point_estimate"].as_f64()
 }
 
-fn print_summary(started: SystemTime, load_before: &str) {
+/// One benchmark case, run once per call.
+type Case<'a> = Box<dyn Fn() + 'a>;
+
+/// Runs of one case in a row within an interleaved round (the first is not timed).
+const INTERLEAVED_BLOCK: usize = 5;
+
+/// The cycle cases in turn, a short block of each per round: slow drifts of the machine's
+/// load hit every case alike, so these ratios are steadier than those of criterion's
+/// groups, which run one after the other.
+fn interleaved(
+    rounds: usize,
+    store: &Path,
+    floor: Option<&Floor>,
+    bwrap: Option<&Path>,
+) -> Vec<(&'static str, Vec<f64>)> {
+    let mut cases: Vec<(&'static str, Case<'_>)> = vec![
+        ("plain_spawn_true", Box::new(plain_spawn_true)),
+        (
+            "pristine_true_tmpfs",
+            Box::new(|| pristine_true(store, None)),
+        ),
+        (
+            "pristine_true_disk_upper",
+            Box::new(|| pristine_true(store, Some(Upper::Disk))),
+        ),
+        ("pristine_cli_true", Box::new(|| pristine_cli_true(store))),
+    ];
+    if let Some(floor) = floor {
+        cases.insert(1, ("kernel_floor_true", Box::new(|| floor_true(floor))));
+    }
+    if let Some(bwrap) = bwrap {
+        cases.push(("bwrap_true", Box::new(|| bwrap_true(bwrap))));
+    }
+    let mut times: Vec<(&'static str, Vec<f64>)> =
+        cases.iter().map(|(n, _)| (*n, Vec::new())).collect();
+    for _ in 0..rounds {
+        for ((_, run), (_, t)) in cases.iter().zip(times.iter_mut()) {
+            // The first run of a block absorbs what the previous case left behind (network
+            // namespaces are freed asynchronously, by a kernel worker): not timed.
+            run();
+            for _ in 1..INTERLEAVED_BLOCK {
+                let start = Instant::now();
+                run();
+                t.push(start.elapsed().as_nanos() as f64);
+            }
+        }
+    }
+    times
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+fn print_summary(
+    started: SystemTime,
+    load_before: &str,
+    rounds: usize,
+    inter: &[(&'static str, Vec<f64>)],
+) {
     let home = criterion_home();
-    let med = |id: &str| median_ns(&home, id, started);
+    let crit = |name: &str| median_ns(&home, &format!("{CYCLE}/{name}"), started);
+    let inter = |name: &str| {
+        inter
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, t)| median(t))
+    };
     let ms = |ns: Option<f64>| ns.map_or("(not run)".to_string(), |v| format!("{:.3} ms", v / 1e6));
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.2}x", a / b),
@@ -523,6 +605,11 @@ fn print_summary(started: SystemTime, load_before: &str) {
         load_average(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    println!(
+        "criterion: its {CYCLE}/ group; interleaved: {rounds} rounds of every case in turn, \
+         {} timed runs in a row each",
+        INTERLEAVED_BLOCK - 1
+    );
     let cycle = [
         "plain_spawn_true",
         "kernel_floor_true",
@@ -531,55 +618,46 @@ fn print_summary(started: SystemTime, load_before: &str) {
         "pristine_cli_true",
         "bwrap_true",
     ];
-    let plain = med(&format!("{CYCLE}/plain_spawn_true"));
-    println!("{:<34} {:>12} {:>14}", "cycle", "median", "vs plain spawn");
+    println!(
+        "{:<32} {:>11} {:>9} {:>12} {:>9}",
+        "", "criterion", "vs plain", "interleaved", "vs plain"
+    );
     for name in cycle {
-        let m = med(&format!("{CYCLE}/{name}"));
         println!(
-            "{:<34} {:>12} {:>14}",
+            "{:<32} {:>11} {:>9} {:>12} {:>9}",
             format!("{CYCLE}/{name}"),
-            ms(m),
-            ratio(m, plain)
+            ms(crit(name)),
+            ratio(crit(name), crit("plain_spawn_true")),
+            ms(inter(name)),
+            ratio(inter(name), inter("plain_spawn_true")),
         );
     }
-    let get = |name: &str| med(&format!("{CYCLE}/{name}"));
     println!();
-    println!("ratios");
-    for (what, a, b) in [
-        (
-            "pristine_true_tmpfs / kernel_floor_true",
-            "pristine_true_tmpfs",
-            "kernel_floor_true",
-        ),
-        (
-            "pristine_cli_true / bwrap_true",
-            "pristine_cli_true",
-            "bwrap_true",
-        ),
-        (
-            "pristine_true_disk_upper / pristine_true_tmpfs",
-            "pristine_true_disk_upper",
-            "pristine_true_tmpfs",
-        ),
-        (
-            "pristine_cli_true / pristine_true_tmpfs",
-            "pristine_cli_true",
-            "pristine_true_tmpfs",
-        ),
-        (
-            "kernel_floor_true / plain_spawn_true",
-            "kernel_floor_true",
-            "plain_spawn_true",
-        ),
+    println!("{:<48} {:>9} {:>12}", "ratios", "criterion", "interleaved");
+    for (a, b) in [
+        ("pristine_true_tmpfs", "kernel_floor_true"),
+        ("pristine_cli_true", "bwrap_true"),
+        ("pristine_true_disk_upper", "pristine_true_tmpfs"),
+        ("pristine_cli_true", "pristine_true_tmpfs"),
+        ("kernel_floor_true", "plain_spawn_true"),
     ] {
-        println!("  {:<48} {:>10}", what, ratio(get(a), get(b)));
+        println!(
+            "  {:<46} {:>9} {:>12}",
+            format!("{a} / {b}"),
+            ratio(crit(a), crit(b)),
+            ratio(inter(a), inter(b))
+        );
     }
     println!();
     println!(
         "throughput ({WORKERS} workers, {THROUGHPUT_CONTAINERS} containers per iteration, median)"
     );
     for name in ["plain_spawn", "kernel_floor", "pristine_tmpfs", "bwrap"] {
-        let m = med(&format!("{THROUGHPUT}/{name}/{THROUGHPUT_CONTAINERS}"));
+        let m = median_ns(
+            &home,
+            &format!("{THROUGHPUT}/{name}/{THROUGHPUT_CONTAINERS}"),
+            started,
+        );
         let rate = m.map_or("(not run)".to_string(), |ns| {
             format!("{:.0} /s", THROUGHPUT_CONTAINERS as f64 / (ns / 1e9))
         });

@@ -57,6 +57,9 @@ pub enum ConfigError {
     /// A hostname the kernel would refuse.
     #[error("hostname {0:?} must be 1 to 64 characters without '/' or NUL")]
     BadHostname(String),
+    /// A user name the image's /etc/passwd does not have.
+    #[error("user {0:?} is not in the image's /etc/passwd")]
+    UnknownUser(String),
     /// An image without base and layers.
     #[error("the image has no base and no layers: give it at least one layer")]
     EmptyImage,

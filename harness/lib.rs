@@ -56,6 +56,7 @@ pub mod whiteout;
 
 pub use container::{
     forward_signals_to_foreground, Bind, Container, ExitStatus, Keep, Kept, Outcome, Stdio, Upper,
+    User,
 };
 pub use error::{ConfigError, Error};
 pub use image::{Base, Image};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pristine::layers::{Catalog, Recipe};
-use pristine::{Bind, BuildError, Container, Keep, Stdio, Store, Upper};
+use pristine::{Bind, BuildError, Container, Keep, Stdio, Store, Upper, User};
 
 /// Throwaway copy-on-write Linux containers for tests.
 #[derive(Parser)]
@@ -127,6 +127,9 @@ struct RunArgs {
     /// Hostname inside the container (default: pristine-ID).
     #[arg(long)]
     hostname: Option<String>,
+    /// Run the command as this user (a name from the image's /etc/passwd, or UID:GID).
+    #[arg(long, value_parser = parse_user)]
+    user: Option<User>,
     /// Kill the whole container after this long (e.g. 500ms, 10s, 2m).
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -150,6 +153,17 @@ struct RunArgs {
 
 fn parse_bind(s: &str) -> Result<Bind, String> {
     s.parse().map_err(|e: pristine::ConfigError| e.to_string())
+}
+
+fn parse_user(s: &str) -> Result<User, String> {
+    match s.split_once(':') {
+        Some((u, g)) => match (u.parse(), g.parse()) {
+            (Ok(u), Ok(g)) => Ok(User::Id(u, g)),
+            _ => Err(format!("bad user {s:?}: expected NAME or UID:GID")),
+        },
+        None if !s.is_empty() => Ok(User::Name(s.to_string())),
+        None => Err("empty user".into()),
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -212,6 +226,9 @@ fn run(args: RunArgs) -> ExitCode {
     }
     if let Some(h) = args.hostname {
         c = c.hostname(h);
+    }
+    if let Some(u) = args.user {
+        c = c.user(u);
     }
     if let Some(t) = args.timeout {
         c = c.timeout(t);
@@ -423,6 +440,7 @@ fn main() -> ExitCode {
                 clear_env: false,
                 workdir: "/".into(),
                 hostname: None,
+                user: None,
                 timeout: None,
                 keep: false,
                 upper_size: "4g".into(),

@@ -260,6 +260,9 @@ pub struct ExecRequest {
     /// When set, the child is in a new user namespace and writes these id maps itself,
     /// before `exec`, while it still holds every capability in that namespace.
     pub id_maps: Option<IdMaps>,
+    /// Keep every capability across `exec` as ambient capabilities. Needed when the caller
+    /// is mapped to a non-zero uid inside (exec by a non-root uid otherwise drops them).
+    pub ambient_caps: bool,
 }
 
 /// The contents of `/proc/self/{uid_map,gid_map}` for a rootless container.
@@ -338,6 +341,7 @@ pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
             STEP_UID_MAP => "write /proc/self/uid_map in the new user namespace",
             STEP_GID_MAP => "write /proc/self/gid_map in the new user namespace",
             STEP_DUP2 => "dup2 in the new container",
+            STEP_CAPS => "raise ambient capabilities in the new user namespace",
             _ => "execve of the pristine init",
         };
         let path = (step == STEP_EXEC).then(|| {
@@ -366,6 +370,74 @@ const STEP_UID_MAP: u32 = 3;
 const STEP_GID_MAP: u32 = 4;
 const STEP_DUP2: u32 = 5;
 const STEP_EXEC: u32 = 6;
+const STEP_CAPS: u32 = 7;
+
+/// `struct __user_cap_header_struct` (capability(7)).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 uses two of them (64 capability bits).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Makes every permitted capability inheritable and ambient, so it survives `execve` by a
+/// non-root uid. Async-signal-safe: only system calls on stack data.
+///
+/// # Safety
+/// Raw system calls; the pointers are to live stack values.
+unsafe fn raise_ambient_caps() -> bool {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    if libc::syscall(
+        libc::SYS_capget,
+        &mut header as *mut CapHeader,
+        data.as_mut_ptr(),
+    ) != 0
+    {
+        return false;
+    }
+    for d in &mut data {
+        d.inheritable = d.permitted;
+    }
+    if libc::syscall(
+        libc::SYS_capset,
+        &mut header as *mut CapHeader,
+        data.as_ptr(),
+    ) != 0
+    {
+        return false;
+    }
+    for cap in 0..64u32 {
+        let word = data[(cap / 32) as usize].permitted;
+        if word & (1 << (cap % 32)) != 0 {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                cap as libc::c_ulong,
+                0,
+                0,
+            );
+        }
+    }
+    true
+}
 
 /// Runs in the cloned child. Async-signal-safe system calls only (see [`clone_exec`]).
 fn child_after_clone(req: &ExecRequest, ptrs: &ExecPtrs, err_fd: RawFd) -> isize {
@@ -408,6 +480,9 @@ fn child_after_clone(req: &ExecRequest, ptrs: &ExecPtrs, err_fd: RawFd) -> isize
             if !write_proc_file(c"/proc/self/gid_map", &maps.gid_map) {
                 return fail(STEP_GID_MAP);
             }
+        }
+        if req.ambient_caps && !raise_ambient_caps() {
+            return fail(STEP_CAPS);
         }
         for &(src, dst) in &req.fds {
             if src != dst && libc::dup2(src, dst) < 0 {

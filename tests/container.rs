@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pristine::{Bind, Container, ExitStatus, Image, Keep, Upper};
+use pristine::{Bind, Container, ExitStatus, Image, Keep, Upper, User};
 
 mod common;
 
@@ -224,6 +224,35 @@ fn processes_with(marker: &str) -> Vec<u32> {
                 .unwrap_or(false)
         })
         .collect()
+}
+
+#[test]
+fn user_runs_the_command_unprivileged() {
+    let store = TestStore::new();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let (uid, gid) =
+        pristine::userns::lookup_passwd(&passwd, "nobody").expect("nobody in /etc/passwd");
+    let out = store
+        .container(Image::host())
+        .user(User::Name("nobody".into()))
+        .run([
+            "/bin/sh",
+            "-c",
+            "id -u; id -g; grep CapEff /proc/self/status | tr -d '\\t'; touch /tmp/x && echo tmp-ok",
+        ])
+        .unwrap();
+    assert_eq!(
+        out.stdout_str(),
+        format!("{uid}\n{gid}\nCapEff:0000000000000000\ntmp-ok\n"),
+        "{}",
+        out.stderr_str()
+    );
+    let err = store
+        .container(Image::host())
+        .user(User::Name("no-such-user-xyz".into()))
+        .run(["/bin/true"])
+        .unwrap_err();
+    assert!(err.to_string().contains("no-such-user-xyz"), "{err}");
 }
 
 #[test]

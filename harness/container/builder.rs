@@ -77,6 +77,16 @@ pub struct Container {
     pub(crate) upper: Upper,
     pub(crate) stdio: Stdio,
     pub(crate) store: Option<PathBuf>,
+    pub(crate) user: Option<User>,
+}
+
+/// Whom the command runs as inside the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum User {
+    /// Numeric uid and gid.
+    Id(u32, u32),
+    /// A user name, looked up in the image's `/etc/passwd`.
+    Name(String),
 }
 
 impl Container {
@@ -95,7 +105,18 @@ impl Container {
             upper: Upper::default(),
             stdio: Stdio::Capture,
             store: None,
+            user: None,
         }
+    }
+
+    /// Runs the command as `user` instead of root. As root, the init drops to that user
+    /// just before `exec`. Rootless, the caller's uid and gid are mapped to the user's,
+    /// which are then the only ids inside (the init keeps its capabilities as ambient ones
+    /// for setup, and the command gets none): this is how services that refuse to run as
+    /// root, like PostgreSQL, run without privileges.
+    pub fn user(mut self, user: User) -> Self {
+        self.user = Some(user);
+        self
     }
 
     /// Sets the hostname (default: `pristine-ID`).

@@ -7,6 +7,6 @@ mod spawn;
 mod supervise;
 
 pub use bind::Bind;
-pub use builder::{Container, Keep, Stdio, Upper};
+pub use builder::{Container, Keep, Stdio, Upper, User};
 pub use outcome::{ExitStatus, Kept, Outcome};
 pub use spawn::forward_signals_to_foreground;

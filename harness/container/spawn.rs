@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-use super::builder::{Container, Keep, Stdio, Upper};
+use super::builder::{Container, Keep, Stdio, Upper, User};
 use super::outcome::{ExitStatus, Kept, Outcome};
 use super::supervise::{supervise, Supervised};
 use crate::error::{ConfigError, Error};
@@ -171,11 +171,17 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         })
         .map(|rel| Path::new("/").join(rel))
         .collect();
+    let user = match &c.user {
+        None => None,
+        Some(User::Id(uid, gid)) => Some((*uid, *gid)),
+        Some(User::Name(name)) => Some(lookup_user(&image, name)?),
+    };
     let spec = serde_json::to_vec(&InitSpec {
         ops,
         argv: argv.clone(),
         env,
         workdir: c.workdir.clone(),
+        user,
     })
     .map_err(|e| Error::Io {
         op: "serialize the container spec",
@@ -226,7 +232,11 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         argv: vec![cstr("init program", program)?, cstr("argument", INIT_ARG)?],
         envp: Vec::new(),
         fds,
-        id_maps: rootless.then(|| userns::own_ids_as_root(uid, gid)),
+        id_maps: rootless.then(|| match user {
+            Some((inside_uid, inside_gid)) => userns::own_ids_as(inside_uid, inside_gid, uid, gid),
+            None => userns::own_ids_as_root(uid, gid),
+        }),
+        ambient_caps: rootless && user.is_some_and(|(u, _)| u != 0),
     };
 
     // 4. Create the namespaces and exec the init; everything else happens in there.
@@ -310,6 +320,27 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         timed_out,
         kept,
     })
+}
+
+/// Looks a user up in the image's `/etc/passwd` (the uppermost layer that has one).
+fn lookup_user(image: &crate::Image, name: &str) -> Result<(u32, u32), Error> {
+    let mut candidates: Vec<PathBuf> = image
+        .layers()
+        .iter()
+        .rev()
+        .map(|l| l.join("etc/passwd"))
+        .collect();
+    match image.base() {
+        Base::Host => candidates.push(PathBuf::from("/etc/passwd")),
+        Base::Rootfs(d) => candidates.push(d.join("etc/passwd")),
+        Base::Scratch => {}
+    }
+    let passwd = candidates
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    userns::lookup_passwd(&passwd, name)
+        .ok_or_else(|| ConfigError::UnknownUser(name.to_string()).into())
 }
 
 /// A caller-provided upper directory and the work directory made beside it for one run.

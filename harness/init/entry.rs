@@ -89,7 +89,7 @@ fn run_container() -> InitReport {
             }
         }
     };
-    let cmd = match PreparedCommand::new(&path, &spec.argv, &spec.env, &spec.workdir) {
+    let cmd = match PreparedCommand::new(&path, &spec.argv, &spec.env, &spec.workdir, spec.user) {
         Ok(cmd) => cmd,
         Err(errno) => {
             return InitReport::ExecFailed {

@@ -29,6 +29,8 @@ pub(crate) struct PreparedCommand {
     argv: Vec<CString>,
     envp: Vec<CString>,
     workdir: CString,
+    /// Drop to this `(uid, gid)` before exec, if not already it.
+    user: Option<(u32, u32)>,
 }
 
 impl PreparedCommand {
@@ -37,12 +39,14 @@ impl PreparedCommand {
         argv: &[String],
         env: &[String],
         workdir: &Path,
+        user: Option<(u32, u32)>,
     ) -> Result<Self, i32> {
         Ok(Self {
             path: cstring(path)?,
             argv: argv.iter().map(cstring).collect::<Result<_, _>>()?,
             envp: env.iter().map(cstring).collect::<Result<_, _>>()?,
             workdir: cstring(workdir)?,
+            user,
         })
     }
 }
@@ -88,7 +92,25 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
             // SAFETY: raw system calls on NUL-terminated strings and NULL-terminated arrays
             // built above; `_exit` never returns.
             unsafe {
-                if libc::chdir(cmd.workdir.as_ptr()) == 0 {
+                // The command gets no ambient capabilities (the init may hold some when
+                // the caller is mapped to a non-root user).
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                let dropped = match cmd.user {
+                    Some((uid, gid)) if libc::geteuid() != uid => {
+                        let groups = [gid];
+                        libc::setgroups(1, groups.as_ptr()) == 0
+                            && libc::setgid(gid) == 0
+                            && libc::setuid(uid) == 0
+                    }
+                    _ => true,
+                };
+                if dropped && libc::chdir(cmd.workdir.as_ptr()) == 0 {
                     libc::execve(cmd.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
                 }
                 let errno = Errno::last_raw().to_ne_bytes();

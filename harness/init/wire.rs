@@ -23,6 +23,8 @@ pub(crate) struct InitSpec {
     pub env: Vec<String>,
     /// Working directory inside the container.
     pub workdir: PathBuf,
+    /// `(uid, gid)` to run the command as, if not root.
+    pub user: Option<(u32, u32)>,
 }
 
 /// How the container ended, from the init's point of view.

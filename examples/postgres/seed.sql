@@ -1,0 +1,65 @@
+-- The seed of the PostgreSQL demo and benchmark: three related tables generated with
+-- generate_series, deterministic (no random()), about 25 MB at scale 1 and growing linearly
+-- (scale 40 is about 1 GiB). Run as `psql -v scale=N -f seed.sql`.
+--
+-- Editing this file changes the layer's key: the next run rebuilds the seeded layer.
+
+\set ON_ERROR_STOP on
+
+-- Each table is created and loaded in one transaction: with wal_level = minimal PostgreSQL
+-- then skips the WAL for it (it writes the files directly), so seeding is fast and the WAL
+-- stays small.
+
+BEGIN;
+CREATE TABLE accounts (
+    id            integer PRIMARY KEY,
+    name          text NOT NULL,
+    email         text NOT NULL UNIQUE,
+    balance_cents bigint NOT NULL,
+    created_at    timestamptz NOT NULL
+);
+INSERT INTO accounts
+SELECT i,
+       'account ' || i,
+       'user' || i || '@example.com',
+       (i * 7919) % 1000000,
+       timestamptz '2024-01-01 00:00:00+00' + i * interval '1 minute'
+FROM generate_series(1, 10000 * :scale) AS i;
+
+COMMIT;
+
+BEGIN;
+CREATE TABLE orders (
+    id          bigint PRIMARY KEY,
+    account_id  integer NOT NULL REFERENCES accounts (id),
+    total_cents integer NOT NULL,
+    status      text NOT NULL,
+    placed_at   timestamptz NOT NULL
+);
+INSERT INTO orders
+SELECT i,
+       1 + (i * 31) % (10000 * :scale),
+       (i * 104729) % 50000,
+       (ARRAY['new', 'paid', 'shipped', 'delivered', 'refunded'])[1 + i % 5],
+       timestamptz '2024-06-01 00:00:00+00' + i * interval '1 second'
+FROM generate_series(1::bigint, 100000 * :scale) AS i;
+CREATE INDEX orders_account_id ON orders (account_id);
+
+COMMIT;
+
+BEGIN;
+CREATE TABLE events (
+    id         bigint NOT NULL,
+    account_id integer NOT NULL,
+    kind       text NOT NULL,
+    payload    text NOT NULL
+);
+INSERT INTO events
+SELECT i,
+       1 + (i * 17) % (10000 * :scale),
+       (ARRAY['login', 'logout', 'view', 'click', 'purchase'])[1 + i % 5],
+       repeat(md5(i::text), 2)
+FROM generate_series(1::bigint, 100000 * :scale) AS i;
+COMMIT;
+
+ANALYZE;

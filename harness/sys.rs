@@ -195,19 +195,17 @@ pub fn set_signal_mask(set: &SigSet) -> SysResult<()> {
     )
 }
 
-/// Resets the disposition of every catchable signal to its default.
+/// Restores the default disposition of `SIGPIPE`.
 ///
-/// Used in the init's child before `exec`: Rust's runtime ignores `SIGPIPE`, and ignored
-/// signals stay ignored across `exec`.
-pub fn reset_signal_dispositions() {
-    for sig in Signal::iterator() {
-        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
-            continue;
-        }
-        // SAFETY: installing SIG_DFL never runs user code; failure for a signal the kernel
-        // refuses is harmless and ignored.
-        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
-    }
+/// Used in the init's child before `exec`: Rust's runtime ignores `SIGPIPE` in the init, and
+/// ignored signals stay ignored across `exec`. This is what `std::process::Command` does
+/// too; the init installs no other handler (it waits for signals with them blocked), so
+/// nothing else needs resetting, and one call instead of one per signal keeps the hot path
+/// short.
+pub fn reset_sigpipe() {
+    // SAFETY: installing SIG_DFL runs no user code.
+    let _ =
+        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
 }
 
 /// Creates a pipe whose two ends are close-on-exec and numbered at least 5, so that they can

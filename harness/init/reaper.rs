@@ -88,7 +88,7 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
     let child = match unsafe { fork() }.map_err(|e| e as i32)? {
         ForkResult::Child => {
             let _ = sys::set_signal_mask(&old_mask);
-            sys::reset_signal_dispositions();
+            sys::reset_sigpipe();
             // SAFETY: raw system calls on NUL-terminated strings and NULL-terminated arrays
             // built above; `_exit` never returns.
             unsafe {

@@ -11,7 +11,7 @@ use super::carry::{self, Carried};
 use super::inside::{self, Timings, INSIDE_ENV, T0_ENV};
 use super::report::{self, TestTiming};
 use super::service::Service;
-use crate::{Base, Bind, Container, Image, Keep, Stdio, Upper};
+use crate::{Base, Bind, Container, Image, Keep, Stdio, Upper, User};
 
 /// What a test body returns: `?` works on any error; a panic fails the test too.
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -73,6 +73,7 @@ pub(crate) struct Group {
     env: Vec<(String, String)>,
     workdir: Option<PathBuf>,
     carry: Option<bool>,
+    user: Option<User>,
     pub(crate) tests: Vec<TestDef>,
 }
 
@@ -87,6 +88,7 @@ impl Group {
             env: Vec::new(),
             workdir: None,
             carry: None,
+            user: None,
             tests: Vec::new(),
         }
     }
@@ -207,6 +209,14 @@ impl Harness {
         self
     }
 
+    /// Runs the current group's containers (services and test bodies) as `user`. Rarely
+    /// needed: when rootless and the services all run as one user, that is the default,
+    /// because a rootless container has only one uid.
+    pub fn user(mut self, user: User) -> Self {
+        self.current().user = Some(user);
+        self
+    }
+
     /// Whether to carry the test binary with its interpreter and libraries into the
     /// current group's image (default: on images other than the host's).
     pub fn carry(mut self, carry: bool) -> Self {
@@ -297,7 +307,18 @@ impl Harness {
         let config = Arc::new(RunConfig::from_env(&self.settings, args.nocapture));
         let mut trials = Vec::new();
         for g in self.groups {
+            // Rootless, only one uid exists in a container. When the services run as one
+            // user (PostgreSQL refuses root), the whole container runs as that user.
+            let mut service_users: Vec<&String> =
+                g.services.iter().filter_map(|s| s.user.as_ref()).collect();
+            service_users.dedup();
+            let rootless = !nix::unistd::geteuid().is_root();
+            let user = g.user.clone().or_else(|| match service_users.as_slice() {
+                [only] if rootless => Some(User::Name((*only).clone())),
+                _ => None,
+            });
             let group = Arc::new(GroupRun {
+                user,
                 image: g.image,
                 image_cell: g.image_cell,
                 binds: g.binds,
@@ -350,6 +371,7 @@ impl Finished {
 }
 
 struct GroupRun {
+    user: Option<User>,
     image: Option<ImageFn>,
     image_cell: Arc<OnceLock<Result<Image, String>>>,
     binds: Vec<Bind>,
@@ -490,6 +512,9 @@ fn run_trial(
         .keep(config.keep);
     if let Some(u) = &config.upper {
         c = c.upper(u.clone());
+    }
+    if let Some(u) = &group.user {
+        c = c.user(u.clone());
     }
     if let Some(s) = &config.store {
         c = c.store(s);

@@ -386,6 +386,10 @@ impl Service {
             // unstable, so all three are done here, in the order the kernel needs.
             unsafe {
                 cmd.pre_exec(move || {
+                    // Already that user (a rootless container mapped to it): nothing to drop.
+                    if libc::geteuid() == uid {
+                        return Ok(());
+                    }
                     if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                         || libc::setgid(gid) != 0
                         || libc::setuid(uid) != 0

@@ -273,6 +273,39 @@ fn a_hundred_layers_stack() {
         ),
         "100\n0\n99\n"
     );
+    // Store layers are immutable: the container mounted them squashed into one.
+    let squashed: Vec<_> = std::fs::read_dir(store.root().join("squashed"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(squashed.len(), 1, "one squashed stack");
+}
+
+#[test]
+fn a_hundred_plain_layer_directories_stack_with_lowerdir_plus() {
+    let (_d, store) = store();
+    // Directories that are not store layers are mounted as they are: past the 4096-byte
+    // option page that takes the new mount API's `lowerdir+`.
+    let dirs = tempfile::tempdir().unwrap();
+    let mut image = Image::host();
+    for i in 0..100 {
+        let d = dirs
+            .path()
+            .join(format!("layer-with-a-long-name-to-fill-the-page-{i:03}"));
+        std::fs::create_dir_all(d.join("deep")).unwrap();
+        std::fs::write(d.join(format!("deep/f{i:03}")), format!("{i}\n")).unwrap();
+        std::fs::write(d.join("deep/top"), format!("{i}\n")).unwrap();
+        image = image.layer(d);
+    }
+    assert_eq!(
+        sh(&image, &store, "ls /deep | wc -l; cat /deep/top"),
+        "101\n99\n"
+    );
+    assert!(
+        !store.root().join("squashed").exists(),
+        "plain directories are not squashed"
+    );
 }
 
 #[test]

@@ -114,6 +114,12 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         None => Store::open_default()?,
     };
 
+    // Deep stacks of store layers mount as one squashed layer (built once, cached).
+    let image = crate::layers::squash_deep_stack(&store, &image).map_err(|e| Error::Io {
+        op: "squash a deep stack of layers",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+
     // 2. Where the lower and upper layers come from.
     let layers_top_first = image.layers().iter().rev().cloned();
     let rootfs = match image.base() {

@@ -354,6 +354,20 @@ impl Catalog {
                 removed.push(format!("staging {name}"));
             }
         }
+        // Squashed stacks of layers that are gone, and dead squash stagings.
+        let squashed = self.root.join("squashed");
+        for e in std::fs::read_dir(&squashed).into_iter().flatten().flatten() {
+            let keys = std::fs::read_to_string(e.path().join("layers")).unwrap_or_default();
+            let stale = e.file_name().to_string_lossy().starts_with('.')
+                || keys.lines().any(|k| !self.has_layer(k))
+                || keys.is_empty();
+            if stale {
+                if !dry_run {
+                    remove_tree(&e.path()).map_err(io("remove squashed stack", &e.path()))?;
+                }
+                removed.push(format!("squashed {}", e.file_name().to_string_lossy()));
+            }
+        }
         let locks = self.root.join("locks");
         for e in std::fs::read_dir(&locks).into_iter().flatten().flatten() {
             if let Ok(f) = File::open(e.path()) {

@@ -7,9 +7,11 @@ mod error;
 mod key;
 mod portable;
 mod recipe;
+mod squash;
 
 pub use build::{Built, BuiltLayer};
 pub use catalog::{now as now_secs, BaseRecord, Catalog, ImageRecord, LayerMeta};
 pub use error::BuildError;
 pub use portable::{export_image, import_image, resolve_image};
 pub use recipe::{BaseSpec, LayerSpec, Recipe, Step};
+pub use squash::{squash_deep_stack, SQUASH_ABOVE};

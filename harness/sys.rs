@@ -492,6 +492,88 @@ fn child_after_clone(req: &ExecRequest, ptrs: &ExecPtrs, err_fd: RawFd) -> isize
     }
 }
 
+/// Whether this process has exactly one thread (reads `/proc/self/task`).
+///
+/// If it has, no other thread can be holding a lock (allocator, stdio) at the moment of a
+/// `fork`, so a forked child may run ordinary Rust code.
+pub fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count() == 1)
+        .unwrap_or(false)
+}
+
+/// Starts a process in new namespaces (`flags`) that runs `child` without `exec`: a
+/// fork-style clone (no `CLONE_VM`, so the child has its own copy-on-write memory).
+///
+/// Only for single-threaded callers (see [`single_threaded`]): the child then inherits no
+/// lock held by another thread and may allocate. Before `child` runs, the clone child sets
+/// die-with-parent, writes its id maps (rootless; it holds every capability in its new user
+/// namespace, and keeps them since it does not exec) and installs `fds`. If one of those
+/// steps fails, `on_error(step, errno)` runs in the child, which then exits with 127.
+pub fn clone_fork(
+    flags: CloneFlags,
+    id_maps: Option<&IdMaps>,
+    fds: &[(RawFd, RawFd)],
+    child: &mut dyn FnMut(),
+    on_error: &mut dyn FnMut(&'static str, Errno),
+) -> SysResult<Pid> {
+    let mut stack = vec![0u8; 256 * 1024];
+    let mut body = || -> isize {
+        // SAFETY: plain system calls on live stack data, in the child.
+        let failed = unsafe {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                Some("prctl(PR_SET_PDEATHSIG) in the new container")
+            } else if let Some(maps) = id_maps {
+                if !write_proc_file(c"/proc/self/setgroups", b"deny") {
+                    Some("write /proc/self/setgroups in the new user namespace")
+                } else if !write_proc_file(c"/proc/self/uid_map", &maps.uid_map) {
+                    Some("write /proc/self/uid_map in the new user namespace")
+                } else if !write_proc_file(c"/proc/self/gid_map", &maps.gid_map) {
+                    Some("write /proc/self/gid_map in the new user namespace")
+                } else {
+                    None
+                }
+            } else {
+                None
+            }
+        };
+        let failed = failed.or_else(|| {
+            fds.iter().find_map(|&(src, dst)| {
+                // SAFETY: dup2 on descriptors the parent opened for us.
+                (src != dst && unsafe { libc::dup2(src, dst) } < 0)
+                    .then_some("dup2 in the new container")
+            })
+        });
+        if let Some(step) = failed {
+            on_error(step, Errno::last());
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(127) }
+        }
+        child();
+        // SAFETY: as above; `child` is not expected to return.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: without CLONE_VM the child gets its own copy of memory, like fork; it runs
+    // `body` on its copy of `stack`. The caller guarantees it is single-threaded, so the
+    // child inherits no lock held by another thread and may run ordinary code.
+    unsafe {
+        nix::sched::clone(
+            Box::new(&mut body),
+            &mut stack,
+            flags,
+            Some(Signal::SIGCHLD as i32),
+        )
+    }
+    .map_err(|e| SysError::new("clone", None, e))
+}
+
 /// Writes `data` to a procfs file in a single `write(2)`, as the id-map files require.
 ///
 /// # Safety

@@ -1,7 +1,7 @@
 //! Creating a container: validate, plan, clone + exec the init, supervise, clean up.
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -106,7 +106,6 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0']) {
         return Err(ConfigError::BadHostname(hostname).into());
     }
-    let program = init_program().ok_or(Error::InitNotFound)?;
     let rootless = sys::effective_ids().0 != 0;
 
     let store = match &c.store {
@@ -182,30 +181,25 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         Some(User::Id(uid, gid)) => Some((*uid, *gid)),
         Some(User::Name(name)) => Some(lookup_user(&image, name)?),
     };
-    let spec = serde_json::to_vec(&InitSpec {
+    let init_spec = InitSpec {
         ops,
         argv: argv.clone(),
         env,
         workdir: c.workdir.clone(),
         user,
-    })
-    .map_err(|e| Error::Io {
-        op: "serialize the container spec",
-        source: e.into(),
-    })?;
+    };
 
-    // 3. Pipes: spec in, report out, and the command's output when captured.
+    // 3. Pipes: report out, and the command's output when captured.
     let pipe = |op| {
         sys::pipe_high().map_err(|e| Error::Io {
             op,
             source: e.errno.into(),
         })
     };
-    let (spec_r, spec_w) = pipe("create the spec pipe")?;
     let (report_r, report_w) = pipe("create the report pipe")?;
     let capture = c.stdio == Stdio::Capture;
-    let mut fds = vec![(spec_r.as_raw_fd(), 3), (report_w.as_raw_fd(), 4)];
-    let mut child_ends = vec![spec_r, report_w];
+    let mut fds = Vec::new();
+    let mut child_ends = Vec::new();
     let mut out_pipes = None;
     let devnull;
     if capture {
@@ -231,37 +225,79 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         child_ends.extend([out_w, err_w]);
         out_pipes = Some((out_r, err_r));
     }
-
     let (uid, gid) = sys::effective_ids();
-    let req = ExecRequest {
-        program: cstr("init program", program)?,
-        argv: vec![cstr("init program", program)?, cstr("argument", INIT_ARG)?],
-        envp: Vec::new(),
-        fds,
-        id_maps: rootless.then(|| match user {
-            Some((inside_uid, inside_gid)) => userns::own_ids_as(inside_uid, inside_gid, uid, gid),
-            None => userns::own_ids_as_root(uid, gid),
-        }),
-        ambient_caps: rootless && user.is_some_and(|(u, _)| u != 0),
-    };
-
-    // 4. Create the namespaces and exec the init; everything else happens in there.
-    let started = Instant::now();
-    let pid = sys::clone_exec(namespaces::clone_flags(rootless), &req).map_err(|source| {
+    let id_maps = rootless.then(|| match user {
+        Some((inside_uid, inside_gid)) => userns::own_ids_as(inside_uid, inside_gid, uid, gid),
+        None => userns::own_ids_as_root(uid, gid),
+    });
+    let start_error = |source: sys::SysError| {
         let hint = if source.op == "clone" {
             hints::for_clone(source.errno, rootless)
         } else {
             hints::Hint(None)
         };
         Error::Start { source, hint }
-    })?;
+    };
+
+    // 4. Create the namespaces and start the container's PID 1.
+    let started = Instant::now();
+    let flags = namespaces::clone_flags(rootless);
+    let mut spec_w = None;
+    let pid = if sys::single_threaded() {
+        // A single-threaded caller (`pristine run`) forks the init directly: its child may
+        // run ordinary code, so there is no exec of an init program and no spec to send.
+        let report_fd = report_w.as_raw_fd();
+        let mut child = || {
+            // SAFETY: in the forked child, the report pipe's write end is ours alone.
+            let report = unsafe { std::fs::File::from_raw_fd(report_fd) };
+            crate::init::run_forked(&init_spec, report)
+        };
+        let mut on_error = |step: &'static str, errno: nix::errno::Errno| {
+            let report = InitReport::SetupFailed(crate::setup::ApplyError {
+                index: 0,
+                step: step.to_string(),
+                op: step.to_string(),
+                path: None,
+                errno: Some(errno as i32),
+                detail: errno.desc().to_string(),
+            });
+            if let Ok(json) = serde_json::to_vec(&report) {
+                let _ = nix::unistd::write(&report_w, &json);
+            }
+        };
+        sys::clone_fork(flags, id_maps.as_ref(), &fds, &mut child, &mut on_error)
+            .map_err(start_error)?
+    } else {
+        // A multithreaded caller must not run anything but exec in its child: exec
+        // pristine's own binary as the init, which reads the spec from a pipe.
+        let program = init_program().ok_or(Error::InitNotFound)?;
+        let (spec_r, w) = pipe("create the spec pipe")?;
+        fds.extend([(spec_r.as_raw_fd(), 3), (report_w.as_raw_fd(), 4)]);
+        child_ends.push(spec_r);
+        spec_w = Some(w);
+        let req = ExecRequest {
+            program: cstr("init program", program)?,
+            argv: vec![cstr("init program", program)?, cstr("argument", INIT_ARG)?],
+            envp: Vec::new(),
+            fds,
+            ambient_caps: rootless && user.is_some_and(|(u, _)| u != 0),
+            id_maps,
+        };
+        sys::clone_exec(flags, &req).map_err(start_error)?
+    };
     drop(child_ends);
+    drop(report_w);
     if !capture {
         FOREGROUND_INIT.store(pid.as_raw(), Ordering::SeqCst);
     }
     // Written after clone: the init reads it as soon as it runs, so no pipe buffer limit.
-    let write_result = nix::unistd::write(&spec_w, &spec).map(|n| n == spec.len());
-    drop(spec_w);
+    let write_result = match spec_w {
+        Some(w) => serde_json::to_vec(&init_spec)
+            .ok()
+            .and_then(|spec| nix::unistd::write(&w, &spec).ok().map(|n| n == spec.len()))
+            .unwrap_or(false),
+        None => true,
+    };
 
     // 5. Wait for the end (or the timeout), collecting output and the init's report.
     let deadline = c.timeout.map(|t| started + t);
@@ -293,7 +329,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
             return Err(Error::Exec { program, errno })
         }
         (None, false) => {
-            if write_result != Ok(true) {
+            if !write_result {
                 return Err(Error::Lost {
                     pid: pid.as_raw(),
                     how: format!("could not send it the spec; it ended with {wait}"),

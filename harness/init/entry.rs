@@ -36,14 +36,42 @@ pub fn main_if_requested() {
 fn run() -> i32 {
     // SAFETY: the caller's clone child dup2'ed the report pipe onto REPORT_FD; nothing else
     // in this fresh process owns it.
-    let mut report_file = unsafe { File::from_raw_fd(REPORT_FD) };
+    let report_file = unsafe { File::from_raw_fd(REPORT_FD) };
     // The command must not inherit the report pipe, or the caller could not see EOF.
     let _ = nix::fcntl::fcntl(
         // SAFETY: REPORT_FD is open (owned by report_file) for the duration of this call.
         unsafe { BorrowedFd::borrow_raw(REPORT_FD) },
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
-    let report = run_container();
+    // Re-arm die-with-parent: it survives exec in practice, but setting it again is cheap
+    // and makes the guarantee independent of credential changes during exec.
+    let _ = sys::set_parent_death_signal(Signal::SIGKILL);
+    let report = match read_spec() {
+        Ok(spec) => run_container(&spec),
+        Err(detail) => InitReport::SetupFailed(crate::setup::ApplyError {
+            index: 0,
+            step: "read container spec".into(),
+            op: "read spec".into(),
+            path: None,
+            errno: None,
+            detail,
+        }),
+    };
+    finish(report, report_file)
+}
+
+/// The container's PID 1 when it was forked directly from a single-threaded caller (no
+/// exec): same setup and reaping as the exec'd init, with the spec already in memory.
+/// Never returns.
+pub(crate) fn run_forked(spec: &InitSpec, report_file: File) -> ! {
+    let report = run_container(spec);
+    let code = finish(report, report_file);
+    // _exit: no atexit handlers or buffers of the caller's copy of the process.
+    // SAFETY: _exit is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+fn finish(report: InitReport, mut report_file: File) -> i32 {
     let code = match &report {
         InitReport::Exited(code) => *code,
         InitReport::Signaled(sig) => 128 + sig,
@@ -55,23 +83,7 @@ fn run() -> i32 {
     code
 }
 
-fn run_container() -> InitReport {
-    // Re-arm die-with-parent: it survives exec in practice, but setting it again is cheap
-    // and makes the guarantee independent of credential changes during exec.
-    let _ = sys::set_parent_death_signal(Signal::SIGKILL);
-    let spec = match read_spec() {
-        Ok(spec) => spec,
-        Err(detail) => {
-            return InitReport::SetupFailed(crate::setup::ApplyError {
-                index: 0,
-                step: "read container spec".into(),
-                op: "read spec".into(),
-                path: None,
-                errno: None,
-                detail,
-            })
-        }
-    };
+fn run_container(spec: &InitSpec) -> InitReport {
     // Exact modes for device nodes and mount points; restored for the command below.
     let old_umask = sys::umask(0);
     if let Err(e) = crate::setup::apply(&spec.ops) {

@@ -10,6 +10,6 @@ mod reaper;
 mod wire;
 
 pub use entry::main_if_requested;
-pub(crate) use entry::INIT_ARG;
+pub(crate) use entry::{run_forked, INIT_ARG};
 pub(crate) use locate::init_program;
 pub(crate) use wire::{InitReport, InitSpec};

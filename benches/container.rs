@@ -15,7 +15,10 @@
 //! - `throughput/`: two threads running containers back to back, reported in elements
 //!   (containers) per second.
 //!
-//! At the end a summary (medians and ratios) is printed from criterion's estimates.
+//! At the end a summary is printed: criterion's medians (from its `estimates.json`) and,
+//! because groups measured minutes apart see different loads on a shared machine, the
+//! medians of an interleaved pass (every cycle case in turn, in short blocks), with the
+//! ratios of both, and the throughput in containers per second. HTML plots are off.
 //!
 //! The kernel floor needs root (it mounts without a user namespace) and is skipped, like a
 //! missing or unusable `bwrap`, with a printed note. Being a fork-like clone of this
@@ -64,17 +67,19 @@ fn main() {
     let floor = Floor::new(&floor_dir);
     let (floor, bwrap) = check_everything_works(&store, &floor, find_on_path("bwrap"));
 
-    let mut c = Criterion::default().configure_from_args();
-    c = if quick {
+    // Defaults first, so that criterion's command line (`--sample-size`, ...) overrides them.
+    // Plots are off: under load, drawing them took longer than measuring.
+    let c = Criterion::default().without_plots().nresamples(20_000);
+    let c = if quick {
         c.sample_size(10)
             .warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_secs(1))
-            .without_plots()
     } else {
         c.sample_size(40)
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(3))
     };
+    let mut c = c.configure_from_args();
 
     bench_cycle(&mut c, &store, floor, bwrap.as_deref());
     bench_throughput(&mut c, &store, floor, bwrap.as_deref(), quick);
@@ -467,7 +472,9 @@ fn bench_throughput(
 ) {
     let mut g = c.benchmark_group(THROUGHPUT);
     // One iteration is already ~100 containers: flat sampling, few samples.
-    g.sampling_mode(SamplingMode::Flat).sample_size(10);
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(if quick { 200 } else { 500 }));
     if !quick {
         g.measurement_time(Duration::from_secs(4));
     }

@@ -619,6 +619,38 @@ fn a_thousand_containers_leak_nothing() {
     assert_eq!(store.listing(), before_files, "store contents changed");
 }
 
+/// Runs this test binary again with the zygote disabled, so multithreaded callers take the
+/// path that execs an init per container (used when no zygote can be started).
+#[test]
+fn exec_init_path_passes_too() {
+    if std::env::var_os("PRISTINE_NO_ZYGOTE").is_some() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--skip",
+            "exec_init_path_passes_too",
+            "--skip",
+            "rootless_mode_passes_too",
+        ])
+        .args([
+            "--skip",
+            "a_thousand_containers_leak_nothing",
+            "--test-threads",
+            "2",
+        ])
+        .env("PRISTINE_NO_ZYGOTE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("test result: ok"), "{stdout}");
+}
+
 /// Runs this test binary again as `nobody`, which exercises the rootless path.
 #[test]
 fn rootless_mode_passes_too() {

@@ -5,6 +5,7 @@ mod builder;
 mod outcome;
 mod spawn;
 mod supervise;
+mod zygote;
 
 pub use bind::Bind;
 pub use builder::{Container, Keep, Stdio, Upper, User};

@@ -243,6 +243,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     let started = Instant::now();
     let flags = namespaces::clone_flags(rootless);
     let mut spec_w = None;
+    let mut is_child = true;
     let pid = if sys::single_threaded() {
         // A single-threaded caller (`pristine run`) forks the init directly: its child may
         // run ordinary code, so there is no exec of an init program and no spec to send.
@@ -267,9 +268,25 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         };
         sys::clone_fork(flags, id_maps.as_ref(), &fds, &mut child, &mut on_error)
             .map_err(start_error)?
+    } else if let Some(started) = {
+        // A multithreaded caller must not run anything but exec in its child. Its zygote
+        // (started once, single-threaded) forks the container instead.
+        let stdio = match &fds[..] {
+            [(i, 0), (o, 1), (e, 2)] => [*i, *o, *e],
+            _ => [0, 1, 2],
+        };
+        super::zygote::start_container(
+            &init_spec,
+            flags,
+            id_maps.as_ref(),
+            [stdio[0], stdio[1], stdio[2], report_w.as_raw_fd()],
+        )
+    } {
+        is_child = false;
+        started.map_err(start_error)?
     } else {
-        // A multithreaded caller must not run anything but exec in its child: exec
-        // pristine's own binary as the init, which reads the spec from a pipe.
+        // No zygote: exec pristine's own binary as the init, which reads the spec from a
+        // pipe.
         let program = init_program().ok_or(Error::InitNotFound)?;
         let (spec_r, w) = pipe("create the spec pipe")?;
         fds.extend([(spec_r.as_raw_fd(), 3), (report_w.as_raw_fd(), 4)]);
@@ -307,7 +324,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         report,
         wait,
         timed_out,
-    } = supervise(pid, report_r, out_pipes, deadline);
+    } = supervise(pid, is_child, report_r, out_pipes, deadline);
     let duration = started.elapsed();
     FOREGROUND_INIT.store(0, Ordering::SeqCst);
 

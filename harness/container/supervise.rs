@@ -26,6 +26,7 @@ pub(super) struct Supervised {
 /// processes that ignore SIGTERM.
 pub(super) fn supervise(
     pid: Pid,
+    is_child: bool,
     report: OwnedFd,
     output: Option<(OwnedFd, OwnedFd)>,
     deadline: Option<Instant>,
@@ -87,11 +88,16 @@ pub(super) fn supervise(
             }
         }
     }
-    let wait = match waitpid(pid, None) {
-        Ok(WaitStatus::Exited(_, code)) => format!("exit code {code}"),
-        Ok(WaitStatus::Signaled(_, sig, _)) => format!("signal {sig}"),
-        Ok(other) => format!("{other:?}"),
-        Err(e) => format!("waitpid failed: {e}"),
+    // A container started by the zygote is its child, not ours (the kernel reaps it).
+    let wait = if !is_child {
+        "ended (started by the zygote)".to_string()
+    } else {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => format!("exit code {code}"),
+            Ok(WaitStatus::Signaled(_, sig, _)) => format!("signal {sig}"),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => format!("waitpid failed: {e}"),
+        }
     };
     let mut it = streams.into_iter().map(|(_, d)| d);
     let report = it.next().unwrap_or_default();

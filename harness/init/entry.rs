@@ -27,8 +27,10 @@ pub(crate) static SELF_IS_INIT: AtomicBool = AtomicBool::new(false);
 /// container's init, instead of looking for the `pristine` executable.
 pub fn main_if_requested() {
     let mut args = std::env::args_os();
-    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(INIT_ARG)) {
-        std::process::exit(run());
+    match args.nth(1).as_deref().and_then(|a| a.to_str()) {
+        Some(INIT_ARG) => std::process::exit(run()),
+        Some(super::zygote::ZYGOTE_ARG) => std::process::exit(super::zygote::serve()),
+        _ => {}
     }
     SELF_IS_INIT.store(true, Ordering::Relaxed);
 }

@@ -8,8 +8,10 @@ mod entry;
 mod locate;
 mod reaper;
 mod wire;
+mod zygote;
 
 pub use entry::main_if_requested;
 pub(crate) use entry::{run_forked, INIT_ARG};
 pub(crate) use locate::init_program;
 pub(crate) use wire::{InitReport, InitSpec};
+pub(crate) use zygote::{ZygoteReply, ZygoteRequest, MAX_REQUEST, ZYGOTE_ARG, ZYGOTE_SOCKET_FD};

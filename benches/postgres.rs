@@ -15,7 +15,7 @@
 //! `cargo bench --bench postgres` (as root, PostgreSQL 15 installed). The seeded layers are
 //! built on first use and cached in `target/pristine` (the 1 GiB one takes a few minutes).
 //! `PRISTINE_BENCH_QUICK=1` takes fewer samples; `PRISTINE_PG_BIG_SCALE=N` changes the big
-//! seed's scale (default 40, about 1 GiB of tables).
+//! seed's scale (default 46: a database of about 1 GiB).
 
 #[path = "../examples/postgres/layer.rs"]
 #[allow(dead_code)]
@@ -49,10 +49,10 @@ fn main() {
     let big_scale: u32 = std::env::var("PRISTINE_PG_BIG_SCALE")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(46);
     let mut c = Criterion::default()
         .configure_from_args()
-        .sample_size(if quick { 15 } else { 60 })
+        .sample_size(if quick { 10 } else { 60 })
         .warm_up_time(Duration::from_secs(if quick { 1 } else { 2 }))
         .measurement_time(Duration::from_secs(if quick { 3 } else { 8 }));
 

@@ -343,23 +343,12 @@ pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
             _ => "execve of the pristine init",
         };
         let path = (step == STEP_EXEC).then(|| {
-            PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(
-                req.program.as_bytes(),
-            ))
+            use std::os::unix::ffi::OsStrExt;
+            PathBuf::from(std::ffi::OsStr::from_bytes(req.program.as_bytes()))
         });
         return Err(SysError { op, path, errno });
     }
     Ok(pid)
-}
-
-trait FromBytes {
-    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr;
-}
-impl FromBytes for std::ffi::OsStr {
-    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr {
-        use std::os::unix::ffi::OsStrExt;
-        std::ffi::OsStr::from_bytes(b)
-    }
 }
 
 const STEP_PDEATHSIG: u32 = 1;

@@ -1,25 +1,22 @@
 #!/bin/sh
-# Builds the seeded PostgreSQL data directory. pristine runs this once, as root, in a
-# throwaway container over the host's root filesystem; everything it writes outside /tmp
+# Builds the seeded PostgreSQL data directory. pristine runs this once, as the postgres
+# user, in a throwaway container over the host's root filesystem (an earlier step of the
+# same layer created the data directory as root); everything it writes outside /tmp
 # becomes the layer that every test's container starts from (copy-on-write).
 #
-#   sh build.sh SCALE     (SCALE 1 is about 25 MB of tables, 40 about 1 GiB)
+#   sh build.sh SCALE     (SCALE 1: a 30 MB database, 25 MB of it tables; 46: about 1 GiB)
 #
 # The seed (seed.sql), the configuration (postgresql.conf) and this script are copied into
 # the layer first, so editing any of them changes the layer's key and triggers a rebuild.
 set -eu
 SCALE=$1
 BIN=/usr/lib/postgresql/15/bin
-DATA=/var/lib/pristine-pg
+DATA=/srv/pristine-pg
 ASSETS=/opt/pristine-pg
 
-# Run as the postgres user (PostgreSQL refuses to run as root).
-as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
+# This step runs as the postgres user (PostgreSQL refuses to run as root).
+as_pg() { "$@"; }
 fail() { echo "build.sh: $1; server log:" >&2; cat /tmp/pg.log >&2 2>/dev/null; exit 1; }
-
-mkdir -p "$DATA"
-chown postgres:postgres "$DATA"
-chmod 700 "$DATA"
 
 # 1 MB WAL segments: the first write in a test copies the current segment up whole.
 as_pg "$BIN/initdb" -D "$DATA" --wal-segsize=1 --auth=trust --username=postgres \

@@ -3,7 +3,12 @@
 -- and must get exactly the same. (A checksum of whole rows for the small table; of the
 -- numeric columns and payload lengths for the big ones, which is ten times cheaper than
 -- hashing every row's text and still changes with any insert, update or delete.)
-SELECT 'accounts', count(*), coalesce(sum(hashtext(a::text)), 0) FROM accounts AS a
+-- (Timestamps enter as epoch seconds: their text form would depend on the session's
+-- TimeZone and DateStyle.)
+SELECT 'accounts', count(*),
+       coalesce(sum(hashtext(concat_ws('|', id, name, email, balance_cents,
+                                       extract(epoch FROM created_at)))), 0)
+FROM accounts
 UNION ALL
 SELECT 'orders', count(*), coalesce(sum(id * total_cents + account_id), 0) FROM orders
 UNION ALL

@@ -254,17 +254,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
             crate::init::run_forked(&init_spec, report)
         };
         let mut on_error = |step: &'static str, errno: nix::errno::Errno| {
-            let report = InitReport::SetupFailed(crate::setup::ApplyError {
-                index: 0,
-                step: step.to_string(),
-                op: step.to_string(),
-                path: None,
-                errno: Some(errno as i32),
-                detail: errno.desc().to_string(),
-            });
-            if let Ok(json) = serde_json::to_vec(&report) {
-                let _ = nix::unistd::write(&report_w, &json);
-            }
+            crate::init::report_start_failure(report_fd, step, errno)
         };
         sys::clone_fork(flags, id_maps.as_ref(), &fds, &mut child, &mut on_error)
             .map_err(start_error)?

@@ -73,6 +73,27 @@ pub(crate) fn run_forked(spec: &InitSpec, report_file: File) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Reports, from a forked container child, that a step before the init code failed.
+/// `report_fd` is the report pipe's write end.
+pub(crate) fn report_start_failure(
+    report_fd: std::os::fd::RawFd,
+    step: &'static str,
+    errno: nix::errno::Errno,
+) {
+    let report = InitReport::SetupFailed(crate::setup::ApplyError {
+        index: 0,
+        step: step.to_string(),
+        op: step.to_string(),
+        path: None,
+        errno: Some(errno as i32),
+        detail: errno.desc().to_string(),
+    });
+    if let Ok(json) = serde_json::to_vec(&report) {
+        // SAFETY: a plain write of a live buffer to a descriptor the caller owns.
+        unsafe { libc::write(report_fd, json.as_ptr().cast(), json.len()) };
+    }
+}
+
 fn finish(report: InitReport, mut report_file: File) -> i32 {
     let code = match &report {
         InitReport::Exited(code) => *code,

@@ -11,7 +11,7 @@ mod wire;
 mod zygote;
 
 pub use entry::main_if_requested;
-pub(crate) use entry::{run_forked, INIT_ARG};
+pub(crate) use entry::{report_start_failure, run_forked, INIT_ARG};
 pub(crate) use locate::init_program;
 pub(crate) use wire::{InitReport, InitSpec};
 pub(crate) use zygote::{ZygoteReply, ZygoteRequest, MAX_REQUEST, ZYGOTE_ARG, ZYGOTE_SOCKET_FD};

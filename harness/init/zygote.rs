@@ -21,7 +21,7 @@ use nix::sys::signal::{SigHandler, Signal};
 use nix::sys::socket::{recvmsg, send, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
-use super::wire::{InitReport, InitSpec};
+use super::wire::InitSpec;
 use crate::sys::{self, IdMaps};
 
 /// The hidden first argument that makes pristine's binary a zygote.
@@ -141,18 +141,7 @@ fn start(req: &ZygoteRequest, fds: &[OwnedFd]) -> ZygoteReply {
         super::entry::run_forked(&req.spec, report)
     };
     let mut on_error = |step: &'static str, errno: Errno| {
-        let report = InitReport::SetupFailed(crate::setup::ApplyError {
-            index: 0,
-            step: step.to_string(),
-            op: step.to_string(),
-            path: None,
-            errno: Some(errno as i32),
-            detail: errno.desc().to_string(),
-        });
-        if let Ok(json) = serde_json::to_vec(&report) {
-            // SAFETY: plain write to the report pipe.
-            unsafe { libc::write(report_fd, json.as_ptr().cast(), json.len()) };
-        }
+        super::entry::report_start_failure(report_fd, step, errno)
     };
     match sys::clone_fork(
         CloneFlags::from_bits_truncate(req.flags),

@@ -134,13 +134,21 @@ impl Recipe {
         let upper = staging.0.join("root");
         for (index, step) in layer.steps.iter().enumerate() {
             match step {
-                Step::Run { argv, env, workdir } => {
+                Step::Run {
+                    argv,
+                    env,
+                    workdir,
+                    user,
+                } => {
                     let mut c = Container::new(below.clone())
                         .store(store.root())
                         .upper(Upper::Dir(upper.clone()))
                         .env_clear()
                         .workdir(workdir)
                         .timeout(layer.timeout.unwrap_or(STEP_TIMEOUT));
+                    if let Some(u) = user {
+                        c = c.user(crate::User::Name(u.clone()));
+                    }
                     if !env.contains_key("HOME") {
                         c = c.env("HOME", "/root");
                     }

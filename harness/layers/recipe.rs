@@ -22,6 +22,10 @@ pub enum Step {
         /// Working directory inside the container.
         #[serde(default = "root_dir")]
         workdir: PathBuf,
+        /// Run as this user of the image (default root). Rootless, the caller is mapped to
+        /// it, so files an earlier step created (as root) belong to it in this step.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// Copy a host file or directory into the layer.
     Copy {
@@ -107,7 +111,16 @@ impl LayerSpec {
             argv: argv.into_iter().map(Into::into).collect(),
             env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             workdir: workdir.into(),
+            user: None,
         });
+        self
+    }
+
+    /// Makes the last run step run as `user` (a name from the image's `/etc/passwd`).
+    pub fn as_user(mut self, user: impl Into<String>) -> Self {
+        if let Some(Step::Run { user: u, .. }) = self.steps.last_mut() {
+            *u = Some(user.into());
+        }
         self
     }
 
@@ -213,7 +226,7 @@ impl Recipe {
     /// name = "seed"
     /// timeout = "2m"
     /// [[layer.step]]
-    /// run = { argv = ["sh", "-c", "mkdir -p /srv && cp /seed.sql /srv/"], env = { A = "b" }, workdir = "/" }
+    /// run = { argv = ["sh", "-c", "mkdir -p /srv && cp /seed.sql /srv/"], env = { A = "b" }, workdir = "/", user = "root" }
     /// [[layer.step]]
     /// copy = { from = "seed.sql", to = "/seed.sql" }
     /// ```
@@ -335,7 +348,8 @@ copy = { from = "seed.sql", to = "/seed.sql" }
             Step::Run {
                 argv: vec!["sh".into(), "-c".into(), "true".into()],
                 env: [("A".to_string(), "b".to_string())].into(),
-                workdir: "/".into()
+                workdir: "/".into(),
+                user: None,
             }
         );
         assert_eq!(

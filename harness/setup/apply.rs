@@ -120,9 +120,15 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
             readonly,
             recursive,
         } => bind(source, target, *readonly, *recursive),
-        SetupOp::Symlink { target, link } => {
-            std::os::unix::fs::symlink(target, link).map_err(|e| io_err("symlink", link, e))
-        }
+        SetupOp::Symlink { target, link } => match std::os::unix::fs::symlink(target, link) {
+            // An upper layer that outlives its container (a layer being built in several
+            // steps) already has the links pristine recreated the first time.
+            Err(e) if std::fs::read_link(link).ok().as_deref() == Some(target.as_path()) => {
+                let _ = e;
+                Ok(())
+            }
+            r => r.map_err(|e| io_err("symlink", link, e)),
+        },
         SetupOp::Proc { target } => sys::mount(
             "mount proc",
             Some(Path::new("proc")),

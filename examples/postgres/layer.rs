@@ -1,0 +1,162 @@
+//! The seeded PostgreSQL layer, shared by the demo (`examples/postgres.rs`), its CI test
+//! (`tests/postgres_demo.rs`) and the benchmark (`benches/postgres.rs`).
+//!
+//! The layer sits on the host's root filesystem (which has PostgreSQL 15 installed) and adds
+//! a stopped, cleanly shut down, seeded data directory in [`DATA_DIR`]. It is built once by
+//! [`build.sh`](build.sh) in a throwaway container and cached in pristine's store under a key
+//! that covers the host's packages, the scale and the content of every file copied in: edit
+//! `seed.sql`, `postgresql.conf`, `fingerprint.sql` or `build.sh` and the next run rebuilds
+//! it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use pristine::{Image, LayerSpec, Recipe, Store};
+
+/// PostgreSQL 15's server binaries (Debian's layout).
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The seeded data directory inside the image.
+pub const DATA_DIR: &str = "/srv/pristine-pg";
+/// Where the build's assets (and the seed's fingerprint) live inside the image.
+pub const ASSETS: &str = "/opt/pristine-pg";
+/// The user PostgreSQL runs as (Debian's `postgresql-15` package creates it).
+pub const PG_USER: &str = "postgres";
+/// What PostgreSQL logs once it accepts queries (`log_min_messages = log`).
+pub const READY_LINE: &str = "database system is ready to accept connections";
+/// The checksum query, also run by `build.sh`; see `fingerprint.sql`.
+pub const FINGERPRINT_SQL: &str = include_str!("fingerprint.sql");
+
+/// This directory, on the machine that compiled the example.
+fn assets_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/postgres"))
+}
+
+/// The recipe: host root + one layer with the seeded data directory. Scale 1 is about 25 MB
+/// of tables (30 MB database), scale 46 about 1 GiB.
+pub fn recipe(scale: u32) -> Recipe {
+    let dir = assets_dir();
+    let mut layer = LayerSpec::new(format!("postgres-15-seed-x{scale}"))
+        // A big seed takes a while to generate; a 25 MB one takes a few seconds.
+        .timeout(Duration::from_secs(3600));
+    for file in ["build.sh", "seed.sql", "fingerprint.sql", "postgresql.conf"] {
+        layer = layer.copy(dir.join(file), format!("{ASSETS}/{file}"));
+    }
+    // As root: the data directory, and the assets directory the seed step writes to.
+    // (Rootless, `chown` is refused and not needed: the caller, root in this step, is
+    // mapped to `postgres` in the next, so what it creates here belongs to postgres there.)
+    layer = layer.run([
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p {DATA_DIR} && chmod 700 {DATA_DIR} && \
+             {{ chown {PG_USER}:{PG_USER} {DATA_DIR} {ASSETS} 2>/dev/null || true; }}"
+        ),
+    ]);
+    // As postgres (PostgreSQL refuses to run as root): initdb, seed, checkpoint, stop.
+    layer = layer
+        .run_with(
+            ["sh", &format!("{ASSETS}/build.sh"), &scale.to_string()],
+            [("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")],
+            "/",
+        )
+        .as_user(PG_USER);
+    Recipe::host()
+        .name(format!("postgres-seed-x{scale}"))
+        .layer(layer)
+}
+
+/// What [`build`] did.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The image to run tests on.
+    pub image: Image,
+    /// Whether the layer came from the store's cache.
+    pub cached: bool,
+    /// How long the lookup (or the build) took.
+    pub took: Duration,
+    /// The layer's directory in the store (the overlay lower directory).
+    pub dir: std::path::PathBuf,
+    /// The database's size as PostgreSQL reported it after seeding (e.g. "30 MB").
+    pub db_size: String,
+}
+
+/// Builds the layer unless it is cached, in the default store (`target/pristine` under
+/// cargo, shared by the demo, its test and the benchmark).
+pub fn build(scale: u32) -> Result<Layer, String> {
+    let store = Store::open_default().map_err(|e| format!("cannot open pristine's store: {e}"))?;
+    // The layer adds files under /var and /opt. A top-level directory of the host that holds
+    // the store itself is bound into containers as it is (overlayfs refuses a layer inside
+    // one of its own lower directories), which would hide the layer's files there.
+    if let Some(top) = ["/var", "/opt"]
+        .into_iter()
+        .find(|t| store.root().starts_with(t))
+    {
+        return Err(format!(
+            "pristine's store {} is under {top}, where this layer puts its files; set \
+             PRISTINE_STORE to a directory elsewhere (e.g. under /root or /home)",
+            store.root().display()
+        ));
+    }
+    let started = std::time::Instant::now();
+    let built = recipe(scale)
+        .build_report(&store)
+        .map_err(|e| format!("building the seeded PostgreSQL layer failed: {e}"))?;
+    let took = started.elapsed();
+    let cached = built.layers.iter().all(|l| l.cached);
+    let dir = built
+        .image
+        .layers()
+        .last()
+        .cloned()
+        .ok_or("the recipe built no layer")?;
+    let db_size = std::fs::read_to_string(dir.join(&ASSETS[1..]).join("size.txt"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    Ok(Layer {
+        image: built.image,
+        cached,
+        took,
+        dir,
+        db_size,
+    })
+}
+
+/// The fingerprint `build.sh` recorded in the layer (`TABLE ROWS CHECKSUM` lines); read it
+/// inside a container of the image.
+pub fn recorded_fingerprint() -> std::io::Result<String> {
+    std::fs::read_to_string(format!("{ASSETS}/fingerprint.txt"))
+}
+
+/// Why this machine cannot run the demo, if it cannot: checked before any container starts,
+/// so that a newcomer gets one clear message instead of a failure per test.
+pub fn preflight() -> Result<(), String> {
+    if !Path::new(PG_BIN).join("postgres").exists() {
+        return Err(format!(
+            "PostgreSQL 15 is not installed ({PG_BIN}/postgres is missing).\n\
+             On Debian 12: apt-get install postgresql-15"
+        ));
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    if !passwd.lines().any(|l| l.starts_with("postgres:")) {
+        return Err(
+            "there is no `postgres` user (PostgreSQL refuses to run as root).\n\
+             Debian's postgresql-15 package creates it; or: adduser --system --group postgres"
+                .into(),
+        );
+    }
+    // PostgreSQL runs as the `postgres` user inside every container. As root, the
+    // container's init can switch to any user. Rootless containers map only the caller's
+    // own uid, so there is no `postgres` user to switch to until pristine maps the caller
+    // to the service's user (in progress): until then, this demo needs root.
+    Ok(())
+}
+
+/// The median, 90th percentile and maximum of `v`, in milliseconds.
+pub fn stats_ms(mut v: Vec<Duration>) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    Some((at(0.5), at(0.9), at(1.0)))
+}

@@ -26,13 +26,41 @@
 //! }
 //! ```
 //!
+//! ## Snapshots and tests
+//!
+//! A [`Recipe`] freezes a prepared root filesystem into cached, content-addressed layers
+//! (see [`layers`]); [`testing::Harness`] runs each test of a `harness = false` test target
+//! in its own container of such an image, with its services, under `cargo test` and
+//! `cargo nextest run`:
+//!
+//! ```no_run
+//! use pristine::testing::Harness;
+//! use pristine::{LayerSpec, Recipe, Store};
+//!
+//! fn main() {
+//!     Harness::new()
+//!         .image(|| {
+//!             Recipe::host()
+//!                 .layer(LayerSpec::new("seed").run(["sh", "-c", "echo 1 > /srv/n"]))
+//!                 .build(&Store::open_default()?)
+//!         })
+//!         .test("sees_the_seed", |_| {
+//!             assert_eq!(std::fs::read_to_string("/srv/n")?, "1\n");
+//!             Ok(())
+//!         })
+//!         .run();
+//! }
+//! ```
+//!
 //! ## How it is built
 //!
 //! - [`Container`] is the builder; [`Container::run`] validates everything, plans the setup
-//!   as a list of [`SetupOp`]s, and starts the init with one vfork-style `clone` + `exec`
-//!   (nothing runs between the two in the possibly multithreaded caller).
-//! - The init (this crate's [`main_if_requested`], in pristine's own binary) applies the
-//!   plan inside the new namespaces, runs the command as PID 1's child and reports back.
+//!   as a list of [`SetupOp`]s and starts the container's PID 1: forked directly by a
+//!   single-threaded caller, by a single-threaded zygote for a multithreaded one, or (as a
+//!   fallback) by a vfork-style `clone` + `exec` of pristine's binary; a multithreaded
+//!   caller never runs anything between `clone` and `exec`.
+//! - PID 1 applies the plan inside the new namespaces, runs the command as its child, reaps
+//!   and reports back; [`main_if_requested`] lets a binary serve as init and zygote.
 //! - Every mount lives in the container's own mount namespace, so it vanishes with the
 //!   container even if the caller is SIGKILLed; the only on-disk state is in the [`Store`].
 #![warn(missing_docs)]

@@ -572,6 +572,24 @@ fn sigkilled_cli_leaves_nothing_behind() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Its PID 1 may still be exiting: the leftover is free once nothing holds its lock.
+    let leftover = std::fs::read_dir(store.path().join("containers"))
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("the killed container's directory is still there")
+        .path();
+    while let Err((_, e)) = nix::fcntl::Flock::lock(
+        std::fs::File::open(leftover.join("lock")).unwrap(),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    ) {
+        assert_eq!(e, nix::errno::Errno::EWOULDBLOCK);
+        assert!(
+            Instant::now() < deadline,
+            "the container's lock is never released"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Its mounts were only ever in its own namespace.
     assert_eq!(host_mounts(), before_mounts);
     // The next run removes the leftover directory.

@@ -459,6 +459,36 @@ fn export_import_round_trip_through_the_store() {
 }
 
 #[test]
+fn shell_runs_an_interactive_shell_in_a_throwaway_container() {
+    let (_d, store) = store();
+    let mut child = Command::new(common::pristine_bin())
+        .args(["shell", "host", "--store"])
+        .arg(store.root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo pid=$$; echo scratch > /etc/shell-probe; cat /etc/shell-probe; exit 3\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "pid=2\nscratch\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!Path::new("/etc/shell-probe").exists());
+}
+
+#[test]
 fn rootless_mode_passes_too() {
     common::rerun_as_nobody("rootless_mode_passes_too");
 }

@@ -481,6 +481,39 @@ fn child_after_clone(req: &ExecRequest, ptrs: &ExecPtrs, err_fd: RawFd) -> isize
     }
 }
 
+/// Closes every descriptor from 3 up except `keep` (`close_range(2)`, Linux ≥ 5.9; with a
+/// loop over `/proc/self/fd` as the fallback).
+pub fn close_fds_except(keep: RawFd) {
+    let ranges = [(3, keep - 1), (keep + 1, libc::c_int::MAX)];
+    for (first, last) in ranges {
+        if first > last {
+            continue;
+        }
+        // SAFETY: close_range only closes descriptors; nothing here uses the closed ones.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                last as libc::c_uint,
+                0,
+            )
+        };
+        if rc != 0 {
+            let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd >= first && fd <= last)
+                .collect();
+            for fd in fds {
+                // SAFETY: as above.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
 /// Whether this process has exactly one thread (reads `/proc/self/task`).
 ///
 /// If it has, no other thread can be holding a lock (allocator, stdio) at the moment of a

@@ -1,9 +1,7 @@
 //! A harness target for the harness's own tests. Under plain `cargo test` it runs the tests
 //! that must pass (services, isolation, carrying into a busybox image, groups); with
 //! `PRISTINE_FIXTURE_FAILING=1` it also registers tests that fail, panic, hang or whose
-//! service never comes up, which `tests/harness_suite.rs` drives and checks. It doubles as a
-//! nextest wrapper (`harness_fixture __pristine_wrap [OPTIONS] -- TESTBIN ARGS…`) until the
-//! `pristine` CLI has `wrap`.
+//! service never comes up, which `tests/harness_suite.rs` drives and checks.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,26 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
 use pristine::testing::{Harness, Service};
 use pristine::Image;
 
-#[derive(Parser)]
-struct WrapCli {
-    #[command(flatten)]
-    args: pristine::testing::wrap::WrapArgs,
-}
-
 fn main() {
-    let mut args = std::env::args_os();
-    if args.nth(1).as_deref() == Some("__pristine_wrap".as_ref()) {
-        pristine::main_if_requested();
-        let cli = WrapCli::parse_from(std::env::args_os().skip(1));
-        std::process::exit(match pristine::testing::wrap::run(cli.args) {
-            c if c == std::process::ExitCode::SUCCESS => 0,
-            _ => 1,
-        });
-    }
     let failing = std::env::var_os("PRISTINE_FIXTURE_FAILING").is_some();
     let mut h = Harness::new()
         .test("pid_and_hostname_are_the_containers", |_| {

@@ -415,11 +415,7 @@ fn nextest_wrapper_runs_each_plain_test_in_its_own_container() {
     };
     let out = tempfile::tempdir().unwrap();
     let out_dir = out.path().display().to_string();
-    let wrapper: Vec<String> = match pristine_cli_has_wrap() {
-        Some(cli) => vec![cli.display().to_string(), "wrap".into()],
-        None => vec![fixture().display().to_string(), "__pristine_wrap".into()],
-    };
-    let mut command = wrapper;
+    let mut command = vec![pristine_cli().display().to_string(), "wrap".to_string()];
     command.extend(["--bind".into(), format!("{out_dir}:{out_dir}"), "--".into()]);
     let config = format!(
         "experimental = [\"wrapper-scripts\"]\n\n[scripts.wrapper.pristine]\ncommand = {command:?}\n\n[[profile.default.scripts]]\nfilter = \"binary(harness_plain)\"\nrun-wrapper = \"pristine\"\n"
@@ -453,15 +449,17 @@ fn nextest_wrapper_runs_each_plain_test_in_its_own_container() {
     assert!(!Path::new("/etc/pristine-plain-marker").exists());
 }
 
-fn pristine_cli_has_wrap() -> Option<PathBuf> {
-    let cli = PathBuf::from(env!("CARGO_BIN_EXE_pristine"));
-    let ok = Command::new(&cli)
-        .args(["wrap", "--help"])
-        .output()
-        .ok()?
-        .status
-        .success();
-    ok.then_some(cli)
+/// The `pristine` CLI (beside the test binary when copied for the rootless run).
+fn pristine_cli() -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    match me
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("pristine"))
+    {
+        Some(p) if p.is_file() => p,
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_pristine")),
+    }
 }
 
 struct NextestEnv {

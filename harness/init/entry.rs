@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{BorrowedFd, FromRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +66,9 @@ fn run() -> i32 {
 /// exec): same setup and reaping as the exec'd init, with the spec already in memory.
 /// Never returns.
 pub(crate) fn run_forked(spec: &InitSpec, report_file: File) -> ! {
+    // A fork has all of its parent's descriptors (locks held by the caller, other
+    // containers' pipes in a zygote); PID 1 keeps only its stdio and the report pipe.
+    sys::close_fds_except(report_file.as_raw_fd());
     let report = run_container(spec);
     let code = finish(report, report_file);
     // _exit: no atexit handlers or buffers of the caller's copy of the process.

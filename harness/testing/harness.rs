@@ -479,6 +479,26 @@ pub(crate) fn visible_on_host_image(dir: &std::path::Path) -> bool {
     !["/tmp", "/dev", "/proc"].iter().any(|p| dir.starts_with(p))
 }
 
+/// Runs the container in `dir`, the caller's working directory, as a test expects (cargo
+/// runs tests in their crate's directory, where fixtures live). Where the image would not
+/// show it (under the container's fresh `/tmp`, or on another image), it is bound
+/// read-only at the same path; under `/dev` or `/proc` it is left out.
+pub(crate) fn keep_workdir(c: Container, dir: &std::path::Path, host_image: bool) -> Container {
+    if ["/dev", "/proc"].iter().any(|p| dir.starts_with(p)) || dir == std::path::Path::new("/") {
+        return c;
+    }
+    let c = if host_image && visible_on_host_image(dir) {
+        c
+    } else {
+        c.bind(Bind {
+            source: dir.to_path_buf(),
+            target: dir.to_path_buf(),
+            readonly: true,
+        })
+    };
+    c.workdir(dir)
+}
+
 /// Monotonic clock in nanoseconds (`CLOCK_MONOTONIC` is shared by all containers: they have
 /// no time namespace).
 pub(crate) fn monotonic_ns() -> u64 {
@@ -556,15 +576,10 @@ fn run_trial(
     for (k, v) in &group.env {
         c = c.env(k, v);
     }
-    let workdir = match (&group.workdir, carry) {
-        (Some(w), _) => Some(w.clone()),
-        (None, false) => std::env::current_dir()
-            .ok()
-            .filter(|d| visible_on_host_image(d)),
-        (None, true) => None,
-    };
-    if let Some(w) = workdir {
-        c = c.workdir(w);
+    match (&group.workdir, std::env::current_dir()) {
+        (Some(w), _) => c = c.workdir(w),
+        (None, Ok(cwd)) => c = keep_workdir(c, &cwd, !carry),
+        (None, Err(_)) => {}
     }
     let t0 = monotonic_ns();
     c = c.env(INSIDE_ENV, name).env(T0_ENV, t0.to_string());

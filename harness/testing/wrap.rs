@@ -156,9 +156,7 @@ fn run_in_container(
     argv.extend(rest.iter().cloned());
     let cwd = std::env::current_dir()
         .map_err(|e| format!("failed to read the working directory: {e}"))?;
-    if !carry && super::harness::visible_on_host_image(&cwd) {
-        c = c.workdir(cwd);
-    }
+    c = super::harness::keep_workdir(c, &cwd, !carry);
     crate::forward_signals_to_foreground();
     let out = c
         .run(&argv)

@@ -607,6 +607,46 @@ fn sigkilled_cli_leaves_nothing_behind() {
     );
 }
 
+/// A multithreaded caller (this test binary, on the zygote path) SIGKILLed while its
+/// container runs: the zygote dies with it, and the container with the zygote.
+#[test]
+fn sigkilled_multithreaded_caller_takes_its_containers_down() {
+    if let Ok(marker) = std::env::var("PRISTINE_TEST_HOLD") {
+        // In the child process: start a container that would run for a long time.
+        let store = TestStore::new();
+        let _ = store
+            .container(Image::host())
+            .run(["/bin/sh", "-c", &format!("sleep {marker}")]);
+        return;
+    }
+    let marker = format!("{}", 700_000 + std::process::id() % 10_000);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sigkilled_multithreaded_caller_takes_its_containers_down",
+        ])
+        .env("PRISTINE_TEST_HOLD", &marker)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pattern = format!("sleep\0{marker}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while processes_with(&pattern).is_empty() {
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_with(&pattern).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the container outlived its SIGKILLed caller"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_thousand_containers_leak_nothing() {
     let store = TestStore::new();

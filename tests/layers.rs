@@ -79,6 +79,45 @@ fn copied_content_decides_what_is_rebuilt() {
 }
 
 #[test]
+fn rust_and_toml_recipes_make_the_same_layers() {
+    let (_d, store) = store();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("seed.txt"), "seed\n").unwrap();
+    let rust = Recipe::host().layer(
+        LayerSpec::new("seed")
+            .copy(ctx.path().join("seed.txt"), "/srv/seed.txt")
+            .run_with(
+                ["sh", "-c", "wc -l /srv/seed.txt > /srv/lines"],
+                [("LANG", "C")],
+                "/",
+            ),
+    );
+    let file = ctx.path().join("seed.toml");
+    std::fs::write(
+        &file,
+        "base = \"host\"\n[[layer]]\nname = \"seed\"\n[[layer.step]]\ncopy = { from = \"seed.txt\", to = \"/srv/seed.txt\" }\n[[layer.step]]\nrun = { argv = [\"sh\", \"-c\", \"wc -l /srv/seed.txt > /srv/lines\"], env = { LANG = \"C\" } }\n",
+    )
+    .unwrap();
+    let toml = Recipe::from_toml_file(&file).unwrap();
+    let a = rust.build_report(&store).unwrap();
+    let b = toml.build_report(&store).unwrap();
+    assert_eq!(a.layers[0].key, b.layers[0].key);
+    assert!(
+        !a.layers[0].cached && b.layers[0].cached,
+        "built once, reused"
+    );
+    // The same content elsewhere (a moved checkout) is the same layer too.
+    let moved = tempfile::tempdir().unwrap();
+    std::fs::write(moved.path().join("seed.txt"), "seed\n").unwrap();
+    std::fs::copy(&file, moved.path().join("seed.toml")).unwrap();
+    let c = Recipe::from_toml_file(&moved.path().join("seed.toml"))
+        .unwrap()
+        .build_report(&store)
+        .unwrap();
+    assert_eq!(c.layers[0].key, a.layers[0].key);
+}
+
+#[test]
 fn whiteouts_and_opaque_directories_stack() {
     let (_d, store) = store();
     let recipe = Recipe::host()

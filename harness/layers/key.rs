@@ -77,14 +77,24 @@ pub(crate) fn layer_key(
     h.update(parent.as_bytes());
     h.update(b"\n");
     for step in &layer.steps {
-        let def = serde_json::to_string(step).expect("steps serialize");
-        h.update(def.as_bytes());
-        h.update(b"\n");
-        if let Step::Copy { from, .. } = step {
-            let src = recipe.source_path(from);
-            h.update(tree_hash(store_root, &src)?.as_bytes());
-            h.update(b"\n");
+        match step {
+            // What a copy puts in the layer is its destination and the source's content:
+            // where the source lives (a relative path in a TOML file, an absolute one in
+            // Rust, a checkout moved elsewhere) does not change the layer.
+            Step::Copy { from, to } => {
+                let src = recipe.source_path(from);
+                h.update(format!("copy {}\n", to.display()).as_bytes());
+                h.update(tree_hash(store_root, &src)?.as_bytes());
+            }
+            Step::Run { .. } => {
+                h.update(
+                    serde_json::to_string(step)
+                        .expect("steps serialize")
+                        .as_bytes(),
+                );
+            }
         }
+        h.update(b"\n");
     }
     Ok(hex(&h.finalize()))
 }

@@ -78,6 +78,9 @@ pub enum Error {
     /// The store could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The container's cgroup (for its limits) could not be set up.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
     /// No init program was found.
     #[error("cannot find pristine's init program: call pristine::main_if_requested() first thing in main, install the `pristine` binary on PATH, or set PRISTINE_INIT")]
     InitNotFound,

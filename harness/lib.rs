@@ -65,6 +65,7 @@
 //!   container even if the caller is SIGKILLed; the only on-disk state is in the [`Store`].
 #![warn(missing_docs)]
 
+pub mod cgroups;
 mod container;
 pub mod diff;
 mod error;

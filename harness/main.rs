@@ -127,6 +127,12 @@ struct RunArgs {
     /// Hostname inside the container (default: pristine-ID).
     #[arg(long)]
     hostname: Option<String>,
+    /// Limit the container's memory (e.g. 256m, 2g); needs root.
+    #[arg(long, value_name = "SIZE", value_parser = pristine::cgroups::parse_size)]
+    memory: Option<u64>,
+    /// Limit the number of processes and threads in the container; needs root.
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
     /// Run the command as this user (a name from the image's /etc/passwd, or UID:GID).
     #[arg(long, value_parser = parse_user)]
     user: Option<User>,
@@ -229,6 +235,12 @@ fn run(args: RunArgs) -> ExitCode {
     }
     if let Some(u) = args.user {
         c = c.user(u);
+    }
+    if let Some(m) = args.memory {
+        c = c.memory_limit(m);
+    }
+    if let Some(n) = args.pids {
+        c = c.pids_limit(n);
     }
     if let Some(t) = args.timeout {
         c = c.timeout(t);
@@ -441,6 +453,8 @@ fn main() -> ExitCode {
                 workdir: "/".into(),
                 hostname: None,
                 user: None,
+                memory: None,
+                pids: None,
                 timeout: None,
                 keep: false,
                 upper_size: "4g".into(),

@@ -255,6 +255,61 @@ fn user_runs_the_command_unprivileged() {
     assert!(err.to_string().contains("no-such-user-xyz"), "{err}");
 }
 
+/// Every `pristine-ID` cgroup directory under /sys/fs/cgroup (a few levels deep).
+fn cgroups_named(id: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: usize, name: &str, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if e.file_name().to_string_lossy() == name {
+                    out.push(e.path());
+                } else if depth > 0 {
+                    walk(&e.path(), depth - 1, name, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        Path::new("/sys/fs/cgroup"),
+        4,
+        &format!("pristine-{id}"),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn limits_cap_memory_and_processes() {
+    let store = TestStore::new();
+    let forks = "import os, time\nn = 0\ntry:\n    while n < 100:\n        if os.fork() == 0:\n            time.sleep(2); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print(n, e.errno)\n";
+    let limited = store.container(Image::host()).pids_limit(12);
+    if !common::is_root() {
+        let err = limited.run(["python3", "-c", forks]).unwrap_err();
+        assert!(err.to_string().contains("cgroups"), "{err}");
+        return;
+    }
+    let out = limited.run(["python3", "-c", forks]).unwrap();
+    // PID 1 and python itself count: ten more processes, then EAGAIN.
+    assert_eq!(out.stdout_str(), "10 11\n", "{}", out.stderr_str());
+    assert!(cgroups_named(&out.id).is_empty(), "the cgroup is removed");
+    let out = store
+        .container(Image::host())
+        .memory_limit(32 << 20)
+        .run([
+            "python3",
+            "-c",
+            "b = bytearray(256 << 20); print('survived')",
+        ])
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Signaled(9),
+        "OOM-killed: {}",
+        out.stdout_str()
+    );
+    assert!(cgroups_named(&out.id).is_empty(), "the cgroup is removed");
+}
+
 #[test]
 fn timeout_kills_the_whole_tree_even_if_it_ignores_sigterm() {
     let store = TestStore::new();

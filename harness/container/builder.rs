@@ -78,6 +78,7 @@ pub struct Container {
     pub(crate) stdio: Stdio,
     pub(crate) store: Option<PathBuf>,
     pub(crate) user: Option<User>,
+    pub(crate) limits: crate::cgroups::Limits,
 }
 
 /// Whom the command runs as inside the container.
@@ -106,7 +107,22 @@ impl Container {
             stdio: Stdio::Capture,
             store: None,
             user: None,
+            limits: Default::default(),
         }
+    }
+
+    /// Limits the container's memory (its processes and their page cache) to `bytes`; a
+    /// container that needs more is OOM-killed. Needs root (cgroups).
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.limits.memory_bytes = Some(bytes);
+        self
+    }
+
+    /// Limits the container to `n` processes and threads (a fork bomb stops there). Needs
+    /// root (cgroups).
+    pub fn pids_limit(mut self, n: u64) -> Self {
+        self.limits.pids = Some(n);
+        self
     }
 
     /// Runs the command as `user` instead of root. As root, the init drops to that user

@@ -154,6 +154,12 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         (None, None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: size.clone() },
         (None, None, _) => unreachable!("an on-disk upper always has a directory"),
     };
+    // Limits: the container's own cgroup, joined by PID 1 first thing; removed when this
+    // function returns (the container has ended by then).
+    let cgroup = match c.limits.any() {
+        true => Some(crate::cgroups::manager()?.create(&id, &c.limits)?),
+        false => None,
+    };
     let base = store.mount_base();
     let ops = plan(&PlanInput {
         base: &base,
@@ -162,6 +168,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         rootless,
         binds: &binds,
         hostname: &hostname,
+        cgroups: cgroup.as_ref().map(|c| c.join.as_slice()).unwrap_or(&[]),
     })
     .map_err(ConfigError::from)?;
     let mount_points: Vec<PathBuf> = ops
@@ -360,6 +367,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         _ => None,
     };
     drop(cdir);
+    drop(cgroup);
     Ok(Outcome {
         id,
         status,

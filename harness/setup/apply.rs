@@ -55,6 +55,9 @@ pub(crate) fn apply(ops: &[SetupOp]) -> Result<(), ApplyError> {
 
 fn apply_one(op: &SetupOp) -> Result<(), SysError> {
     match op {
+        SetupOp::JoinCgroups { procs } => procs
+            .iter()
+            .try_for_each(|p| std::fs::write(p, "0").map_err(|e| io_err("join cgroup", p, e))),
         SetupOp::MakeRootPrivate => sys::mount(
             "make / rprivate",
             None,

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 /// One step of container setup, executed in order by the init process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetupOp {
+    /// Join the container's cgroups (write `0` to each `cgroup.procs`): first, so that every
+    /// process PID 1 starts, and the setup itself, is limited.
+    JoinCgroups {
+        /// One `cgroup.procs` per hierarchy.
+        procs: Vec<PathBuf>,
+    },
     /// `mount --make-rprivate /`: from here on, no mount we make propagates to the host.
     MakeRootPrivate,
     /// Mount a tmpfs.
@@ -97,6 +103,10 @@ pub enum SetupOp {
 impl fmt::Display for SetupOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            SetupOp::JoinCgroups { procs } => {
+                let p: Vec<_> = procs.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "join cgroups {}", p.join(" "))
+            }
             SetupOp::MakeRootPrivate => write!(f, "make / rprivate"),
             SetupOp::Tmpfs {
                 target, options, ..

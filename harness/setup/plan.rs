@@ -64,6 +64,8 @@ pub(crate) struct PlanInput<'a> {
     pub rootless: bool,
     pub binds: &'a [Bind],
     pub hostname: &'a str,
+    /// `cgroup.procs` files to join, if the container has limits.
+    pub cgroups: &'a [PathBuf],
 }
 
 /// Computes the setup steps for one container. Fails only if an overlay's options cannot
@@ -76,14 +78,20 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
         // The base still holds the root mount point; it needs almost no space.
         UpperPlacement::Disk { upper, work } => (upper.clone(), work.clone(), "1m"),
     };
-    let mut ops = vec![
+    let mut ops = Vec::new();
+    if !input.cgroups.is_empty() {
+        ops.push(SetupOp::JoinCgroups {
+            procs: input.cgroups.to_vec(),
+        });
+    }
+    ops.extend([
         SetupOp::MakeRootPrivate,
         SetupOp::Tmpfs {
             target: base.to_path_buf(),
             options: format!("size={size},mode=0755"),
             nodev: true,
         },
-    ];
+    ]);
     for dir in [&upper, &work, &root] {
         ops.push(SetupOp::Mkdir { path: dir.clone() });
     }
@@ -292,6 +300,7 @@ mod tests {
                 readonly: true,
             }],
             hostname: "pristine-1",
+            cgroups: &[],
         })
         .unwrap();
         insta::with_settings!({snapshot_path => "../../snapshots"}, {
@@ -318,6 +327,7 @@ mod tests {
             rootless: true,
             binds: &[],
             hostname: "h",
+            cgroups: &[],
         })
         .unwrap();
         insta::with_settings!({snapshot_path => "../../snapshots"}, {

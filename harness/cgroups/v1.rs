@@ -1,0 +1,111 @@
+//! cgroup v1: one hierarchy per controller (`/sys/fs/cgroup/memory`, `/sys/fs/cgroup/pids`).
+
+use std::path::PathBuf;
+use std::sync::Once;
+
+use super::{io, remove_leftovers, write, CgroupError, CgroupManager, ContainerCgroup, Limits};
+
+/// The v1 hierarchies of the memory and pids controllers, at the caller's own cgroups.
+pub(crate) struct V1 {
+    memory: Option<PathBuf>,
+    pids: Option<PathBuf>,
+    cleaned: Once,
+}
+
+impl V1 {
+    pub(crate) fn new(self_cgroup: &str, mountinfo: &str) -> Self {
+        V1 {
+            memory: controller_dir("memory", self_cgroup, mountinfo),
+            pids: controller_dir("pids", self_cgroup, mountinfo),
+            cleaned: Once::new(),
+        }
+    }
+}
+
+/// Where this process's cgroup of `controller` is: the controller's mount point joined with
+/// the path `/proc/self/cgroup` gives for it.
+fn controller_dir(controller: &str, self_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
+    let mount = mountinfo.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let mut post = post.split(' ');
+        if post.next()? != "cgroup" {
+            return None;
+        }
+        let opts = post.nth(1)?;
+        let target = pre.split(' ').nth(4)?;
+        opts.split(',')
+            .any(|o| o == controller)
+            .then(|| PathBuf::from(target))
+    })?;
+    let rel = self_cgroup.lines().find_map(|line| {
+        let mut f = line.splitn(3, ':');
+        let _id = f.next()?;
+        f.next()?
+            .split(',')
+            .any(|c| c == controller)
+            .then(|| f.next())?
+    })?;
+    Some(mount.join(rel.trim_start_matches('/')))
+}
+
+impl CgroupManager for V1 {
+    fn create(&self, name: &str, limits: &Limits) -> Result<ContainerCgroup, CgroupError> {
+        self.cleaned.call_once(|| {
+            for d in [&self.memory, &self.pids].into_iter().flatten() {
+                remove_leftovers(d);
+            }
+        });
+        let mut cg = ContainerCgroup {
+            join: Vec::new(),
+            dirs: Vec::new(),
+        };
+        let mut make = |parent: &Option<PathBuf>, controller: &'static str| {
+            let parent = parent.as_ref().ok_or(CgroupError::NoController {
+                controller,
+                detail: "no v1 hierarchy mounted for it".into(),
+            })?;
+            let dir = parent.join(format!("pristine-{name}"));
+            std::fs::create_dir(&dir).map_err(io("create cgroup", &dir))?;
+            cg.dirs.push(dir.clone());
+            cg.join.push(dir.join("cgroup.procs"));
+            Ok::<PathBuf, CgroupError>(dir)
+        };
+        if let Some(bytes) = limits.memory_bytes {
+            let dir = make(&self.memory, "memory")?;
+            write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
+            // Swap counts too where the kernel accounts it (memsw), so the limit is real.
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                write(&memsw, &bytes.to_string())?;
+            }
+        }
+        if let Some(n) = limits.pids {
+            let dir = make(&self.pids, "pids")?;
+            write(&dir.join("pids.max"), &n.to_string())?;
+        }
+        Ok(cg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn finds_nested_controller_directories() {
+        let mountinfo =
+            "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                         39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n";
+        let self_cgroup = "8:pids:/\n4:memory:/process_api/abc\n0::/\n";
+        assert_eq!(
+            controller_dir("memory", self_cgroup, mountinfo),
+            Some(Path::new("/sys/fs/cgroup/memory/process_api/abc").to_path_buf())
+        );
+        assert_eq!(
+            controller_dir("pids", self_cgroup, mountinfo),
+            Some(Path::new("/sys/fs/cgroup/pids").to_path_buf())
+        );
+        assert_eq!(controller_dir("cpu", self_cgroup, mountinfo), None);
+    }
+}

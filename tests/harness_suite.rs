@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod common;
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -624,38 +626,8 @@ impl NextestEnv {
 /// Runs this suite again as `nobody` (rootless containers: user namespace, `userxattr`).
 #[test]
 fn rootless_mode_passes_too() {
-    if !is_root() {
-        eprintln!("already running rootless; nothing more to do");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let deps = dir.path().join("deps");
-    std::fs::create_dir(&deps).unwrap();
-    let me = std::env::current_exe().unwrap();
-    for src in [me.clone(), fixture(), sibling("harness_plain")] {
-        let dst = deps.join(src.file_name().unwrap());
-        std::fs::copy(&src, &dst).unwrap();
-    }
-    let home = dir.path().join("home");
-    std::fs::create_dir(&home).unwrap();
-    nix::unistd::chown(&home, Some(65534.into()), Some(65534.into())).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(deps.join(me.file_name().unwrap()))
-        .args(["--skip", "rootless_mode_passes_too", "--test-threads", "2"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &home)
-        .env("TMPDIR", &home)
-        .env("PRISTINE_STORE", home.join("store"))
-        .current_dir(&home)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(
-        out.status.success(),
-        "rootless run failed:\n{stdout}\n{stderr}"
+    common::rerun_as_nobody_with(
+        "rootless_mode_passes_too",
+        &[fixture(), sibling("harness_plain")],
     );
-    assert!(stdout.contains("test result: ok"), "{stdout}");
 }

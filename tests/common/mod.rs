@@ -32,8 +32,14 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 /// Runs this test binary again as `nobody` (skipping `this_test`), which exercises the
 /// rootless path: user namespace, uid mapped to root inside, overlayfs with `userxattr`.
-/// The binaries are copied somewhere `nobody` can read: the checkout may be under /root.
+/// The binaries (this one, `pristine` and `extra`, which go beside this one) are copied
+/// somewhere `nobody` can read: the checkout may be under /root.
 pub fn rerun_as_nobody(this_test: &str) {
+    rerun_as_nobody_with(this_test, &[]);
+}
+
+/// [`rerun_as_nobody`], copying `extra` binaries beside this one.
+pub fn rerun_as_nobody_with(this_test: &str, extra: &[PathBuf]) {
     if !is_root() {
         eprintln!("already running rootless; nothing more to do");
         return;
@@ -49,6 +55,9 @@ pub fn rerun_as_nobody(this_test: &str) {
     let me = std::env::current_exe().unwrap();
     let test_bin = deps.join(me.file_name().unwrap());
     std::fs::copy(&me, &test_bin).unwrap();
+    for bin in extra {
+        std::fs::copy(bin, deps.join(bin.file_name().unwrap())).unwrap();
+    }
     std::fs::copy(pristine_bin(), dir.path().join("pristine")).unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();

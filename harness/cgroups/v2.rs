@@ -64,3 +64,18 @@ impl CgroupManager for V2 {
         Ok(cg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_cgroups_go_under_the_callers_own() {
+        let v2 = V2::new("0::/user.slice/session-1.scope\n");
+        assert_eq!(
+            v2.parent,
+            PathBuf::from("/sys/fs/cgroup/user.slice/session-1.scope")
+        );
+        assert_eq!(V2::new("0::/\n").parent, PathBuf::from("/sys/fs/cgroup"));
+    }
+}

@@ -667,13 +667,17 @@ fn sigkilled_cli_leaves_nothing_behind() {
 #[test]
 fn sigkilled_multithreaded_caller_takes_its_containers_down() {
     if let Ok(marker) = std::env::var("PRISTINE_TEST_HOLD") {
-        // In the child process: start a container that would run for a long time.
-        let store = TestStore::new();
-        let _ = store
-            .container(Image::host())
-            .run(["/bin/sh", "-c", &format!("sleep {marker}")]);
+        // In the child process: start a container that would run for a long time, in the
+        // parent's store (this process is killed: it could not remove a store of its own).
+        let store = std::env::var_os("PRISTINE_TEST_HOLD_STORE").expect("store from the parent");
+        let _ = Container::new(Image::host()).store(store).run([
+            "/bin/sh",
+            "-c",
+            &format!("sleep {marker}"),
+        ]);
         return;
     }
+    let store = TestStore::new();
     let marker = format!("{}", 700_000 + std::process::id() % 10_000);
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -681,6 +685,7 @@ fn sigkilled_multithreaded_caller_takes_its_containers_down() {
             "sigkilled_multithreaded_caller_takes_its_containers_down",
         ])
         .env("PRISTINE_TEST_HOLD", &marker)
+        .env("PRISTINE_TEST_HOLD_STORE", store.path())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -49,15 +49,27 @@ fn fixture() -> PathBuf {
     sibling("harness_fixture")
 }
 
-/// A store and scratch directory of this suite's own.
+/// A store and scratch directory of this suite's own: `pristine-harness-suite-PID` in the
+/// temporary directory. A static is never dropped, so instead of a `TempDir` the first use
+/// removes the directories of earlier runs whose process is gone (as pristine's store does
+/// with its own leftovers).
 fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let base = std::env::temp_dir();
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("pristine-harness-suite-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = pristine::store::remove_tree(&e.path());
+                }
+            }
+        }
+        let d = base.join(format!("pristine-harness-suite-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         d
     })
-    .path()
 }
 
 fn fixture_cmd(args: &[&str]) -> Command {

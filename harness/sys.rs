@@ -6,7 +6,7 @@
 //! which always names the operation and, where there is one, the path.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -65,15 +65,6 @@ pub fn mount(
         op,
         target,
         nix::mount::mount(source, target, fstype, flags, data),
-    )
-}
-
-/// Lazily detaches the mount at `target` (`umount2(MNT_DETACH)`).
-pub fn umount_detach(target: &Path) -> SysResult<()> {
-    at(
-        "detach mount",
-        target,
-        nix::mount::umount2(target, MntFlags::MNT_DETACH),
     )
 }
 
@@ -226,18 +217,6 @@ pub fn raise_fd(fd: OwnedFd) -> SysResult<OwnedFd> {
     )?;
     // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// Clears close-on-exec on `fd` (in the init, for fds the command must inherit).
-pub fn clear_cloexec(fd: BorrowedFd<'_>) -> SysResult<()> {
-    no_path(
-        "fcntl(F_SETFD)",
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        ),
-    )
-    .map(drop)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -608,34 +587,6 @@ unsafe fn write_proc_file(path: &CStr, data: &[u8]) -> bool {
     let n = libc::write(fd, data.as_ptr().cast(), data.len());
     libc::close(fd);
     n == data.len() as isize
-}
-
-// ---------------------------------------------------------------------------------------
-// Extended attributes
-
-/// Reads extended attribute `name` of `path` without following symlinks; `None` if absent.
-pub fn lgetxattr(path: &Path, name: &CStr) -> std::io::Result<Option<Vec<u8>>> {
-    use std::os::unix::ffi::OsStrExt;
-    let cpath = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut buf = [0u8; 256];
-    // SAFETY: both strings are NUL-terminated; `buf` is valid for `buf.len()` bytes.
-    let n = unsafe {
-        libc::lgetxattr(
-            cpath.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        let err = std::io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
-            _ => Err(err),
-        };
-    }
-    Ok(Some(buf[..n as usize].to_vec()))
 }
 
 // ---------------------------------------------------------------------------------------

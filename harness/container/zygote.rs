@@ -10,10 +10,7 @@ use nix::sys::socket::{
 };
 use nix::unistd::Pid;
 
-#[allow(unused_imports)] // ZygoteRequest: named in docs
-use crate::init::{
-    init_program, InitSpec, ZygoteReply, ZygoteRequest, MAX_REQUEST, ZYGOTE_ARG, ZYGOTE_SOCKET_FD,
-};
+use crate::init::{init_program, InitSpec, ZygoteReply, MAX_REQUEST, ZYGOTE_ARG, ZYGOTE_SOCKET_FD};
 use crate::sys::{self, ExecRequest, IdMaps, SysError};
 
 struct Client {
@@ -127,7 +124,7 @@ pub(super) fn start_container(
     }
 }
 
-/// [`ZygoteRequest`] (which the zygote decodes), borrowing the spec: keep the fields alike.
+/// The zygote's `ZygoteRequest` (`init/zygote.rs`), borrowing the spec: keep the fields alike.
 #[derive(serde::Serialize)]
 struct Request<'a> {
     spec: &'a InitSpec,

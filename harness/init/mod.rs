@@ -14,4 +14,4 @@ pub use entry::main_if_requested;
 pub(crate) use entry::{report_start_failure, run_forked, INIT_ARG};
 pub(crate) use locate::init_program;
 pub(crate) use wire::{InitReport, InitSpec};
-pub(crate) use zygote::{ZygoteReply, ZygoteRequest, MAX_REQUEST, ZYGOTE_ARG, ZYGOTE_SOCKET_FD};
+pub(crate) use zygote::{ZygoteReply, MAX_REQUEST, ZYGOTE_ARG, ZYGOTE_SOCKET_FD};

@@ -590,6 +590,198 @@ unsafe fn write_proc_file(path: &CStr, data: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
+/// Extended attributes: thin wrappers over the libc xattr calls (nix has none), used by
+/// the overlay whiteout helpers and OCI extraction.
+pub(crate) mod xattr {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    fn cpath(path: &Path) -> io::Result<CString> {
+        CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    }
+
+    fn cname(name: &str) -> io::Result<CString> {
+        CString::new(name).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "xattr name contains a NUL byte",
+            )
+        })
+    }
+
+    /// Returns true for errors that mean "no such attribute" or "xattrs not
+    /// supported here", which readers treat as absent.
+    fn is_absent(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) | Some(libc::EPERM) | Some(libc::EACCES)
+        )
+    }
+
+    /// Calls `get(buf_ptr, buf_len)` (a getxattr-style call) until the value fits.
+    fn read_value(mut get: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 256];
+        loop {
+            let n = get(buf.as_mut_ptr().cast(), buf.len());
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return Ok(buf);
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ERANGE) {
+                return Err(err);
+            }
+            // Ask for the size, then retry with a buffer that large.
+            let size = get(std::ptr::null_mut(), 0);
+            if size < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if size as usize > 1 << 24 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "xattr too large",
+                ));
+            }
+            buf = vec![0u8; (size as usize).max(buf.len() * 2)];
+        }
+    }
+
+    /// Reads xattr `name` of `path` without following a symlink; `None` if absent.
+    pub(crate) fn lget(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let p = cpath(path)?;
+        let n = cname(name)?;
+        let res = read_value(|ptr, len| {
+            // SAFETY: `p` and `n` are valid NUL-terminated strings alive for the
+            // call; `ptr` is either null with `len` 0 or points to a writable
+            // buffer of `len` bytes owned by `read_value`.
+            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), ptr, len) }
+        });
+        match res {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads xattr `name` of the open file `fd`; `None` if absent.
+    pub(crate) fn fget(fd: BorrowedFd<'_>, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let n = cname(name)?;
+        let raw = fd.as_raw_fd();
+        let res = read_value(|ptr, len| {
+            // SAFETY: `raw` is an open fd borrowed for the call; `n` is a valid
+            // C string; `ptr`/`len` describe a writable buffer or are null/0.
+            unsafe { libc::fgetxattr(raw, n.as_ptr(), ptr, len) }
+        });
+        match res {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets xattr `name` on `path` without following a symlink.
+    pub(crate) fn lset(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+        let p = cpath(path)?;
+        let n = cname(name)?;
+        // SAFETY: `p` and `n` are valid C strings and `value` is a live slice
+        // of `value.len()` bytes; lsetxattr only reads them during the call.
+        let rc = unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Sets xattr `name` (raw bytes) on the open file `fd`.
+    pub(crate) fn fset_raw(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
+        let n = CString::new(name).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "xattr name contains a NUL byte",
+            )
+        })?;
+        // SAFETY: `fd` is an open fd borrowed for the call, `n` is a valid C
+        // string and `value` a live slice; fsetxattr only reads them.
+        let rc = unsafe {
+            libc::fsetxattr(
+                fd.as_raw_fd(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Sets xattr `name` on the open file `fd`.
+    pub(crate) fn fset(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
+        fset_raw(fd, name.as_bytes(), value)
+    }
+
+    /// Removes xattr `name` from `path` without following a symlink.
+    pub(crate) fn lremove(path: &Path, name: &str) -> io::Result<()> {
+        let p = cpath(path)?;
+        let n = cname(name)?;
+        // SAFETY: `p` and `n` are valid C strings alive for the call.
+        let rc = unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Lists the xattr names of `path` (not following a symlink), sorted.
+    /// Filesystems without xattr support give an empty list.
+    pub(crate) fn llist(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+        let p = cpath(path)?;
+        let res = read_value(|ptr, len| {
+            // SAFETY: `p` is a valid C string; `ptr`/`len` describe a writable
+            // buffer owned by `read_value`, or are null/0 to query the size.
+            unsafe { libc::llistxattr(p.as_ptr(), ptr.cast(), len) }
+        });
+        let raw = match res {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names: Vec<Vec<u8>> = raw
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Reads xattr `name` (raw bytes) of `path` without following a symlink.
+    pub(crate) fn lget_raw(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        match std::str::from_utf8(name) {
+            Ok(s) => lget(path, s),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The new mount API (Linux ≥ 5.2; overlayfs' `lowerdir+` needs ≥ 6.8)
 
 const FSOPEN_CLOEXEC: libc::c_uint = 1;

@@ -289,7 +289,7 @@ impl<W: Write> LayerWriter<'_, W> {
     /// Emits pax xattr records for `path` (never overlay-private ones).
     fn xattrs(&mut self, path: &Path) -> Result<(), OciError> {
         let names =
-            whiteout::xattr::llist(path).map_err(|e| OciError::io(OP, path, "list xattrs", e))?;
+            crate::sys::xattr::llist(path).map_err(|e| OciError::io(OP, path, "list xattrs", e))?;
         let mut records: Vec<(String, Vec<u8>)> = Vec::new();
         for name in names {
             if whiteout::is_overlay_xattr(&name) || name == b"security.selinux" {
@@ -298,7 +298,7 @@ impl<W: Write> LayerWriter<'_, W> {
             let Ok(name_str) = String::from_utf8(name.clone()) else {
                 continue;
             };
-            if let Some(v) = whiteout::xattr::lget_raw(path, &name)
+            if let Some(v) = crate::sys::xattr::lget_raw(path, &name)
                 .map_err(|e| OciError::io(OP, path, "read xattr", e))?
             {
                 records.push((format!("SCHILY.xattr.{name_str}"), v));

@@ -233,7 +233,7 @@ fn extract_into(reader: impl Read, dest: &Path, tmp: &Path) -> Result<ExtractSta
         tmp,
         root,
         // SAFETY: geteuid has no preconditions and cannot fail.
-        is_root: unsafe { libc::geteuid() } == 0,
+        is_root: nix::unistd::geteuid().is_root(),
         kinds: HashMap::new(),
         dirs: HashMap::new(),
         stats: ExtractStats {
@@ -749,7 +749,7 @@ impl Extractor<'_> {
 
     fn apply_xattrs(&mut self, fd: &impl AsFd, xattrs: &[(Vec<u8>, Vec<u8>)], _shown: &str) {
         for (name, value) in xattrs {
-            if whiteout::xattr::fset_raw(fd.as_fd(), name, value).is_err() {
+            if crate::sys::xattr::fset_raw(fd.as_fd(), name, value).is_err() {
                 // Not permitted (trusted.* rootless, security.*) or not
                 // supported by the filesystem: best effort by design.
                 self.stats.xattrs_skipped += 1;

@@ -199,6 +199,125 @@ pub fn reset_sigpipe() {
         unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
 }
 
+/// Ignores (`true`) or restores the default disposition of `SIGCHLD`. The zygote ignores
+/// it so the kernel reaps containers; their PID 1 must restore it to see its children.
+pub fn set_sigchld_ignored(ignored: bool) {
+    let handler = if ignored {
+        nix::sys::signal::SigHandler::SigIgn
+    } else {
+        nix::sys::signal::SigHandler::SigDfl
+    };
+    // SAFETY: SIG_IGN and SIG_DFL run no user code.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGCHLD, handler) };
+}
+
+/// The pid that [`forward_signals`]'s handler passes signals to (0: none).
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Sets (or, with 0, clears) the pid that signals caught by [`forward_signals`] go to.
+pub fn set_forward_target(pid: i32) {
+    FORWARD_TO.store(pid, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Installs handlers for `signals` that pass each one on to the pid set with
+/// [`set_forward_target`]; with no target, the signal takes its default action.
+pub fn forward_signals(signals: &[Signal]) {
+    extern "C" fn forward(sig: libc::c_int) {
+        let pid = FORWARD_TO.load(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: kill, signal and raise are async-signal-safe.
+        unsafe {
+            if pid > 0 {
+                libc::kill(pid, sig);
+            } else {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+        }
+    }
+    for &sig in signals {
+        // SAFETY: the handler only calls async-signal-safe functions and reads an atomic.
+        let _ = unsafe {
+            nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::Handler(forward))
+        };
+    }
+}
+
+/// Ends the process at once: no destructors, no atexit handlers, no stdio flush (for
+/// forked children, which must not run their parent's).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call and does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// One `write(2)` of `data` to `fd`, async-signal-safe; the byte count or -1.
+pub fn write_raw(fd: RawFd, data: &[u8]) -> isize {
+    // SAFETY: `data` is a live buffer of `data.len()` bytes.
+    unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) }
+}
+
+/// Becomes `uid`/`gid` with supplementary `groups`, unless already `uid` (a rootless
+/// container mapped to that user). Async-signal-safe: for forked children before exec.
+/// The order is the one the kernel needs: groups and gid while still privileged.
+pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<(), Errno> {
+    // SAFETY: plain system calls on live data.
+    unsafe {
+        if libc::geteuid() == uid {
+            return Ok(());
+        }
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
+}
+
+/// In a forked child: clears ambient capabilities (the init may hold some when the caller
+/// is mapped to a non-root user), drops to `user`, changes to `workdir` and executes
+/// `path`. Returns only on failure, with the errno. Async-signal-safe.
+pub fn exec_command(
+    user: Option<(u32, u32)>,
+    workdir: &CStr,
+    path: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> Errno {
+    // SAFETY: prctl takes no pointers; chdir and execve read NUL-terminated strings and
+    // NULL-terminated arrays (built by the caller) that outlive the call.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if let Some((uid, gid)) = user {
+            if let Err(e) = become_user(uid, gid, &[gid]) {
+                return e;
+            }
+        }
+        if libc::chdir(workdir.as_ptr()) == 0 {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+    }
+    Errno::last()
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: shared by all containers (they have no time
+/// namespace), so timestamps taken inside and outside compare.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Creates a pipe whose two ends are close-on-exec and numbered at least 5, so that they can
 /// be `dup2`ed onto fds 0–4 of a child without colliding with their targets.
 pub fn pipe_high() -> SysResult<(OwnedFd, OwnedFd)> {

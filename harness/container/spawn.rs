@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -25,10 +25,6 @@ use crate::sys::{self, ExecRequest};
 use crate::userns;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Host pid of the init of the container running with inherited stdio, for signal
-/// forwarding by the CLI (0: none).
-static FOREGROUND_INIT: AtomicI32 = AtomicI32::new(0);
 
 fn next_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -302,7 +298,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     drop(child_ends);
     drop(report_w);
     if !capture {
-        FOREGROUND_INIT.store(pid.as_raw(), Ordering::SeqCst);
+        sys::set_forward_target(pid.as_raw());
     }
     // Written after clone: the init reads it as soon as it runs, so no pipe buffer limit.
     let write_result = match spec_w {
@@ -323,7 +319,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         timed_out,
     } = supervise(pid, is_child, report_r, out_pipes, deadline);
     let duration = started.elapsed();
-    FOREGROUND_INIT.store(0, Ordering::SeqCst);
+    sys::set_forward_target(0);
 
     let report: Option<InitReport> = serde_json::from_slice(&report).ok();
     let status = match (report, timed_out) {
@@ -474,22 +470,5 @@ fn keep_upper(
 /// process as usual (and, through die-with-parent, any container it had).
 #[doc(hidden)]
 pub fn forward_signals_to_foreground() {
-    extern "C" fn forward(sig: libc::c_int) {
-        let pid = FOREGROUND_INIT.load(Ordering::SeqCst);
-        // SAFETY: kill, signal and raise are async-signal-safe.
-        unsafe {
-            if pid > 0 {
-                libc::kill(pid, sig);
-            } else {
-                libc::signal(sig, libc::SIG_DFL);
-                libc::raise(sig);
-            }
-        }
-    }
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only calls async-signal-safe functions and reads an atomic.
-        let _ = unsafe {
-            nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::Handler(forward))
-        };
-    }
+    sys::forward_signals(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]);
 }

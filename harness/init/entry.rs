@@ -71,9 +71,8 @@ pub(crate) fn run_forked(spec: &InitSpec, report_file: File) -> ! {
     sys::close_fds_except(report_file.as_raw_fd());
     let report = run_container(spec);
     let code = finish(report, report_file);
-    // _exit: no atexit handlers or buffers of the caller's copy of the process.
-    // SAFETY: _exit is always safe to call; it does not return.
-    unsafe { libc::_exit(code) }
+    // No atexit handlers or buffers of the caller's copy of the process.
+    sys::exit_now(code)
 }
 
 /// Reports, from a forked container child, that a step before the init code failed.
@@ -92,8 +91,7 @@ pub(crate) fn report_start_failure(
         detail: errno.desc().to_string(),
     });
     if let Ok(json) = serde_json::to_vec(&report) {
-        // SAFETY: a plain write of a live buffer to a descriptor the caller owns.
-        unsafe { libc::write(report_fd, json.as_ptr().cast(), json.len()) };
+        sys::write_raw(report_fd, &json);
     }
 }
 

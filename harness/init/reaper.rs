@@ -5,7 +5,6 @@ use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -89,34 +88,9 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
         ForkResult::Child => {
             let _ = sys::set_signal_mask(&old_mask);
             sys::reset_sigpipe();
-            // SAFETY: raw system calls on NUL-terminated strings and NULL-terminated arrays
-            // built above; `_exit` never returns.
-            unsafe {
-                // The command gets no ambient capabilities (the init may hold some when
-                // the caller is mapped to a non-root user).
-                libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                let dropped = match cmd.user {
-                    Some((uid, gid)) if libc::geteuid() != uid => {
-                        let groups = [gid];
-                        libc::setgroups(1, groups.as_ptr()) == 0
-                            && libc::setgid(gid) == 0
-                            && libc::setuid(uid) == 0
-                    }
-                    _ => true,
-                };
-                if dropped && libc::chdir(cmd.workdir.as_ptr()) == 0 {
-                    libc::execve(cmd.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-                }
-                let errno = Errno::last_raw().to_ne_bytes();
-                libc::write(err_w.as_raw_fd(), errno.as_ptr().cast(), errno.len());
-                libc::_exit(127);
-            }
+            let errno = sys::exec_command(cmd.user, &cmd.workdir, &cmd.path, &argv, &envp);
+            sys::write_raw(err_w.as_raw_fd(), &(errno as i32).to_ne_bytes());
+            sys::exit_now(127);
         }
         ForkResult::Parent { child } => child,
     };

@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
-use nix::sys::signal::{SigHandler, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::socket::{recvmsg, send, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
@@ -55,8 +55,7 @@ pub(crate) fn serve() -> i32 {
     let _ = sys::set_parent_death_signal(Signal::SIGKILL);
     // Containers are reaped by the kernel: the caller learns how they ended from their
     // report pipe, so the zygote never waits for them.
-    // SAFETY: installing SIG_IGN runs no user code.
-    let _ = unsafe { nix::sys::signal::signal(Signal::SIGCHLD, SigHandler::SigIgn) };
+    sys::set_sigchld_ignored(true);
     // SAFETY: the caller's clone child dup2'ed our socket end onto this descriptor.
     let sock = unsafe { OwnedFd::from_raw_fd(ZYGOTE_SOCKET_FD) };
     let _ = nix::fcntl::fcntl(
@@ -134,8 +133,7 @@ fn start(req: &ZygoteRequest, fds: &[OwnedFd]) -> ZygoteReply {
     let report_fd = fds[3].as_raw_fd();
     let mut child = || {
         // The zygote ignores SIGCHLD; PID 1 must see its children's deaths.
-        // SAFETY: installing SIG_DFL runs no user code.
-        let _ = unsafe { nix::sys::signal::signal(Signal::SIGCHLD, SigHandler::SigDfl) };
+        sys::set_sigchld_ignored(false);
         // SAFETY: in the forked child, the report pipe's write end is ours alone.
         let report = unsafe { File::from_raw_fd(report_fd) };
         super::entry::run_forked(&req.spec, report)

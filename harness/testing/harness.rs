@@ -499,16 +499,9 @@ pub(crate) fn keep_workdir(c: Container, dir: &std::path::Path, host_image: bool
     c.workdir(dir)
 }
 
-/// Monotonic clock in nanoseconds (`CLOCK_MONOTONIC` is shared by all containers: they have
-/// no time namespace).
+/// Monotonic clock in nanoseconds (see [`crate::sys::monotonic_ns`]).
 pub(crate) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::sys::monotonic_ns()
 }
 
 fn run_trial(

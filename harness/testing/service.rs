@@ -380,23 +380,12 @@ impl Service {
                 .env("LOGNAME", &u.name);
             let (uid, gid, groups) = (u.uid, u.gid, u.groups.clone());
             // SAFETY: the closure runs in the forked child before exec and only makes the
-            // async-signal-safe system calls setgroups, setgid and setuid on data prepared
-            // before the fork (no allocation). std's own uid/gid would run setuid before
-            // this hook, after which setgroups is no longer permitted, and its `groups` is
-            // unstable, so all three are done here, in the order the kernel needs.
+            // async-signal-safe system calls of `sys::become_user` on data prepared before
+            // the fork (no allocation). std's own uid/gid would run setuid before this hook,
+            // after which setgroups is no longer permitted, and its `groups` is unstable.
             unsafe {
                 cmd.pre_exec(move || {
-                    // Already that user (a rootless container mapped to it): nothing to drop.
-                    if libc::geteuid() == uid {
-                        return Ok(());
-                    }
-                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                        || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
+                    crate::sys::become_user(uid, gid, &groups).map_err(std::io::Error::from)
                 });
             }
         }

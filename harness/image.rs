@@ -71,7 +71,19 @@ impl Image {
         &self.layers
     }
 
-    /// Checks that every directory exists and returns them made absolute (canonical).
+    /// The directories the root filesystem is made of, uppermost first (overlayfs'
+    /// `lowerdir` order): the layers, then the base (`/` for the host, none for scratch).
+    pub fn lowers(&self) -> Vec<PathBuf> {
+        let mut lowers: Vec<PathBuf> = self.layers.iter().rev().cloned().collect();
+        match &self.base {
+            Base::Host => lowers.push(PathBuf::from("/")),
+            Base::Rootfs(dir) => lowers.push(dir.clone()),
+            Base::Scratch => {}
+        }
+        lowers
+    }
+
+    /// Checks that every directory exists and returns them made absolute.
     pub(crate) fn resolved(&self) -> Result<Image, ConfigError> {
         let base = match &self.base {
             Base::Host => Base::Host,
@@ -99,6 +111,11 @@ fn existing_dir(path: &Path, what: &'static str) -> Result<PathBuf, ConfigError>
             what,
             path: path.to_path_buf(),
         });
+    }
+    // Absolute paths are used as given (a canonicalize per layer per container would be
+    // several system calls each on the hot path); relative ones are made absolute.
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
     }
     std::fs::canonicalize(path).map_err(|source| ConfigError::MissingDirectory {
         what,

@@ -67,18 +67,19 @@ impl Store {
                 .join(root)
         };
         let store = Store { root };
-        for dir in [store.mount_base(), store.containers_dir(), store.kept_dir()] {
-            std::fs::create_dir_all(&dir).map_err(io("create store directory", &dir))?;
-        }
-        // Once per store and process: the first container pays for the scan.
-        static CLEANED: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
-        let first = CLEANED
+        // Once per store and process: creating the directories and removing what killed runs
+        // left; every later container of this process skips straight to using it.
+        static OPENED: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+        let mut opened = OPENED
             .get_or_init(Default::default)
             .lock()
-            .map(|mut set| set.insert(store.root.clone()))
-            .unwrap_or(false);
-        if first {
+            .unwrap_or_else(|e| e.into_inner());
+        if !opened.contains(&store.root) {
+            for dir in [store.mount_base(), store.containers_dir(), store.kept_dir()] {
+                std::fs::create_dir_all(&dir).map_err(io("create store directory", &dir))?;
+            }
             store.remove_leftovers()?;
+            opened.insert(store.root.clone());
         }
         Ok(store)
     }

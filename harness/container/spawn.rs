@@ -116,7 +116,6 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     })?;
 
     // 2. Where the lower and upper layers come from.
-    let layers_top_first = image.layers().iter().rev().cloned();
     let rootfs = match image.base() {
         // One `lowerdir=/` overlay is cheapest, but only root may clone a lower with mounts
         // beneath it, and layers on the root filesystem would overlap it.
@@ -124,9 +123,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
             entries: host_entries()?.to_vec(),
             layers: image.layers().iter().rev().cloned().collect(),
         },
-        Base::Host => RootfsSource::Lowers(layers_top_first.chain([PathBuf::from("/")]).collect()),
-        Base::Rootfs(dir) => RootfsSource::Lowers(layers_top_first.chain([dir.clone()]).collect()),
-        Base::Scratch => RootfsSource::Lowers(layers_top_first.collect()),
+        _ => RootfsSource::Lowers(image.lowers()),
     };
     let own_upper = match &c.upper {
         Upper::Dir(dir) => Some(OwnUpper::new(dir, &id)?),
@@ -167,18 +164,6 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         cgroups: cgroup.as_ref().map(|c| c.join.as_slice()).unwrap_or(&[]),
     })
     .map_err(ConfigError::from)?;
-    let mount_points: Vec<PathBuf> = ops
-        .iter()
-        .filter_map(|op| match op {
-            SetupOp::Bind { target, .. }
-            | SetupOp::Overlay { target, .. }
-            | SetupOp::Tmpfs { target, .. }
-            | SetupOp::Proc { target }
-            | SetupOp::Devpts { target, .. } => target.strip_prefix(base.join("root")).ok(),
-            _ => None,
-        })
-        .map(|rel| Path::new("/").join(rel))
-        .collect();
     let user = match &c.user {
         None => None,
         Some(User::Id(uid, gid)) => Some((*uid, *gid)),
@@ -186,7 +171,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     };
     let init_spec = InitSpec {
         ops,
-        argv: argv.clone(),
+        argv,
         env,
         workdir: c.workdir.clone(),
         user,
@@ -359,7 +344,10 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         Keep::OnFailure => !status.success() || timed_out,
     };
     let kept = match (keep, &cdir) {
-        (true, Some(d)) => Some(keep_upper(&store, &id, &d.upper(), &image, &mount_points)?),
+        (true, Some(d)) => {
+            let mount_points = mount_points(&init_spec.ops, &base.join("root"));
+            Some(keep_upper(&store, &id, &d.upper(), &image, &mount_points)?)
+        }
         _ => None,
     };
     drop(cdir);
@@ -375,22 +363,28 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     })
 }
 
+/// The container's mount points (absolute paths inside it), from its setup steps: what the
+/// diff of a kept upper layer must not count as changes.
+fn mount_points(ops: &[SetupOp], root: &Path) -> Vec<PathBuf> {
+    ops.iter()
+        .filter_map(|op| match op {
+            SetupOp::Bind { target, .. }
+            | SetupOp::Overlay { target, .. }
+            | SetupOp::Tmpfs { target, .. }
+            | SetupOp::Proc { target }
+            | SetupOp::Devpts { target, .. } => target.strip_prefix(root).ok(),
+            _ => None,
+        })
+        .map(|rel| Path::new("/").join(rel))
+        .collect()
+}
+
 /// Looks a user up in the image's `/etc/passwd` (the uppermost layer that has one).
 fn lookup_user(image: &crate::Image, name: &str) -> Result<(u32, u32), Error> {
-    let mut candidates: Vec<PathBuf> = image
-        .layers()
+    let passwd = image
+        .lowers()
         .iter()
-        .rev()
-        .map(|l| l.join("etc/passwd"))
-        .collect();
-    match image.base() {
-        Base::Host => candidates.push(PathBuf::from("/etc/passwd")),
-        Base::Rootfs(d) => candidates.push(d.join("etc/passwd")),
-        Base::Scratch => {}
-    }
-    let passwd = candidates
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|l| std::fs::read_to_string(l.join("etc/passwd")).ok())
         .unwrap_or_default();
     userns::lookup_passwd(&passwd, name)
         .ok_or_else(|| ConfigError::UnknownUser(name.to_string()).into())
@@ -445,12 +439,7 @@ fn keep_upper(
     std::fs::create_dir_all(&dir).map_err(io("create the kept directory"))?;
     std::fs::rename(upper, dir.join("upper"))
         .map_err(io("move the upper layer to the kept directory"))?;
-    let mut lowers: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
-    match image.base() {
-        Base::Host => lowers.push(PathBuf::from("/")),
-        Base::Rootfs(d) => lowers.push(d.clone()),
-        Base::Scratch => {}
-    }
+    let lowers = image.lowers();
     let text: String = lowers
         .iter()
         .map(|l| format!("{}\n", l.display()))

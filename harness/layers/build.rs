@@ -8,7 +8,7 @@ use super::catalog::{now, tree_size, BaseRecord, Catalog, ImageRecord, LayerMeta
 use super::error::{io, BuildError};
 use super::key::{host_base_key, layer_key, rootfs_base_key};
 use super::recipe::{BaseSpec, LayerSpec, Recipe, Step};
-use crate::image::{Base, Image};
+use crate::image::Image;
 use crate::store::{remove_tree, Store};
 use crate::{Container, Upper};
 
@@ -206,17 +206,6 @@ impl Drop for Staging {
     }
 }
 
-/// The directories an image's files come from, uppermost first.
-fn lowers(image: &Image) -> Vec<PathBuf> {
-    let mut l: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
-    match image.base() {
-        Base::Host => l.push(PathBuf::from("/")),
-        Base::Rootfs(d) => l.push(d.clone()),
-        Base::Scratch => {}
-    }
-    l
-}
-
 /// Copies host `src` to `to` in the layer being built (`upper`), creating parent
 /// directories with the modes they have below. Refuses to go through a symlink of the image
 /// (the copy would shadow the link instead of following it).
@@ -225,7 +214,7 @@ fn copy_into(image: &Image, upper: &Path, src: &Path, to: &Path) -> Result<(), S
     let rel = to
         .strip_prefix("/")
         .map_err(|_| "destination must be absolute".to_string())?;
-    let below = lowers(image);
+    let below = image.lowers();
     let mut cur = PathBuf::new();
     if let Some(parent) = rel.parent() {
         for comp in parent.components() {

@@ -3,11 +3,11 @@
 //! Each entry of the upper layer is a change: a whiteout is a deletion (`D`), anything else
 //! is a change (`C`) if the path exists in a lower layer and an addition (`A`) if not. An
 //! opaque directory also deletes every lower entry it hides. Directories that overlayfs
-//! merely created on the way to a change are listed as changed, as `docker diff` does.
+//! copied up on the way to a change are listed as changed, as `docker diff` does. What
+//! pristine's own setup put in the upper layer (its scaffold) is not a change.
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::whiteout::{is_opaque, is_whiteout};
@@ -45,21 +45,20 @@ impl fmt::Display for Change {
 
 /// Changes recorded in `upper` over `lowers` (uppermost first), sorted by path.
 pub fn diff(upper: &Path, lowers: &[PathBuf]) -> std::io::Result<Vec<Change>> {
-    diff_with_mount_points(upper, lowers, &[])
+    diff_with_scaffold(upper, lowers, &[])
 }
 
-/// Like [`diff`], knowing the container's mount points (absolute paths inside it): the
-/// empty directory or file a mount point needed in the upper layer is not a change.
-pub fn diff_with_mount_points(
+/// Like [`diff`], knowing the container's scaffold: the entries pristine's own setup made
+/// in the upper layer (mount points, and the host's top-level symlinks it recreates;
+/// absolute paths inside the container). A scaffold entry that is still as pristine made it
+/// (an empty directory or file, or the same link as below) is not a change.
+pub fn diff_with_scaffold(
     upper: &Path,
     lowers: &[PathBuf],
-    mount_points: &[PathBuf],
+    scaffold: &[PathBuf],
 ) -> std::io::Result<Vec<Change>> {
     let mut out = Vec::new();
-    let ctx = Walk {
-        lowers,
-        mount_points,
-    };
+    let ctx = Walk { lowers, scaffold };
     walk(&ctx, upper, Path::new("/"), &mut out)?;
     out.sort();
     Ok(out)
@@ -67,7 +66,26 @@ pub fn diff_with_mount_points(
 
 struct Walk<'a> {
     lowers: &'a [PathBuf],
-    mount_points: &'a [PathBuf],
+    scaffold: &'a [PathBuf],
+}
+
+/// Whether a scaffold entry is still as pristine's setup made it.
+fn untouched_scaffold(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    lowers: &[PathBuf],
+    rel: &Path,
+) -> std::io::Result<bool> {
+    Ok(if meta.is_dir() {
+        std::fs::read_dir(path)?.next().is_none() && !is_opaque(path)?
+    } else if meta.file_type().is_symlink() {
+        let below = lowers
+            .iter()
+            .find_map(|l| std::fs::read_link(l.join(rel)).ok());
+        below.is_some() && std::fs::read_link(path).ok() == below
+    } else {
+        meta.is_file() && meta.len() == 0
+    })
 }
 
 /// Changes of a kept container directory (`STORE/kept/ID`, see [`crate::Kept`]).
@@ -86,25 +104,19 @@ pub fn diff_kept(dir: &Path) -> std::io::Result<Vec<Change>> {
         .filter(|l| !l.is_empty())
         .map(PathBuf::from)
         .collect();
-    let mount_points: Vec<PathBuf> = std::fs::read_to_string(dir.join("mountpoints"))
+    let scaffold: Vec<PathBuf> = std::fs::read_to_string(dir.join("scaffold"))
         .unwrap_or_default()
         .lines()
         .filter(|l| !l.is_empty())
         .map(PathBuf::from)
         .collect();
-    diff_with_mount_points(&dir.join("upper"), &lowers, &mount_points)
+    diff_with_scaffold(&dir.join("upper"), &lowers, &scaffold)
 }
 
 fn in_lower(lowers: &[PathBuf], rel: &Path) -> Option<std::fs::Metadata> {
     lowers
         .iter()
         .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok())
-}
-
-fn in_lower_link(lowers: &[PathBuf], rel: &Path) -> Option<PathBuf> {
-    lowers
-        .iter()
-        .find_map(|l| std::fs::read_link(l.join(rel)).ok())
 }
 
 fn walk(ctx: &Walk<'_>, dir: &Path, at: &Path, out: &mut Vec<Change>) -> std::io::Result<()> {
@@ -117,13 +129,7 @@ fn walk(ctx: &Walk<'_>, dir: &Path, at: &Path, out: &mut Vec<Change>) -> std::io
         let inside = at.join(entry.file_name());
         let rel = inside.strip_prefix("/").unwrap_or(&inside).to_path_buf();
         let below = in_lower(lowers, &rel);
-        let placeholder = ctx.mount_points.contains(&inside)
-            && if meta.is_dir() {
-                std::fs::read_dir(&path)?.next().is_none()
-            } else {
-                meta.is_file() && meta.len() == 0
-            };
-        if placeholder {
+        if ctx.scaffold.contains(&inside) && untouched_scaffold(&path, &meta, lowers, &rel)? {
             continue;
         }
         if is_whiteout(&meta) {
@@ -135,16 +141,6 @@ fn walk(ctx: &Walk<'_>, dir: &Path, at: &Path, out: &mut Vec<Change>) -> std::io
         }
         if meta.is_dir() {
             let opaque = is_opaque(&path)?;
-            let empty = std::fs::read_dir(&path)?.next().is_none();
-            // pristine creates one upper directory per top-level directory when the host
-            // image is overlaid directory by directory; left empty, nothing changed there.
-            let top_level = at == Path::new("/");
-            let untouched = below.as_ref().is_some_and(|b| {
-                b.is_dir() && (top_level || b.mode() & 0o7777 == meta.mode() & 0o7777)
-            });
-            if empty && !opaque && untouched {
-                continue;
-            }
             out.push(Change {
                 path: inside.clone(),
                 kind: if below.is_some() {
@@ -172,13 +168,6 @@ fn walk(ctx: &Walk<'_>, dir: &Path, at: &Path, out: &mut Vec<Change>) -> std::io
             }
             walk(ctx, &path, &inside, out)?;
         } else {
-            // Top-level symlinks pristine recreates from the host (`/bin -> usr/bin`).
-            let same_link = meta.file_type().is_symlink()
-                && below.as_ref().is_some_and(|b| b.file_type().is_symlink())
-                && std::fs::read_link(&path).ok() == in_lower_link(lowers, &rel);
-            if same_link && at == Path::new("/") {
-                continue;
-            }
             out.push(Change {
                 path: inside,
                 kind: if below.is_some() {

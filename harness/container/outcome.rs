@@ -45,7 +45,8 @@ impl fmt::Display for ExitStatus {
 /// An upper layer kept for inspection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kept {
-    /// The kept directory (`STORE/kept/ID`), holding `upper/` and `lowers`.
+    /// The kept directory (`STORE/kept/ID`), holding `upper/`, `lowers` (the lower layers)
+    /// and `scaffold` (what pristine's setup made in the upper layer).
     pub dir: PathBuf,
 }
 

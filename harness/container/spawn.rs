@@ -345,8 +345,8 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     };
     let kept = match (keep, &cdir) {
         (true, Some(d)) => {
-            let mount_points = mount_points(&init_spec.ops, &base.join("root"));
-            Some(keep_upper(&store, &id, &d.upper(), &image, &mount_points)?)
+            let scaffold = scaffold(&init_spec.ops, &base.join("root"));
+            Some(keep_upper(&store, &id, &d.upper(), &image, &scaffold)?)
         }
         _ => None,
     };
@@ -363,16 +363,17 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     })
 }
 
-/// The container's mount points (absolute paths inside it), from its setup steps: what the
-/// diff of a kept upper layer must not count as changes.
-fn mount_points(ops: &[SetupOp], root: &Path) -> Vec<PathBuf> {
+/// What the setup steps made under the new root (mount points and symlinks), as absolute
+/// paths inside the container: the diff of a kept upper layer does not count them.
+fn scaffold(ops: &[SetupOp], root: &Path) -> Vec<PathBuf> {
     ops.iter()
         .filter_map(|op| match op {
             SetupOp::Bind { target, .. }
             | SetupOp::Overlay { target, .. }
             | SetupOp::Tmpfs { target, .. }
             | SetupOp::Proc { target }
-            | SetupOp::Devpts { target, .. } => target.strip_prefix(root).ok(),
+            | SetupOp::Devpts { target, .. }
+            | SetupOp::Symlink { link: target, .. } => target.strip_prefix(root).ok(),
             _ => None,
         })
         .map(|rel| Path::new("/").join(rel))
@@ -429,7 +430,7 @@ fn keep_upper(
     id: &str,
     upper: &Path,
     image: &crate::Image,
-    mount_points: &[PathBuf],
+    scaffold: &[PathBuf],
 ) -> Result<Kept, Error> {
     let dir = store.kept_dir().join(id);
     let io = |op| move |source| Error::Io { op, source };
@@ -445,11 +446,11 @@ fn keep_upper(
         .map(|l| format!("{}\n", l.display()))
         .collect();
     std::fs::write(dir.join("lowers"), text).map_err(io("record the lower layers"))?;
-    let text: String = mount_points
+    let text: String = scaffold
         .iter()
         .map(|m| format!("{}\n", m.display()))
         .collect();
-    std::fs::write(dir.join("mountpoints"), text).map_err(io("record the mount points"))?;
+    std::fs::write(dir.join("scaffold"), text).map_err(io("record the setup's scaffold"))?;
     Ok(Kept { dir })
 }
 

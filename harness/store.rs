@@ -161,10 +161,7 @@ impl Store {
         let entries = std::fs::read_dir(&dir).map_err(io("read", &dir))?;
         for entry in entries.flatten() {
             let path = entry.path();
-            let alive = File::open(path.join("lock"))
-                .ok()
-                .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err())
-                .unwrap_or(false);
+            let alive = lock_is_held(&path.join("lock"));
             if !alive {
                 remove_tree(&path).map_err(io("remove leftover container directory", &path))?;
                 removed += 1;
@@ -193,6 +190,15 @@ impl Drop for ContainerDir {
     fn drop(&mut self) {
         let _ = remove_tree(&self.path);
     }
+}
+
+/// Whether a live process holds the `flock` on `path` (a missing file is not held). Locks
+/// die with their process, so this tells a running owner from a killed one.
+pub(crate) fn lock_is_held(path: &Path) -> bool {
+    File::open(path)
+        .ok()
+        .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err())
+        .unwrap_or(false)
 }
 
 /// `rm -rf`, also for directories without permissions (overlay's `work/work` is mode 000).

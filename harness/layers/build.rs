@@ -84,14 +84,9 @@ impl Recipe {
         for layer in &self.layers {
             let started = Instant::now();
             let key = layer_key(store.root(), &parent, self, layer)?;
-            let mut cached = catalog.has_layer(&key);
-            if !cached {
-                let _lock = catalog.lock(&key)?;
-                cached = catalog.has_layer(&key);
-                if !cached {
-                    self.build_layer(store, &catalog, &image, layer, &key, &parent)?;
-                }
-            }
+            let cached = catalog.publish_once(&key, |staging| {
+                self.build_layer(store, staging, &image, layer, &key, &parent)
+            })?;
             catalog.touch(&key);
             image = image.layer(catalog.layer_root(&key));
             built.push(BuiltLayer {
@@ -121,17 +116,17 @@ impl Recipe {
         })
     }
 
+    /// Runs the layer's steps over `below` with `staging/root` as the upper directory.
     fn build_layer(
         &self,
         store: &Store,
-        catalog: &Catalog,
+        staging: &Path,
         below: &Image,
         layer: &LayerSpec,
         key: &str,
         parent: &str,
-    ) -> Result<(), BuildError> {
-        let staging = Staging(catalog.staging(key)?);
-        let upper = staging.0.join("root");
+    ) -> Result<LayerMeta, BuildError> {
+        let upper = staging.join("root");
         for (index, step) in layer.steps.iter().enumerate() {
             match step {
                 Step::Run {
@@ -184,25 +179,13 @@ impl Recipe {
             }
         }
         normalize_opaque(&upper).map_err(io("normalize opaque directories in", &upper))?;
-        let meta = LayerMeta {
+        Ok(LayerMeta {
             key: key.to_string(),
             parent: parent.to_string(),
             name: layer.name.clone(),
             created: now(),
             size: tree_size(&upper),
-        };
-        catalog.commit(&staging.0, &meta)?;
-        std::mem::forget(staging);
-        Ok(())
-    }
-}
-
-/// A staging directory, removed unless it was published.
-struct Staging(PathBuf);
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = remove_tree(&self.0);
+        })
     }
 }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{io, BuildError};
 use crate::image::Image;
-use crate::store::{remove_tree, Store};
+use crate::store::{lock_is_held, remove_tree, Store};
 
 /// What a stored layer is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +137,36 @@ impl Catalog {
         let _ = File::create(&p);
     }
 
+    fn lock_is_held(&self, key: &str) -> bool {
+        lock_is_held(&self.root.join("locks").join(format!("{key}.lock")))
+    }
+
+    /// Makes layer `key` exist: if it is not stored yet, takes the key's lock and, unless
+    /// another process published it meanwhile, calls `fill` with a fresh staging directory
+    /// (whose `root/` becomes the layer) and publishes what it returns. Returns whether
+    /// the layer was already there. A failed `fill` publishes nothing.
+    pub(crate) fn publish_once(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&Path) -> Result<LayerMeta, BuildError>,
+    ) -> Result<bool, BuildError> {
+        if self.has_layer(key) {
+            return Ok(true);
+        }
+        let _lock = self.lock(key)?;
+        if self.has_layer(key) {
+            return Ok(true);
+        }
+        let staging = self.staging(key)?;
+        match fill(&staging) {
+            Ok(meta) => self.commit(&staging, &meta).map(|()| false),
+            Err(e) => {
+                let _ = remove_tree(&staging);
+                Err(e)
+            }
+        }
+    }
+
     /// Waits for and takes the build lock of `key`.
     pub(crate) fn lock(&self, key: &str) -> Result<Flock<File>, BuildError> {
         let p = self.root.join("locks").join(format!("{key}.lock"));
@@ -150,7 +180,7 @@ impl Catalog {
 
     /// A fresh staging directory for `key`, after removing stale ones (the caller holds the
     /// key's lock, so any other staging directory of the key belongs to a dead build).
-    pub(crate) fn staging(&self, key: &str) -> Result<PathBuf, BuildError> {
+    fn staging(&self, key: &str) -> Result<PathBuf, BuildError> {
         let prefix = format!(".staging-{key}-");
         for e in std::fs::read_dir(self.layers_dir())
             .into_iter()
@@ -169,7 +199,7 @@ impl Catalog {
     }
 
     /// Atomically publishes a staged layer.
-    pub(crate) fn commit(&self, staging: &Path, meta: &LayerMeta) -> Result<(), BuildError> {
+    fn commit(&self, staging: &Path, meta: &LayerMeta) -> Result<(), BuildError> {
         let json = serde_json::to_vec_pretty(meta).expect("meta serializes");
         let meta_path = staging.join("meta.json");
         std::fs::write(&meta_path, json).map_err(io("write layer metadata", &meta_path))?;
@@ -314,12 +344,7 @@ impl Catalog {
                 }
             }
             // Another process may be building on this layer right now; its lock says so.
-            let lock_path = self.root.join("locks").join(format!("{}.lock", meta.key));
-            let busy = File::open(&lock_path)
-                .ok()
-                .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err())
-                .unwrap_or(false);
-            if busy {
+            if self.lock_is_held(&meta.key) {
                 continue;
             }
             if !dry_run {
@@ -342,12 +367,7 @@ impl Catalog {
                 continue;
             };
             let key = rest.rsplit_once('-').map(|(k, _)| k).unwrap_or(rest);
-            let lock_path = self.root.join("locks").join(format!("{key}.lock"));
-            let busy = File::open(&lock_path)
-                .ok()
-                .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err())
-                .unwrap_or(false);
-            if !busy {
+            if !self.lock_is_held(key) {
                 if !dry_run {
                     remove_tree(&e.path()).map_err(io("remove staging directory", &e.path()))?;
                 }
@@ -370,10 +390,8 @@ impl Catalog {
         }
         let locks = self.root.join("locks");
         for e in std::fs::read_dir(&locks).into_iter().flatten().flatten() {
-            if let Ok(f) = File::open(e.path()) {
-                if Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok() && !dry_run {
-                    let _ = std::fs::remove_file(e.path());
-                }
+            if !dry_run && !lock_is_held(&e.path()) {
+                let _ = std::fs::remove_file(e.path());
             }
         }
         Ok(removed)

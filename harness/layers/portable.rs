@@ -46,29 +46,24 @@ pub fn import_image(
         let mut keys = Vec::new();
         for (dir, diff_id) in imported.layers.iter().zip(&imported.diff_ids) {
             let key = imported_key(&parent, diff_id);
-            if !catalog.has_layer(&key) {
-                let _lock = catalog.lock(&key)?;
-                if !catalog.has_layer(&key) {
-                    let staging = catalog.staging(&key)?;
-                    let root = staging.join("root");
-                    std::fs::remove_dir(&root).map_err(io("prepare staging", &root))?;
-                    std::fs::rename(dir, &root).map_err(io("move imported layer", dir))?;
-                    let meta = LayerMeta {
-                        key: key.clone(),
-                        parent: parent.clone(),
-                        name: format!(
-                            "import {}",
-                            diff_id
-                                .trim_start_matches("sha256:")
-                                .get(..12)
-                                .unwrap_or(diff_id)
-                        ),
-                        created: now(),
-                        size: tree_size(&root),
-                    };
-                    catalog.commit(&staging, &meta)?;
-                }
-            }
+            catalog.publish_once(&key, |staging| {
+                let root = staging.join("root");
+                std::fs::remove_dir(&root).map_err(io("prepare staging", &root))?;
+                std::fs::rename(dir, &root).map_err(io("move imported layer", dir))?;
+                Ok(LayerMeta {
+                    key: key.clone(),
+                    parent: parent.clone(),
+                    name: format!(
+                        "import {}",
+                        diff_id
+                            .trim_start_matches("sha256:")
+                            .get(..12)
+                            .unwrap_or(diff_id)
+                    ),
+                    created: now(),
+                    size: tree_size(&root),
+                })
+            })?;
             catalog.touch(&key);
             keys.push(key.clone());
             parent = key;

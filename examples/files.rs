@@ -5,22 +5,27 @@
 use std::path::PathBuf;
 
 use pristine::testing::Harness;
-use pristine::Image;
+use pristine::{Image, LayerSpec, Recipe, Store};
 
 const SEED: &[(&str, &str)] = &[
     ("users.csv", "id,name\n1,ada\n2,grace\n"),
     ("orders.csv", "id,user,total\n1,1,42\n"),
 ];
 
-/// The seed layer: built once per process, only when a test runs.
-fn seeded() -> Result<Image, std::io::Error> {
-    let dir = std::env::temp_dir().join(format!("pristine-files-seed-{}", nix::unistd::geteuid()));
-    let data = dir.join("srv/data");
-    std::fs::create_dir_all(&data)?;
-    for (name, body) in SEED {
-        std::fs::write(data.join(name), body)?;
-    }
-    Ok(Image::host().layer(dir))
+/// The seed layer: a recipe whose one step writes the seed files. Built once into
+/// pristine's store (content-addressed: editing `SEED` rebuilds it), looked up in well under
+/// a millisecond afterwards; evaluated once per process, only when a test runs.
+fn seeded() -> Result<Image, pristine::BuildError> {
+    let script: String = std::iter::once("mkdir -p /srv/data".to_string())
+        .chain(
+            SEED.iter()
+                .map(|(name, body)| format!("printf '%s' '{body}' > /srv/data/{name}")),
+        )
+        .collect::<Vec<_>>()
+        .join(" && ");
+    Recipe::host()
+        .layer(LayerSpec::new("files-seed").run(["sh", "-c", script.as_str()]))
+        .build(&Store::open_default()?)
 }
 
 fn main() {

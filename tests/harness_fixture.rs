@@ -235,11 +235,21 @@ fn main() {
     h.run()
 }
 
-/// A scratch directory owned by this user, shared by the processes of one user.
+/// A scratch directory owned by this user, shared by the processes of one user; reused
+/// across runs (it holds images built once).
 fn scratch(name: &str) -> PathBuf {
+    // Under plain `cargo test`: cargo's scratch directory for integration tests, if this
+    // user can write it (not the shared temporary directory, which would keep them).
+    let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let base = std::env::var_os("PRISTINE_FIXTURE_SCRATCH")
         .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+        .unwrap_or_else(|| {
+            if nix::unistd::access(target_tmp, nix::unistd::AccessFlags::W_OK).is_ok() {
+                target_tmp.to_path_buf()
+            } else {
+                std::env::temp_dir()
+            }
+        });
     base.join(format!("{name}-{}", nix::unistd::geteuid()))
 }
 

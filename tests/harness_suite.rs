@@ -49,14 +49,21 @@ fn fixture() -> PathBuf {
     sibling("harness_fixture")
 }
 
-/// A store and scratch directory of this suite's own: `pristine-harness-suite-PID` in the
-/// temporary directory. A static is never dropped, so instead of a `TempDir` the first use
-/// removes the directories of earlier runs whose process is gone (as pristine's store does
-/// with its own leftovers).
+/// A store and scratch directory of this suite's own: `pristine-harness-suite-PID` in
+/// cargo's scratch directory for integration tests (the temporary directory when that is
+/// not writable, as for the rootless re-run, whose parent removes it). A static is never
+/// dropped, so instead of a `TempDir` the first use removes the directories of earlier runs
+/// whose process is gone (as pristine's store does with its own leftovers).
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let base = std::env::temp_dir();
+        let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let writable = nix::unistd::access(target_tmp, nix::unistd::AccessFlags::W_OK).is_ok();
+        let base = if writable {
+            target_tmp.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
         for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(pid) = name.strip_prefix("pristine-harness-suite-") {
@@ -72,15 +79,19 @@ fn scratch() -> &'static Path {
     })
 }
 
-fn fixture_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(fixture());
-    c.args(args)
-        .env("PRISTINE_FIXTURE_FAILING", "1")
+/// The environment every run of the fixture gets (directly or under nextest).
+fn fixture_env(c: &mut Command) -> &mut Command {
+    c.env("PRISTINE_FIXTURE_FAILING", "1")
         .env("PRISTINE_TEST_TIMEOUT", "2s")
         .env("PRISTINE_STORE", scratch().join("store"))
         .env("PRISTINE_FIXTURE_SCRATCH", scratch())
         .env_remove("PRISTINE_KEEP")
-        .env("RUST_BACKTRACE", "0");
+        .env("RUST_BACKTRACE", "0")
+}
+
+fn fixture_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(fixture());
+    fixture_env(c.args(args));
     c
 }
 
@@ -600,13 +611,8 @@ impl NextestEnv {
             "2",
         ])
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("PRISTINE_FIXTURE_FAILING", "1")
-        .env("PRISTINE_TEST_TIMEOUT", "2s")
-        .env("PRISTINE_STORE", scratch().join("store"))
-        .env("PRISTINE_FIXTURE_SCRATCH", scratch())
-        .env_remove("PRISTINE_KEEP")
-        .env("RUST_BACKTRACE", "0");
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        fixture_env(&mut c);
         for (k, v) in env {
             c.env(k, v);
         }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -590,8 +591,49 @@ fn sigterm_to_cli_is_forwarded_to_the_command() {
     let status = child.wait().unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    assert_eq!(rest, "got-term\n");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        (rest.as_str(), status.code()),
+        ("got-term\n", Some(0)),
+        "{status:?}"
+    );
+}
+
+/// A SIGTERM sent at any moment of `pristine run`'s start (before its handlers exist, before
+/// the container's pid is known, before PID 1 waits for signals) ends the run: it is never
+/// lost in a window where nobody passes it on, which would leave the command running.
+#[test]
+fn sigterm_during_start_is_never_lost() {
+    let store = TestStore::new();
+    for attempt in 0..60u64 {
+        let mut child = cli()
+            .args(["run", "--", "sleep", "1000"])
+            .env("PRISTINE_STORE", store.path())
+            .spawn()
+            .unwrap();
+        // Spread the signal over the start: from at once to past the command's exec.
+        std::thread::sleep(Duration::from_micros(attempt * 200));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("attempt {attempt}: SIGTERM was lost, the run went on");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // Killed before forwarding was set up, or the command was: 128 + SIGTERM.
+        assert!(
+            status.signal() == Some(libc::SIGTERM) || status.code() == Some(143),
+            "attempt {attempt}: {status:?}"
+        );
+    }
 }
 
 #[test]

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::Pid;
 
 use super::builder::{Container, Keep, Stdio, Upper, User};
 use super::outcome::{ExitStatus, Kept, Outcome};
@@ -227,7 +228,15 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         Error::Start { source, hint }
     };
 
-    // 4. Create the namespaces and start the container's PID 1.
+    // 4. Create the namespaces and start the container's PID 1. Signals for a foreground
+    // container (`pristine run`'s) are blocked until its pid is known to our handler: under
+    // load its command can be running, and be signalled, before `clone` has returned here.
+    // PID 1 inherits the block and keeps it until it waits for signals, so none is lost
+    // on either side.
+    let forwarding = match capture {
+        true => None,
+        false => Some(Forwarding::hold().map_err(start_error)?),
+    };
     let started = Instant::now();
     let flags = namespaces::clone_flags(rootless);
     let mut spec_w = None;
@@ -282,8 +291,8 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     };
     drop(child_ends);
     drop(report_w);
-    if !capture {
-        sys::set_forward_target(pid.as_raw());
+    if let Some(f) = &forwarding {
+        f.forward_to(pid);
     }
     // Written after clone: the init reads it as soon as it runs, so no pipe buffer limit.
     let write_result = match spec_w {
@@ -304,7 +313,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         timed_out,
     } = supervise(pid, is_child, report_r, out_pipes, deadline);
     let duration = started.elapsed();
-    sys::set_forward_target(0);
+    drop(forwarding);
 
     let report: Option<InitReport> = serde_json::from_slice(&report).ok();
     let status = match (report, timed_out) {
@@ -454,11 +463,44 @@ fn keep_upper(
     Ok(Kept { dir })
 }
 
+/// The signals `pristine run` passes on to its container.
+const FOREGROUND_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
 /// Installs SIGINT/SIGTERM/SIGHUP handlers that pass the signal on to the container
 /// currently running with inherited stdio (for `pristine run`): its init forwards it to the
 /// command, which can then exit cleanly. Without a running container the signal ends this
 /// process as usual (and, through die-with-parent, any container it had).
 #[doc(hidden)]
 pub fn forward_signals_to_foreground() {
-    sys::forward_signals(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]);
+    sys::forward_signals(&FOREGROUND_SIGNALS);
+}
+
+/// Forwarding to one foreground container: its signals blocked from before `clone` until
+/// [`Forwarding::forward_to`] names its PID 1; forwarding stops when this is dropped (and a
+/// signal still blocked then, because the container never started, takes its default action).
+struct Forwarding {
+    old_mask: SigSet,
+}
+
+impl Forwarding {
+    fn hold() -> Result<Self, sys::SysError> {
+        let set: SigSet = FOREGROUND_SIGNALS.into_iter().collect();
+        Ok(Self {
+            old_mask: sys::block_signals(&set)?,
+        })
+    }
+
+    /// Sends these signals to `pid` from now on, and one that arrived meanwhile right away
+    /// (unblocking runs its handler).
+    fn forward_to(&self, pid: Pid) {
+        sys::set_forward_target(pid.as_raw());
+        let _ = sys::set_signal_mask(&self.old_mask);
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        sys::set_forward_target(0);
+        let _ = sys::set_signal_mask(&self.old_mask);
+    }
 }

@@ -67,7 +67,13 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
     // Block before fork so no signal is lost between fork and the wait loop. Blocked
     // signals are also the only way PID 1 of a namespace receives signals from outside it
     // without installing handlers.
-    let old_mask = sys::block_signals(&mask).map_err(|e| e.errno as i32)?;
+    let mut command_mask = sys::block_signals(&mask).map_err(|e| e.errno as i32)?;
+    // The command gets the mask PID 1 was started with, minus ours: a foreground run starts
+    // PID 1 with the forwarded signals already blocked (see `container::spawn`), which is
+    // for PID 1 only.
+    for sig in mask.iter() {
+        command_mask.remove(sig);
+    }
     let (err_r, err_w) = sys::pipe_high().map_err(|e| e.errno as i32)?;
     let argv: Vec<*const libc::c_char> = cmd
         .argv
@@ -86,7 +92,7 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
     // threads), so the child may run arbitrary code; it still only makes system calls.
     let child = match unsafe { fork() }.map_err(|e| e as i32)? {
         ForkResult::Child => {
-            let _ = sys::set_signal_mask(&old_mask);
+            let _ = sys::set_signal_mask(&command_mask);
             sys::reset_sigpipe();
             let errno = sys::exec_command(cmd.user, &cmd.workdir, &cmd.path, &argv, &envp);
             sys::write_raw(err_w.as_raw_fd(), &(errno as i32).to_ne_bytes());

@@ -153,6 +153,31 @@ fn whiteouts_and_opaque_directories_stack() {
     );
 }
 
+/// As root, layers stored on the root filesystem stack over a read-only view of `/`: every
+/// host directory stays copy-on-write, including the one that holds the store (overlaid
+/// directly, the layers would overlap `lowerdir=/`).
+#[test]
+fn layers_over_the_host_keep_every_directory_writable() {
+    if !common::is_root() {
+        return; // rootless, the host root is overlaid per directory (see README).
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let image = Recipe::host()
+        .layer(LayerSpec::new("seed").run(["sh", "-c", "echo seeded > /srv/seed-probe"]))
+        .build(&store)
+        .unwrap();
+    let top = Path::new("/").join(dir.path().components().nth(1).unwrap());
+    let probe = top.join(format!("pristine-probe-{}", std::process::id()));
+    let script = format!(
+        "cat /srv/seed-probe && echo written > {p} && cat {p} && ls {s} >/dev/null && echo ok",
+        p = probe.display(),
+        s = dir.path().display()
+    );
+    assert_eq!(sh(&image, &store, &script), "seeded\nwritten\nok\n");
+    assert!(!probe.exists(), "the write reached the host");
+}
+
 #[test]
 fn failed_build_leaves_no_layer_and_reports_the_output() {
     let (_d, store) = store();

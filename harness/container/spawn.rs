@@ -119,11 +119,16 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     // 2. Where the lower and upper layers come from.
     let rootfs = match image.base() {
         // One `lowerdir=/` overlay is cheapest, but only root may clone a lower with mounts
-        // beneath it, and layers on the root filesystem would overlap it.
-        Base::Host if rootless || !image.layers().is_empty() => RootfsSource::HostEntries {
+        // beneath it: rootless, the host root is overlaid directory by directory.
+        Base::Host if rootless => RootfsSource::HostEntries {
             entries: host_entries()?.to_vec(),
             layers: image.layers().iter().rev().cloned().collect(),
         },
+        // Layers stored on the root filesystem would overlap a `lowerdir=/`: they go over a
+        // read-only overlay view of `/`, which has a superblock of its own.
+        Base::Host if !image.layers().is_empty() => {
+            RootfsSource::LayersOverHost(image.layers().iter().rev().cloned().collect())
+        }
         _ => RootfsSource::Lowers(image.lowers()),
     };
     let own_upper = match &c.upper {

@@ -74,9 +74,24 @@ pub fn overlay_options(
     Ok(data)
 }
 
+/// Builds the options of a read-only overlay over `/` alone (`lowerdir=/:EMPTY`; overlayfs
+/// wants two lowers when there is no upper, and `empty` adds nothing).
+pub fn host_view_options(empty: &Path) -> Result<String, OverlayOptionsError> {
+    Ok(format!("lowerdir=/:{}", check(empty)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_view_is_root_over_an_empty_dir() {
+        assert_eq!(
+            host_view_options(Path::new("/b/empty")).unwrap(),
+            "lowerdir=/:/b/empty"
+        );
+        assert!(host_view_options(Path::new("/b,x")).is_err());
+    }
 
     #[test]
     fn builds_options_in_overlay_order() {

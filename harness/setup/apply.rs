@@ -9,7 +9,7 @@ use nix::sys::stat::SFlag;
 use serde::{Deserialize, Serialize};
 
 use super::SetupOp;
-use crate::rootfs::overlay::{overlay_options, OverlayOptionsError};
+use crate::rootfs::overlay::{host_view_options, overlay_options, OverlayOptionsError};
 use crate::sys::{self, SysError};
 
 /// A setup step that failed, as reported from the init to the caller.
@@ -114,6 +114,18 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
                 target,
                 Some("overlay"),
                 MsFlags::empty(),
+                Some(&data),
+            )
+        }
+        SetupOp::HostView { target, empty } => {
+            let data = host_view_options(empty)
+                .map_err(|_| SysError::new("build overlay options", Some(target), Errno::EINVAL))?;
+            sys::mount(
+                "mount overlay (view of /)",
+                Some(Path::new("overlay")),
+                target,
+                Some("overlay"),
+                MsFlags::MS_RDONLY,
                 Some(&data),
             )
         }

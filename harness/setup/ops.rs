@@ -47,6 +47,15 @@ pub enum SetupOp {
         /// Use `user.overlay.*` xattrs (required inside a user namespace).
         userxattr: bool,
     },
+    /// Mount a read-only overlay of the host's `/` alone: a view of the host root on its
+    /// own superblock, so that layers stored on the root filesystem can be stacked over it
+    /// (overlayfs refuses a lower nested inside another lower of the same filesystem).
+    HostView {
+        /// Mount point.
+        target: PathBuf,
+        /// An empty directory (overlayfs needs a second lower when there is no upper).
+        empty: PathBuf,
+    },
     /// Bind-mount `source` onto `target`, creating `target` as a file or directory first.
     Bind {
         /// Host path.
@@ -132,6 +141,12 @@ impl fmt::Display for SetupOp {
                     if *userxattr { " userxattr" } else { "" }
                 )
             }
+            SetupOp::HostView { target, empty } => write!(
+                f,
+                "mount overlay {} (read-only view of /, lower=/:{})",
+                target.display(),
+                empty.display()
+            ),
             SetupOp::Bind {
                 source,
                 target,

@@ -7,8 +7,9 @@
 //! 2. A tmpfs base holds the upper and work directories and the new root's mount point. It
 //!    lives only in the container's mount namespace, so it vanishes with it, even if the
 //!    caller is SIGKILLed; the upper being in RAM makes copy-up and teardown cheap.
-//! 3. The overlay (or, for the rootless host root, one overlay per top-level directory)
-//!    becomes the new root.
+//! 3. The overlay becomes the new root. Layers over the host root (as root) go over a
+//!    read-only overlay view of `/`, since overlayfs refuses a lower nested in another one
+//!    of the same filesystem; the rootless host root is one overlay per top-level directory.
 //! 4. `/proc`, `/dev` and `/tmp` are mounted inside the new root before `pivot_root`, while
 //!    the host's `/dev` is still reachable for rootless device binds.
 //! 5. User volumes come last among the mounts so that they win over anything above.
@@ -29,6 +30,9 @@ use crate::rootfs::overlay::{overlay_options, OverlayOptionsError};
 pub(crate) enum RootfsSource {
     /// One overlay with these lowers, uppermost first (root mode host image: `["/"]`).
     Lowers(Vec<PathBuf>),
+    /// Layers (uppermost first) over the host root, in root mode: one overlay whose bottom
+    /// lower is a read-only overlay view of `/` (see [`SetupOp::HostView`]).
+    LayersOverHost(Vec<PathBuf>),
     /// The rootless host root, entry by entry, under optional layers (uppermost first).
     HostEntries {
         /// Top-level entries of the host root.
@@ -103,6 +107,25 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             work: work.clone(),
             userxattr: input.rootless,
         }),
+        RootfsSource::LayersOverHost(layers) => {
+            let (view, empty) = (base.join("host"), base.join("empty"));
+            for dir in [&view, &empty] {
+                ops.push(SetupOp::Mkdir { path: dir.clone() });
+            }
+            ops.push(SetupOp::HostView {
+                target: view.clone(),
+                empty,
+            });
+            let mut lowers = layers.clone();
+            lowers.push(view);
+            ops.push(SetupOp::Overlay {
+                target: root.clone(),
+                lowers,
+                upper: upper.clone(),
+                work: work.clone(),
+                userxattr: input.rootless,
+            });
+        }
         RootfsSource::HostEntries { entries, layers } => {
             // The new root is the upper directory itself, bound to the root mount point: new
             // top-level entries land in the upper layer like everything else (and pivot_root
@@ -300,6 +323,26 @@ mod tests {
                 readonly: true,
             }],
             hostname: "pristine-1",
+            cgroups: &[],
+        })
+        .unwrap();
+        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+            insta::assert_snapshot!(render(&ops));
+        });
+    }
+
+    #[test]
+    fn root_mode_layers_over_host_plan() {
+        let ops = plan(&PlanInput {
+            base: Path::new("/store/run/mnt"),
+            rootfs: &RootfsSource::LayersOverHost(vec![
+                "/store/layers/b/root".into(),
+                "/store/layers/a/root".into(),
+            ]),
+            upper: &UpperPlacement::Tmpfs { size: "4g".into() },
+            rootless: false,
+            binds: &[],
+            hostname: "h",
             cgroups: &[],
         })
         .unwrap();

@@ -31,7 +31,8 @@
 //! A [`Recipe`] freezes a prepared root filesystem into cached, content-addressed layers
 //! (see [`layers`]); [`testing::Harness`] runs each test of a `harness = false` test target
 //! in its own container of such an image, with its services, under `cargo test` and
-//! `cargo nextest run`:
+//! `cargo nextest run` (tests are added with the builder, as here, or declared with
+//! [`#[pristine::test]`](macro@test)):
 //!
 //! ```no_run
 //! use pristine::testing::Harness;
@@ -93,3 +94,31 @@ pub use init::main_if_requested;
 pub use layers::{BuildError, LayerSpec, Recipe};
 pub use setup::SetupOp;
 pub use store::Store;
+
+/// Declares a test function that runs in its own container, for a [`testing::Harness`]
+/// target: `#[pristine::test]`, `#[pristine::test(group = "db")]`, plus `#[ignore]`.
+///
+/// ```no_run
+/// use pristine::testing::{Harness, TestResult};
+///
+/// #[pristine::test]
+/// fn writes_are_private() -> TestResult {
+///     std::fs::write("/etc/motd", "mine")?; // inside this test's own container
+///     Ok(())
+/// }
+///
+/// fn main() {
+///     Harness::new().run(); // runs every #[pristine::test] of the binary
+/// }
+/// ```
+///
+/// The function takes no argument or a [`&testing::Ctx`](testing::Ctx) and returns `()` (a
+/// panic fails it) or a `Result<(), E>` with a boxable error. Its test name is its module
+/// path below the crate root and its name, as with `#[test]`; a `group` prefixes it with
+/// that group's name, and the test then runs with that group's image and services. A
+/// group that the harness does not declare is reported as a failing test.
+pub use pristine_macros::test;
+
+// `#[pristine::test]` expands to `::pristine::…` paths, which this makes valid in this
+// crate's own unit tests too.
+extern crate self as pristine;

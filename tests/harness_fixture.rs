@@ -9,8 +9,38 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pristine::testing::{Harness, Service};
+use pristine::testing::{Harness, Service, TestResult};
 use pristine::Image;
+
+/// Declared with the attribute instead of the builder: the same harness runs it, in its own
+/// container of the first group's image.
+#[pristine::test]
+fn attribute_declared_runs_in_its_container() -> TestResult {
+    if std::process::id() != 2 {
+        return Err(format!("pid {}: not under the container's init", std::process::id()).into());
+    }
+    std::fs::write("/etc/pristine-fixture-attribute", "mine")?;
+    Ok(())
+}
+
+/// Attribute-declared tests in a module: named `attribute::NAME`, as with `#[test]`.
+mod attribute {
+    use std::net::TcpStream;
+
+    use pristine::testing::Ctx;
+
+    /// Joins the `svc` group: its image and services, and the `svc::` prefix.
+    #[pristine::test(group = "svc")]
+    fn uses_the_groups_services(ctx: &Ctx) {
+        assert!(ctx.name().ends_with("attribute::uses_the_groups_services"));
+        TcpStream::connect("127.0.0.1:8000").expect("the group's web service is up");
+        assert!(ctx.service_log_path("web").is_some());
+    }
+
+    #[pristine::test]
+    #[ignore = "only with --ignored"]
+    fn ignored_by_attribute() {}
+}
 
 fn main() {
     let failing = std::env::var_os("PRISTINE_FIXTURE_FAILING").is_some();

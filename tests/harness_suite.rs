@@ -109,6 +109,9 @@ fn expected() -> BTreeMap<String, &'static str> {
         ("pid_and_hostname_are_the_containers", "ok"),
         ("writes_stay_private", "ok"),
         ("ignored_but_passes", "ignored"),
+        ("attribute_declared_runs_in_its_container", "ok"),
+        ("attribute::ignored_by_attribute", "ignored"),
+        ("svc::attribute::uses_the_groups_services", "ok"),
         ("isolation::same_file_and_port_0", "ok"),
         ("isolation::same_file_and_port_1", "ok"),
         ("isolation::same_file_and_port_2", "ok"),
@@ -214,7 +217,8 @@ fn list_is_terse_complete_and_builds_nothing() {
         .unwrap();
     assert_eq!(
         text(&out).0,
-        "ignored_but_passes: test\nfail::ignored_and_fails: test\n"
+        "ignored_but_passes: test\nattribute::ignored_by_attribute: test\n\
+         fail::ignored_and_fails: test\n"
     );
     // No store, no image: listing created nothing at all.
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
@@ -355,6 +359,7 @@ fn nextest_style_one_process_per_test_agrees_with_cargo_test() {
     let got = got.into_inner().unwrap();
     let mut want = expected();
     want.insert("ignored_but_passes".into(), "ok");
+    want.insert("attribute::ignored_by_attribute".into(), "ok");
     want.insert("fail::ignored_and_fails".into(), "FAILED");
     assert_eq!(got, want);
 }

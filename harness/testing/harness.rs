@@ -9,6 +9,7 @@ use libtest_mimic::{Arguments, Conclusion, Failed, Trial};
 
 use super::carry::{self, Carried};
 use super::inside::{self, Timings, INSIDE_ENV, T0_ENV};
+use super::registered;
 use super::report::{self, TestTiming};
 use super::service::Service;
 use crate::{Base, Bind, Container, Image, Keep, Stdio, Upper, User};
@@ -61,6 +62,9 @@ pub(crate) struct TestDef {
     pub(crate) name: String,
     pub(crate) body: Body,
     pub(crate) ignored: bool,
+    /// Why the test cannot run (a `#[pristine::test]` naming an undeclared group): it is
+    /// listed, and fails with this message without starting a container.
+    pub(crate) misconfigured: Option<String>,
 }
 
 /// Tests sharing an image and services.
@@ -235,6 +239,7 @@ impl Harness {
             name,
             body: Arc::new(body),
             ignored: false,
+            misconfigured: None,
         });
         self
     }
@@ -277,11 +282,70 @@ impl Harness {
         self
     }
 
-    /// The full names of all tests, in order.
+    /// The full names of all tests (those added here, then the `#[pristine::test]`
+    /// functions of each group), in order.
     pub fn test_names(&self) -> Vec<String> {
+        let registered = self.registered_tests();
         self.groups
             .iter()
-            .flat_map(|g| g.tests.iter().map(|t| t.name.clone()))
+            .enumerate()
+            .flat_map(|(i, g)| {
+                let extra = registered.iter().filter(move |(gi, _)| *gi == i);
+                g.tests
+                    .iter()
+                    .chain(extra.map(|(_, t)| t))
+                    .map(|t| t.name.clone())
+            })
+            .collect()
+    }
+
+    /// The `#[pristine::test]` functions of this binary, each with the index of the group
+    /// it joins. One naming a group that is not declared goes to the first group, marked
+    /// misconfigured.
+    fn registered_tests(&self) -> Vec<(usize, TestDef)> {
+        registered::all()
+            .into_iter()
+            .map(|r| {
+                let prefix = match r.group {
+                    "" => String::new(),
+                    g => format!("{g}::"),
+                };
+                let name = format!("{prefix}{}", r.test_name());
+                let body = r.body;
+                let body: Body = Arc::new(move |ctx: &Ctx| body(ctx));
+                let duplicate = self
+                    .groups
+                    .iter()
+                    .any(|g| g.tests.iter().any(|t| t.name == name));
+                let (index, misconfigured) =
+                    match self.groups.iter().position(|g| g.prefix == prefix) {
+                        Some(i) if duplicate => (
+                            i,
+                            Some(format!(
+                                "#[pristine::test] `{}` ({}:{}) has the name of a test added \
+                                 with Harness::test: rename one of them",
+                                r.name, r.file, r.line
+                            )),
+                        ),
+                        Some(i) => (i, None),
+                        None => (
+                            0,
+                            Some(format!(
+                                "#[pristine::test(group = {:?})] on `{}` ({}:{}): the harness \
+                                 declares no group {:?}; add `.group({:?})` (with its image and \
+                                 services) to the Harness builder in main",
+                                r.group, r.name, r.file, r.line, r.group, r.group
+                            )),
+                        ),
+                    };
+                let def = TestDef {
+                    name,
+                    body,
+                    ignored: r.ignored,
+                    misconfigured,
+                };
+                (index, def)
+            })
             .collect()
     }
 
@@ -299,7 +363,10 @@ impl Harness {
     ///
     /// Inside a test's container (the re-executed binary) this runs that one test and
     /// exits instead of returning.
-    pub fn execute(self, args: &Arguments) -> Finished {
+    pub fn execute(mut self, args: &Arguments) -> Finished {
+        for (i, def) in self.registered_tests() {
+            self.groups[i].tests.push(def);
+        }
         if let Some(name) = std::env::var_os(INSIDE_ENV) {
             inside::run(&self.groups, &name.to_string_lossy());
         }
@@ -327,6 +394,12 @@ impl Harness {
                 carry: g.carry,
             });
             for t in g.tests {
+                if let Some(why) = t.misconfigured {
+                    trials.push(
+                        Trial::test(t.name, move || Err(why.into())).with_ignored_flag(t.ignored),
+                    );
+                    continue;
+                }
                 let (group, config, timings) = (group.clone(), config.clone(), timings.clone());
                 let name = t.name.clone();
                 trials.push(
@@ -617,6 +690,47 @@ fn run_trial(
 mod tests {
     use super::*;
 
+    // Registered in this unit-test binary; never run by a harness (libtest runs these).
+    #[crate::test(group = "nowhere")]
+    fn joins_an_undeclared_group() {}
+
+    #[crate::test]
+    fn clashes_with_a_builder_test() {}
+
+    #[test]
+    fn attribute_tests_join_their_group_or_say_what_is_wrong() {
+        let clash = "testing::harness::tests::clashes_with_a_builder_test";
+        let h = Harness::new().test(clash, |_| Ok(()));
+        let names = h.test_names();
+        let lost = "nowhere::testing::harness::tests::joins_an_undeclared_group";
+        assert!(names.iter().any(|n| n == lost), "{names:?}");
+        let registered = h.registered_tests();
+        let why = |name: &str| {
+            registered
+                .iter()
+                .find(|(_, t)| t.name == name)
+                .and_then(|(_, t)| t.misconfigured.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            why(lost).contains("declares no group \"nowhere\"; add `.group(\"nowhere\")`"),
+            "{}",
+            why(lost)
+        );
+        assert!(why(clash).contains("rename one of them"), "{}", why(clash));
+
+        // Declared, the group takes the test as it is.
+        let h = Harness::new().group("nowhere");
+        let registered = h.registered_tests();
+        let (group, def) = registered.iter().find(|(_, t)| t.name == lost).unwrap();
+        assert_eq!((*group, def.misconfigured.as_deref()), (1, None));
+        assert!((def.body)(&Ctx {
+            name: lost.into(),
+            services: Vec::new()
+        })
+        .is_ok());
+    }
+
     #[test]
     fn parses_timeouts_and_keep() {
         assert_eq!(parse_timeout("2"), Some(Duration::from_secs(2)));
@@ -636,7 +750,10 @@ mod tests {
             .test("a", |_| Ok(()))
             .group("g")
             .test_ignored("b", |_| Ok(()));
-        assert_eq!(h.test_names(), ["a", "g::b"]);
+        // (Without the `#[crate::test]` functions this unit-test binary registers.)
+        let mut names = h.test_names();
+        names.retain(|n| !n.contains("::harness::tests::"));
+        assert_eq!(names, ["a", "g::b"]);
         let f = h.execute(&Arguments::from_iter(["bin", "--list"]));
         assert_eq!(f.conclusion.num_passed, 0);
         assert!(f.timings.is_empty());

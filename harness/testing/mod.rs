@@ -8,11 +8,13 @@
 //! - [`Service`] (`service.rs`): services and their readiness checks.
 //! - [`carry`]: running a host binary in an image without a compatible libc.
 //! - `report.rs`: failure reports and timing summaries.
+//! - `registered.rs`: tests declared with [`#[pristine::test]`](crate::test).
 //! - [`wrap`]: the nextest wrapper.
 
 pub mod carry;
 mod harness;
 mod inside;
+mod registered;
 mod report;
 mod service;
 pub mod wrap;
@@ -21,3 +23,10 @@ pub use harness::{Ctx, Finished, Harness, TestResult, DEFAULT_TIMEOUT, KEEP_ENV,
 pub use inside::INSIDE_ENV;
 pub use report::{render_diff, TestTiming};
 pub use service::{Ready, Service, ServiceError, FALLBACK_LOG_DIR, LOG_DIR};
+
+/// Used by the code that `#[pristine::test]` generates; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use super::registered::{Registered, TestOutput};
+    pub use inventory;
+}

@@ -10,6 +10,7 @@
 //!     tmpfs → overlay of `/` → `pivot_root` → `/proc` → exec → wait);
 //!   - `pristine_true_tmpfs` / `pristine_true_disk_upper`: the library, upper on a tmpfs
 //!     or in the store on disk;
+//!   - `pristine_true_host_layer`: the library over the host image plus one stored layer;
 //!   - `pristine_cli_true`: the `pristine run` process, for a process-level comparison;
 //!   - `bwrap_true`: bubblewrap, when it is on `PATH` (no copy-on-write).
 //! - `throughput/`: two threads running containers back to back, reported in elements
@@ -36,7 +37,9 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use pristine::{Container, Image, Upper};
+use std::sync::OnceLock;
+
+use pristine::{Container, Image, LayerSpec, Recipe, Store, Upper};
 
 /// Containers per throughput iteration (split evenly over the workers).
 const THROUGHPUT_CONTAINERS: u64 = 100;
@@ -65,6 +68,13 @@ fn main() {
     let floor_dir = tmp.path().join("floor");
     std::fs::create_dir(&floor_dir).expect("create the kernel floor's mount point");
     let floor = Floor::new(&floor_dir);
+    let seed = tmp.path().join("seed");
+    std::fs::write(&seed, "seed\n").expect("write the layer's file");
+    let layered = Recipe::host()
+        .layer(LayerSpec::new("bench").copy(&seed, "/srv/pristine-bench-seed"))
+        .build(&Store::open(&store).expect("open the store"))
+        .unwrap_or_else(|e| panic!("build the bench layer: {e}"));
+    HOST_LAYER.set(layered).expect("set once");
     let (floor, bwrap) = check_everything_works(&store, &floor, find_on_path("bwrap"));
 
     // Defaults first, so that criterion's command line (`--sample-size`, ...) overrides them.
@@ -115,8 +125,22 @@ fn plain_spawn_true() {
     assert!(status.success(), "/bin/true: {status}");
 }
 
+/// The host image with one stored layer on it (built once in `main`).
+static HOST_LAYER: OnceLock<Image> = OnceLock::new();
+
 fn pristine_true(store: &Path, upper: Option<Upper>) {
-    let mut container = Container::new(Image::host()).store(store);
+    pristine_true_on(store, Image::host(), upper);
+}
+
+/// `/bin/true` over the host image plus one stored layer: one overlay over a read-only
+/// overlay view of `/` (as root).
+fn pristine_true_host_layer(store: &Path) {
+    let image = HOST_LAYER.get().expect("built in main").clone();
+    pristine_true_on(store, image, None);
+}
+
+fn pristine_true_on(store: &Path, image: Image, upper: Option<Upper>) {
+    let mut container = Container::new(image).store(store);
     if let Some(upper) = upper {
         container = container.upper(upper);
     }
@@ -389,6 +413,7 @@ fn check_everything_works<'a>(
     plain_spawn_true();
     pristine_true(store, None);
     pristine_true(store, Some(Upper::Disk));
+    pristine_true_host_layer(store);
     pristine_cli_true(store);
     let floor = match floor.cycle() {
         Ok(()) => Some(floor),
@@ -442,6 +467,9 @@ fn bench_cycle(c: &mut Criterion, store: &Path, floor: Option<&Floor>, bwrap: Op
     });
     g.bench_function("pristine_true_disk_upper", |b| {
         b.iter(|| pristine_true(store, Some(Upper::Disk)))
+    });
+    g.bench_function("pristine_true_host_layer", |b| {
+        b.iter(|| pristine_true_host_layer(store))
     });
     g.bench_function("pristine_cli_true", |b| b.iter(|| pristine_cli_true(store)));
     if let Some(bwrap) = bwrap {
@@ -550,6 +578,10 @@ fn interleaved(
             "pristine_true_disk_upper",
             Box::new(|| pristine_true(store, Some(Upper::Disk))),
         ),
+        (
+            "pristine_true_host_layer",
+            Box::new(|| pristine_true_host_layer(store)),
+        ),
         ("pristine_cli_true", Box::new(|| pristine_cli_true(store))),
     ];
     if let Some(floor) = floor {
@@ -622,6 +654,7 @@ fn print_summary(
         "kernel_floor_true",
         "pristine_true_tmpfs",
         "pristine_true_disk_upper",
+        "pristine_true_host_layer",
         "pristine_cli_true",
         "bwrap_true",
     ];
@@ -645,6 +678,7 @@ fn print_summary(
         ("pristine_true_tmpfs", "kernel_floor_true"),
         ("pristine_cli_true", "bwrap_true"),
         ("pristine_true_disk_upper", "pristine_true_tmpfs"),
+        ("pristine_true_host_layer", "pristine_true_tmpfs"),
         ("pristine_cli_true", "pristine_true_tmpfs"),
         ("kernel_floor_true", "plain_spawn_true"),
     ] {

@@ -161,7 +161,9 @@ fn layers_over_the_host_keep_every_directory_writable() {
     if !common::is_root() {
         return; // rootless, the host root is overlaid per directory (see README).
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // A store on the root filesystem, in a top-level directory the container does not
+    // replace (the checkout, and so CARGO_TARGET_TMPDIR, may be under /tmp).
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let store = Store::open(dir.path()).unwrap();
     let image = Recipe::host()
         .layer(LayerSpec::new("seed").run(["sh", "-c", "echo seeded > /srv/seed-probe"]))

@@ -10,7 +10,7 @@ use super::error::BuildError;
 
 /// One build step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
     /// Run a command in a throwaway container over the layers below.
     Run {
@@ -43,6 +43,7 @@ fn root_dir() -> PathBuf {
 
 /// One layer: a name (for people; the key is what identifies it) and its steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[must_use]
 pub struct LayerSpec {
     /// A human-readable name, shown by `pristine layers`.
@@ -164,6 +165,7 @@ pub enum BaseSpec {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[must_use]
 pub struct Recipe {
     /// Name under which the built image is recorded in the store (`pristine images`).
@@ -362,6 +364,10 @@ copy = { from = "seed.sql", to = "/seed.sql" }
             ("base = \"host\"\n[[layer]]\nname = \"x\"\n[[layer.step]]\nrun = { argv = [] }", "empty command"),
             ("base = \"host\"\n[[layer]]\nname = \"x\"\n[[layer.step]]\ncopy = { from = \"a\", to = \"rel\" }", "absolute"),
             ("name = \"a/b\"\nbase = \"host\"", "name"),
+            // A misspelt or misplaced key is an error, not a silently empty layer.
+            ("base = \"host\"\n[[layers]]\nname = \"x\"", "unknown field `layers`"),
+            ("base = \"host\"\n[[layer]]\nname = \"x\"\nrun = [\"true\"]", "unknown field `run`"),
+            ("base = \"host\"\n[[layer]]\nname = \"x\"\n[[layer.step]]\nrun = { argv = [\"true\"], envv = {} }", "unexpected keys in table: envv"),
         ] {
             std::fs::write(&file, bad).unwrap();
             let err = Recipe::from_toml_file(&file).unwrap_err().to_string();

@@ -69,15 +69,32 @@ struct Walk<'a> {
     scaffold: &'a [PathBuf],
 }
 
-/// Whether a scaffold entry is still as pristine's setup made it.
+/// Whether scaffold entry `path` (`inside` the container) is still as pristine's setup made
+/// it: a directory holding only untouched scaffold (a mount point is empty; a directory that
+/// stands for a host directory holds mount points), the same link as below, an empty file.
 fn untouched_scaffold(
+    ctx: &Walk<'_>,
     path: &Path,
     meta: &std::fs::Metadata,
-    lowers: &[PathBuf],
-    rel: &Path,
+    inside: &Path,
 ) -> std::io::Result<bool> {
+    let lowers = ctx.lowers;
+    let rel = inside.strip_prefix("/").unwrap_or(inside);
     Ok(if meta.is_dir() {
-        std::fs::read_dir(path)?.next().is_none() && !is_opaque(path)?
+        if is_opaque(path)? {
+            return Ok(false);
+        }
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            let child = inside.join(entry.file_name());
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            if !ctx.scaffold.contains(&child)
+                || !untouched_scaffold(ctx, &entry.path(), &meta, &child)?
+            {
+                return Ok(false);
+            }
+        }
+        true
     } else if meta.file_type().is_symlink() {
         let below = lowers
             .iter()
@@ -129,7 +146,7 @@ fn walk(ctx: &Walk<'_>, dir: &Path, at: &Path, out: &mut Vec<Change>) -> std::io
         let inside = at.join(entry.file_name());
         let rel = inside.strip_prefix("/").unwrap_or(&inside).to_path_buf();
         let below = in_lower(lowers, &rel);
-        if ctx.scaffold.contains(&inside) && untouched_scaffold(&path, &meta, lowers, &rel)? {
+        if ctx.scaffold.contains(&inside) && untouched_scaffold(ctx, &path, &meta, &inside)? {
             continue;
         }
         if is_whiteout(&meta) {
@@ -179,4 +196,56 @@ fn walk(ctx: &Walk<'_>, dir: &Path, at: &Path, out: &mut Vec<Change>) -> std::io
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(changes: &[Change]) -> String {
+        changes.iter().map(|c| format!("{c}\n")).collect()
+    }
+
+    /// An upper layer as the rootless per-directory setup leaves it: `/var` and `/var/tmp`
+    /// stand for host directories (split on the way to the store), `/var/tmp/app` and
+    /// `/etc` are overlay mount points.
+    fn split_upper(upper: &Path, lower: &Path) {
+        for d in ["var/tmp/app", "etc"] {
+            std::fs::create_dir_all(upper.join(d)).unwrap();
+            std::fs::create_dir_all(lower.join(d)).unwrap();
+        }
+    }
+
+    fn scaffold() -> Vec<PathBuf> {
+        ["/var", "/var/tmp", "/var/tmp/app", "/etc"]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    #[test]
+    fn untouched_nested_scaffold_is_no_change() {
+        let (u, l) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        split_upper(u.path(), l.path());
+        let lowers = [l.path().to_path_buf()];
+        assert_eq!(
+            render(&diff_with_scaffold(u.path(), &lowers, &scaffold()).unwrap()),
+            ""
+        );
+        // Without knowing the scaffold, every directory would be a change.
+        assert_eq!(diff(u.path(), &lowers).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_change_below_scaffold_lists_its_parents() {
+        let (u, l) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        split_upper(u.path(), l.path());
+        std::fs::write(u.path().join("var/tmp/app/new"), "x").unwrap();
+        std::fs::write(u.path().join("var/probe"), "x").unwrap();
+        let lowers = [l.path().to_path_buf()];
+        assert_eq!(
+            render(&diff_with_scaffold(u.path(), &lowers, &scaffold()).unwrap()),
+            "C /var\nA /var/probe\nC /var/tmp\nC /var/tmp/app\nA /var/tmp/app/new\n"
+        );
+    }
 }

@@ -180,6 +180,95 @@ fn layers_over_the_host_keep_every_directory_writable() {
     assert!(!probe.exists(), "the write reached the host");
 }
 
+/// Rootless, the host root is overlaid per directory, and a directory holding the store
+/// cannot be overlaid (its layers would be nested lowers): the directories on the way to the
+/// store are split, so their other contents stay copy-on-write and only the store is
+/// read-only; they keep their modes, and an untouched run's diff is empty. Run as `nobody`
+/// (from root), with the store in a directory of its own under /var/tmp.
+#[test]
+fn rootless_layers_over_the_host_split_the_way_to_the_store() {
+    if !common::is_root() {
+        return; // the root run does this as nobody
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("sibling")).unwrap();
+    let bin = home.join("pristine");
+    std::fs::copy(common::pristine_bin(), &bin).unwrap();
+    std::fs::write(
+        home.join("r.toml"),
+        "name = \"split\"\nbase = \"host\"\n[[layer]]\nname = \"seed\"\n[[layer.step]]\n\
+         run = { argv = [\"sh\", \"-c\", \"mkdir -p /srv/split && echo seeded > /srv/split/f\"] }\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&home)
+        .status()
+        .unwrap();
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &home)
+            .env("PRISTINE_STORE", home.join("store"))
+            .current_dir(&home)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        (text(&out.stdout), text(&out.stderr))
+    };
+    as_nobody(&["build", "r.toml"]);
+    let home_s = home.display().to_string();
+    let script = format!(
+        "cat /srv/split/f; stat -c '%a %n' / /var /var/tmp; \
+         echo a > /var/probe && echo b > {home_s}/sibling/probe && echo c > {home_s}/new && \
+         {{ echo d > {home_s}/store/x 2>/dev/null && echo store-writable || echo store-read-only; }}"
+    );
+    let (stdout, stderr) = as_nobody(&[
+        "run", "--image", "split", "--keep", "--", "sh", "-c", &script,
+    ]);
+    assert_eq!(
+        stdout, "seeded\n755 /\n755 /var\n1777 /var/tmp\nstore-read-only\n",
+        "{stderr}"
+    );
+    // Nothing reached the host; the diff has exactly the writes and their parents.
+    assert!(!Path::new("/var/probe").exists());
+    assert!(!home.join("sibling/probe").exists() && !home.join("new").exists());
+    let mut want = vec!["A /var/probe".to_string()];
+    // Every directory from /var down to `home` was changed on the way.
+    for a in home.ancestors().filter(|a| a.starts_with("/var")) {
+        want.push(format!("C {}", a.display()));
+    }
+    want.extend([
+        format!("A {home_s}/new"),
+        format!("C {home_s}/sibling"),
+        format!("A {home_s}/sibling/probe"),
+    ]);
+    want.sort();
+    let mut got: Vec<String> = stderr
+        .lines()
+        .filter(|l| l.starts_with("A ") || l.starts_with("C ") || l.starts_with("D "))
+        .map(str::to_owned)
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "{stderr}");
+    // An untouched run changes nothing.
+    let (_, stderr) = as_nobody(&["run", "--image", "split", "--keep", "--", "true"]);
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.starts_with("A ") || l.starts_with("C ")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn failed_build_leaves_no_layer_and_reports_the_output() {
     let (_d, store) = store();

@@ -37,16 +37,23 @@ fn next_id() -> String {
 }
 
 /// The rootless host root, classified once per process (reads `/` and the mount table).
-fn host_entries() -> Result<&'static [HostEntry], Error> {
-    static ENTRIES: OnceLock<Result<Vec<HostEntry>, String>> = OnceLock::new();
+fn host_entries() -> Result<(&'static [HostEntry], &'static [PathBuf]), Error> {
+    type Classified = Result<(Vec<HostEntry>, Vec<PathBuf>), String>;
+    static ENTRIES: OnceLock<Classified> = OnceLock::new();
     let r = ENTRIES.get_or_init(|| {
         let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-        host::classify(Path::new("/"), &host::mount_points(&info)).map_err(|e| e.to_string())
+        let mount_points = host::mount_points(&info);
+        let entries =
+            host::classify_root(Path::new("/"), &mount_points).map_err(|e| e.to_string())?;
+        Ok((entries, mount_points))
     });
-    r.as_deref().map_err(|e| Error::Io {
-        op: "read the host root directory and mount table",
-        source: std::io::Error::other(e.clone()),
-    })
+    match r {
+        Ok((entries, mount_points)) => Ok((entries, mount_points)),
+        Err(e) => Err(Error::Io {
+            op: "read the host root directory and mount table",
+            source: std::io::Error::other(e.clone()),
+        }),
+    }
 }
 
 fn cstr(what: &'static str, s: impl AsRef<std::ffi::OsStr>) -> Result<CString, ConfigError> {
@@ -120,10 +127,38 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     let rootfs = match image.base() {
         // One `lowerdir=/` overlay is cheapest, but only root may clone a lower with mounts
         // beneath it: rootless, the host root is overlaid directory by directory.
-        Base::Host if rootless => RootfsSource::HostEntries {
-            entries: host_entries()?.to_vec(),
-            layers: image.layers().iter().rev().cloned().collect(),
-        },
+        // Directories on the way to the store (or to a layer or an upper elsewhere) are
+        // split, since overlayfs refuses nested layers.
+        Base::Host if rootless => {
+            let layers: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
+            let (entries, mount_points) = host_entries()?;
+            let mut stops: Vec<PathBuf> = Vec::new();
+            let mut stop = |p: &Path| {
+                let p = match p.starts_with(store.root()) {
+                    true => store.root(),
+                    false => p,
+                };
+                if !stops.iter().any(|s| s == p) {
+                    stops.push(p.to_path_buf());
+                }
+            };
+            layers.iter().for_each(|l| stop(l));
+            match &c.upper {
+                Upper::Dir(dir) => stop(dir),
+                Upper::Disk => stop(store.root()),
+                Upper::Tmpfs(_) if c.keep != Keep::Never => stop(store.root()),
+                Upper::Tmpfs(_) => {}
+            }
+            let entries = match stops.is_empty() {
+                true => entries.to_vec(),
+                false => host::split_around(entries, Path::new("/"), &stops, mount_points)
+                    .map_err(|source| Error::Io {
+                        op: "read the host directories that lead to the store",
+                        source,
+                    })?,
+            };
+            RootfsSource::HostEntries { entries, layers }
+        }
         // Layers stored on the root filesystem would overlap a `lowerdir=/`: they go over a
         // read-only overlay view of `/`, which has a superblock of its own.
         Base::Host if !image.layers().is_empty() => {
@@ -359,7 +394,11 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     };
     let kept = match (keep, &cdir) {
         (true, Some(d)) => {
-            let scaffold = scaffold(&init_spec.ops, &base.join("root"));
+            let upper_dir = match &upper {
+                UpperPlacement::Disk { upper, .. } => Some(upper.as_path()),
+                UpperPlacement::Tmpfs { .. } => None,
+            };
+            let scaffold = scaffold(&init_spec.ops, &base.join("root"), upper_dir);
             Some(keep_upper(&store, &id, &d.upper(), &image, &scaffold)?)
         }
         _ => None,
@@ -377,11 +416,16 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     })
 }
 
-/// What the setup steps made under the new root (mount points and symlinks), as absolute
-/// paths inside the container: the diff of a kept upper layer does not count them.
-fn scaffold(ops: &[SetupOp], root: &Path) -> Vec<PathBuf> {
-    ops.iter()
-        .filter_map(|op| match op {
+/// What the setup steps made under the new root (mount points, symlinks, and directories of
+/// the upper layer that stand for host directories), as absolute paths inside the
+/// container: the diff of a kept upper layer does not count them.
+fn scaffold(ops: &[SetupOp], root: &Path, upper: Option<&Path>) -> Vec<PathBuf> {
+    fn made(op: &SetupOp, root: &Path, upper: Option<&Path>) -> Option<PathBuf> {
+        let rel = match op {
+            SetupOp::UnlessGone { op, .. } => return made(op, root, upper),
+            SetupOp::MkdirMode { path, .. } => upper
+                .and_then(|u| path.strip_prefix(u).ok())
+                .filter(|rel| !rel.as_os_str().is_empty()),
             SetupOp::Bind { target, .. }
             | SetupOp::Overlay { target, .. }
             | SetupOp::Tmpfs { target, .. }
@@ -389,9 +433,10 @@ fn scaffold(ops: &[SetupOp], root: &Path) -> Vec<PathBuf> {
             | SetupOp::Devpts { target, .. }
             | SetupOp::Symlink { link: target, .. } => target.strip_prefix(root).ok(),
             _ => None,
-        })
-        .map(|rel| Path::new("/").join(rel))
-        .collect()
+        };
+        rel.map(|rel| Path::new("/").join(rel))
+    }
+    ops.iter().filter_map(|op| made(op, root, upper)).collect()
 }
 
 /// Looks a user up in the image's `/etc/passwd` (the uppermost layer that has one).

@@ -5,6 +5,10 @@
 //! the namespace. Per-directory lowers work, so the rootless host image is a tmpfs root with
 //! one overlay per top-level directory; directories that themselves contain mounts are
 //! bound read-only instead, and top-level symlinks are recreated.
+//!
+//! overlayfs also refuses a lower nested in another lower ("overlapping lowerdir path"): a
+//! directory that holds the store (whose layers are lowers too) is split instead of being
+//! overlaid, down the path to the store ([`split_around`]).
 
 use std::path::{Path, PathBuf};
 
@@ -21,12 +25,37 @@ pub enum HostEntry {
     Symlink(String, PathBuf),
     /// A regular file that a layer adds at the top level: bound read-only from the layer.
     LayerFile(String, PathBuf),
+    /// A directory on the path to the store (or to a layer or upper outside it): a
+    /// directory of the upper layer holding these entries, one by one.
+    Split(String, Vec<HostEntry>),
+}
+
+impl HostEntry {
+    /// The entry's name in its directory.
+    pub fn name(&self) -> &str {
+        match self {
+            HostEntry::Overlay(n)
+            | HostEntry::ReadOnlyBind(n)
+            | HostEntry::File(n)
+            | HostEntry::Symlink(n, _)
+            | HostEntry::LayerFile(n, _)
+            | HostEntry::Split(n, _) => n,
+        }
+    }
 }
 
 /// Top-level directories the container gets fresh instances of instead of the host's.
 pub const REPLACED: &[&str] = &["proc", "sys", "dev", "tmp"];
 
-/// Classifies the entries of the host root directory, given the host's mount points.
+/// Classifies the entries of the host root directory `root` (normally `/`), given the
+/// host's mount points, leaving out those the container gets fresh ([`REPLACED`]).
+pub fn classify_root(root: &Path, mount_points: &[PathBuf]) -> std::io::Result<Vec<HostEntry>> {
+    let mut entries = classify(root, mount_points)?;
+    entries.retain(|e| !REPLACED.contains(&e.name()));
+    Ok(entries)
+}
+
+/// Classifies the entries of a host directory, given the host's mount points.
 pub fn classify(root: &Path, mount_points: &[PathBuf]) -> std::io::Result<Vec<HostEntry>> {
     let mut out = Vec::new();
     let mut names: Vec<_> = std::fs::read_dir(root)?
@@ -35,9 +64,6 @@ pub fn classify(root: &Path, mount_points: &[PathBuf]) -> std::io::Result<Vec<Ho
         .collect();
     names.sort();
     for name in names {
-        if REPLACED.contains(&name.as_str()) {
-            continue;
-        }
         let path = root.join(&name);
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
@@ -59,6 +85,36 @@ pub fn classify(root: &Path, mount_points: &[PathBuf]) -> std::io::Result<Vec<Ho
         }
     }
     Ok(out)
+}
+
+/// Replaces each overlaid directory of `entries` (the entries of host directory `dir`) that
+/// contains one of `stops` by a [`HostEntry::Split`] of its own entries, recursively; a
+/// directory that is a stop is bound read-only. `stops` are absolute paths that must not be
+/// below an overlay lower: the store, layers outside it, an on-disk upper.
+pub fn split_around(
+    entries: &[HostEntry],
+    dir: &Path,
+    stops: &[PathBuf],
+    mount_points: &[PathBuf],
+) -> std::io::Result<Vec<HostEntry>> {
+    entries
+        .iter()
+        .map(|e| {
+            let HostEntry::Overlay(name) = e else {
+                return Ok(e.clone());
+            };
+            let path = dir.join(name);
+            if stops.iter().any(|s| s == &path) {
+                Ok(HostEntry::ReadOnlyBind(name.clone()))
+            } else if stops.iter().any(|s| s.starts_with(&path)) {
+                let children = classify(&path, mount_points)?;
+                let children = split_around(&children, &path, stops, mount_points)?;
+                Ok(HostEntry::Split(name.clone(), children))
+            } else {
+                Ok(e.clone())
+            }
+        })
+        .collect()
 }
 
 /// Mount points listed in `/proc/self/mountinfo` (field 5), with octal escapes decoded.
@@ -102,6 +158,51 @@ mod tests {
     }
 
     #[test]
+    fn splits_down_the_path_to_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for d in [
+            "home/u/proj/src",
+            "home/u/proj/target/pristine",
+            "home/v",
+            "etc",
+        ] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(r.join("home/u/.bashrc"), "").unwrap();
+        let top = classify(r, &[]).unwrap();
+        let store = r.join("home/u/proj/target/pristine");
+        let got = split_around(&top, r, &[store], &[]).unwrap();
+        use HostEntry::*;
+        let dir = |n: &str| n.to_string();
+        assert_eq!(
+            got,
+            vec![
+                Overlay(dir("etc")),
+                Split(
+                    dir("home"),
+                    vec![
+                        Split(
+                            dir("u"),
+                            vec![
+                                File(dir(".bashrc")),
+                                Split(
+                                    dir("proj"),
+                                    vec![
+                                        Overlay(dir("src")),
+                                        Split(dir("target"), vec![ReadOnlyBind(dir("pristine"))]),
+                                    ]
+                                ),
+                            ]
+                        ),
+                        Overlay(dir("v")),
+                    ]
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn classifies_entries() {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
@@ -110,7 +211,7 @@ mod tests {
         std::fs::create_dir(r.join("proc")).unwrap();
         std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
         std::fs::write(r.join("marker"), "").unwrap();
-        let got = classify(r, &[r.to_path_buf(), r.join("mnt/sub")]).unwrap();
+        let got = classify_root(r, &[r.to_path_buf(), r.join("mnt/sub")]).unwrap();
         assert_eq!(
             got,
             vec![

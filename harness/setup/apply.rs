@@ -55,6 +55,10 @@ pub(crate) fn apply(ops: &[SetupOp]) -> Result<(), ApplyError> {
 
 fn apply_one(op: &SetupOp) -> Result<(), SysError> {
     match op {
+        SetupOp::UnlessGone { source, op } => match apply_one(op) {
+            Err(_) if std::fs::symlink_metadata(source).is_err() => Ok(()),
+            result => result,
+        },
         SetupOp::JoinCgroups { procs } => procs
             .iter()
             .try_for_each(|p| std::fs::write(p, "0").map_err(|e| io_err("join cgroup", p, e))),
@@ -86,6 +90,15 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
         }
         SetupOp::Mkdir { path } => {
             std::fs::create_dir_all(path).map_err(|e| io_err("mkdir", path, e))
+        }
+        SetupOp::MkdirMode { path, mode } => {
+            // PID 1 runs with umask 0, so the mode is exactly this.
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                *mode,
+            )
+            .create(path)
+            .map_err(|e| io_err("mkdir", path, e))
         }
         SetupOp::Overlay {
             target,
@@ -214,4 +227,37 @@ fn bind(source: &Path, target: &Path, readonly: bool, recursive: bool) -> Result
         sys::mount("remount bind read-only", None, target, None, flags, None)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_whose_source_is_gone_is_skipped_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let bind = |source: &Path| SetupOp::Bind {
+            source: source.to_path_buf(),
+            target: dir.path().join("target"),
+            readonly: true,
+            recursive: true,
+        };
+        let skipped = SetupOp::UnlessGone {
+            source: gone.clone(),
+            op: Box::new(bind(&gone)),
+        };
+        assert!(apply(&[skipped]).is_ok());
+        // The source exists, so the step's failure stands (here: creating a directory
+        // under a file).
+        std::fs::write(&gone, "").unwrap();
+        let failing = SetupOp::UnlessGone {
+            source: gone.clone(),
+            op: Box::new(SetupOp::Mkdir {
+                path: gone.join("sub"),
+            }),
+        };
+        let err = apply(&[failing]).unwrap_err();
+        assert!(err.step.contains("skipped if"), "{}", err.step);
+    }
 }

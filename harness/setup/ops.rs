@@ -34,6 +34,15 @@ pub enum SetupOp {
         /// Directory to create.
         path: PathBuf,
     },
+    /// Create a directory (and its parents) with this mode: a directory of the upper layer
+    /// that an overlay is mounted over, or that stands for a host directory, shows its
+    /// mode (the root of an overlay takes the upper directory's attributes).
+    MkdirMode {
+        /// Directory to create.
+        path: PathBuf,
+        /// Permission bits.
+        mode: u32,
+    },
     /// Mount an overlayfs.
     Overlay {
         /// Mount point.
@@ -55,6 +64,15 @@ pub enum SetupOp {
         target: PathBuf,
         /// An empty directory (overlayfs needs a second lower when there is no upper).
         empty: PathBuf,
+    },
+    /// `op`, skipped if it fails because host path `source` has disappeared since the plan
+    /// was made: entries of a host directory below the top level (split on the way to the
+    /// store) come and go while containers start, e.g. cargo's files in `target/`.
+    UnlessGone {
+        /// The host path the step mounts.
+        source: PathBuf,
+        /// The step.
+        op: Box<SetupOp>,
     },
     /// Bind-mount `source` onto `target`, creating `target` as a file or directory first.
     Bind {
@@ -123,6 +141,9 @@ impl fmt::Display for SetupOp {
                 write!(f, "mount tmpfs {} ({options})", target.display())
             }
             SetupOp::Mkdir { path } => write!(f, "mkdir {}", path.display()),
+            SetupOp::MkdirMode { path, mode } => {
+                write!(f, "mkdir {} (mode {mode:04o})", path.display())
+            }
             SetupOp::Overlay {
                 target,
                 lowers,
@@ -140,6 +161,9 @@ impl fmt::Display for SetupOp {
                     work.display(),
                     if *userxattr { " userxattr" } else { "" }
                 )
+            }
+            SetupOp::UnlessGone { source, op } => {
+                write!(f, "{op} (skipped if {} is gone)", source.display())
             }
             SetupOp::HostView { target, empty } => write!(
                 f,

@@ -96,7 +96,13 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             nodev: true,
         },
     ]);
-    for dir in [&upper, &work, &root] {
+    // The upper directory is the root of the new root's overlay (or, per directory, the
+    // new root itself), whose mode `/` shows.
+    ops.push(SetupOp::MkdirMode {
+        path: upper.clone(),
+        mode: 0o755,
+    });
+    for dir in [&work, &root] {
         ops.push(SetupOp::Mkdir { path: dir.clone() });
     }
     match input.rootfs {
@@ -138,59 +144,22 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 recursive: false,
             });
             // overlayfs refuses a layer (or an on-disk upper) nested inside another lower
-            // on the same filesystem ("overlapping lowerdir path"): a top-level directory
-            // that contains one is bound read-only instead of overlaid.
+            // on the same filesystem ("overlapping lowerdir path"). The caller splits the
+            // directories that lead to one (`HostEntry::Split`); any directory that still
+            // contains one is bound read-only instead of overlaid.
             let mut nested: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
             if let UpperPlacement::Disk { upper, work } = input.upper {
                 nested.extend([upper.as_path(), work.as_path()]);
             }
-            for entry in with_layer_entries(entries, layers) {
-                match entry {
-                    HostEntry::Overlay(name)
-                        if !nested
-                            .iter()
-                            .any(|p| p.starts_with(Path::new("/").join(&name))) =>
-                    {
-                        for dir in [upper.join(&name), work.join(&name)] {
-                            ops.push(SetupOp::Mkdir { path: dir });
-                        }
-                        let mut lowers: Vec<PathBuf> = layers
-                            .iter()
-                            .map(|l| l.join(&name))
-                            .filter(|l| l.is_dir())
-                            .collect();
-                        let on_host = Path::new("/").join(&name);
-                        if entries.contains(&HostEntry::Overlay(name.clone())) {
-                            lowers.push(on_host);
-                        }
-                        ops.push(SetupOp::Overlay {
-                            target: root.join(&name),
-                            lowers,
-                            upper: upper.join(&name),
-                            work: work.join(&name),
-                            userxattr: input.rootless,
-                        });
-                    }
-                    HostEntry::Overlay(name)
-                    | HostEntry::ReadOnlyBind(name)
-                    | HostEntry::File(name) => ops.push(SetupOp::Bind {
-                        source: Path::new("/").join(&name),
-                        target: root.join(&name),
-                        readonly: true,
-                        recursive: true,
-                    }),
-                    HostEntry::LayerFile(name, source) => ops.push(SetupOp::Bind {
-                        source,
-                        target: root.join(&name),
-                        readonly: true,
-                        recursive: false,
-                    }),
-                    HostEntry::Symlink(name, target) => ops.push(SetupOp::Symlink {
-                        target,
-                        link: root.join(&name),
-                    }),
-                }
-            }
+            let dirs = HostDirs {
+                upper: &upper,
+                work: &work,
+                root: &root,
+                layers,
+                nested: &nested,
+                userxattr: input.rootless,
+            };
+            dirs.entry_ops(Path::new(""), entries, &mut ops);
         }
     }
     ops.push(SetupOp::Mkdir {
@@ -223,6 +192,10 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
     });
     ops.push(SetupOp::LoopbackUp);
     for op in &ops {
+        let op = match op {
+            SetupOp::UnlessGone { op, .. } => op,
+            op => op,
+        };
         if let SetupOp::Overlay {
             lowers,
             upper,
@@ -242,25 +215,117 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
     Ok(ops)
 }
 
+/// Where the per-directory layout of the host root goes, and what it stacks.
+struct HostDirs<'a> {
+    upper: &'a Path,
+    work: &'a Path,
+    root: &'a Path,
+    /// Layers over the host root, uppermost first.
+    layers: &'a [PathBuf],
+    /// Directories no overlay lower may contain.
+    nested: &'a [&'a Path],
+    userxattr: bool,
+}
+
+impl HostDirs<'_> {
+    /// The steps that reproduce host directory `/rel` (`entries`, the host's) under the new
+    /// root, with what the layers add to it.
+    fn entry_ops(&self, rel: &Path, entries: &[HostEntry], ops: &mut Vec<SetupOp>) {
+        let host = Path::new("/").join(rel);
+        // Below the top level, an entry may vanish between this plan and its mount.
+        let deep = !rel.as_os_str().is_empty();
+        let guarded = |source: PathBuf, op: SetupOp| match deep {
+            true => SetupOp::UnlessGone {
+                source,
+                op: Box::new(op),
+            },
+            false => op,
+        };
+        for entry in with_layer_entries(entries, self.layers, rel) {
+            let name = entry.name().to_string();
+            let rel_name = rel.join(&name);
+            let target = self.root.join(&rel_name);
+            match entry {
+                HostEntry::Overlay(_)
+                    if !self.nested.iter().any(|p| p.starts_with(host.join(&name))) =>
+                {
+                    let mut lowers: Vec<PathBuf> = self
+                        .layers
+                        .iter()
+                        .map(|l| l.join(&rel_name))
+                        .filter(|l| l.is_dir())
+                        .collect();
+                    if entries.contains(&HostEntry::Overlay(name.clone())) {
+                        lowers.push(host.join(&name));
+                    }
+                    ops.push(SetupOp::MkdirMode {
+                        path: self.upper.join(&rel_name),
+                        mode: mode_of(lowers.first()),
+                    });
+                    ops.push(SetupOp::Mkdir {
+                        path: self.work.join(&rel_name),
+                    });
+                    let overlay = SetupOp::Overlay {
+                        target,
+                        lowers,
+                        upper: self.upper.join(&rel_name),
+                        work: self.work.join(&rel_name),
+                        userxattr: self.userxattr,
+                    };
+                    ops.push(guarded(host.join(&name), overlay));
+                }
+                HostEntry::Split(_, children) => {
+                    // A directory of the upper layer (seen through the root's bind), filled
+                    // entry by entry.
+                    ops.push(SetupOp::MkdirMode {
+                        path: self.upper.join(&rel_name),
+                        mode: mode_of(Some(&host.join(&name))),
+                    });
+                    self.entry_ops(&rel_name, &children, ops);
+                }
+                HostEntry::Overlay(_) | HostEntry::ReadOnlyBind(_) | HostEntry::File(_) => {
+                    let bind = SetupOp::Bind {
+                        source: host.join(&name),
+                        target,
+                        readonly: true,
+                        recursive: true,
+                    };
+                    ops.push(guarded(host.join(&name), bind));
+                }
+                HostEntry::LayerFile(_, source) => ops.push(SetupOp::Bind {
+                    source,
+                    target,
+                    readonly: true,
+                    recursive: false,
+                }),
+                HostEntry::Symlink(_, link_target) => ops.push(SetupOp::Symlink {
+                    target: link_target,
+                    link: target,
+                }),
+            }
+        }
+    }
+}
+
+/// The permission bits of directory `dir` (0755 if it cannot be read).
+fn mode_of(dir: Option<&PathBuf>) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    dir.and_then(|d| std::fs::metadata(d).ok())
+        .map_or(0o755, |m| m.permissions().mode() & 0o7777)
+}
+
 /// overlayfs takes `lowerdir+` through `fsconfig` from Linux 6.8 on.
 fn layered_mount_supported() -> bool {
     crate::hints::kernel_version().is_some_and(|v| v >= (6, 8))
 }
 
-/// The host's top-level entries plus directories that only the layers add (e.g. `/data`
+/// The entries of host directory `/rel` plus those only the layers add there (e.g. `/data`
 /// created by a build step); an entry the uppermost layer whites out disappears.
-fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf]) -> Vec<HostEntry> {
-    let name_of = |e: &HostEntry| match e {
-        HostEntry::Overlay(n)
-        | HostEntry::ReadOnlyBind(n)
-        | HostEntry::File(n)
-        | HostEntry::Symlink(n, _)
-        | HostEntry::LayerFile(n, _) => n.clone(),
-    };
+fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf], rel: &Path) -> Vec<HostEntry> {
     let mut out: Vec<HostEntry> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for layer in layers {
-        let Ok(dir) = std::fs::read_dir(layer) else {
+        let Ok(dir) = std::fs::read_dir(layer.join(rel)) else {
             continue;
         };
         let mut names: Vec<_> = dir.flatten().collect();
@@ -269,8 +334,9 @@ fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf]) -> Vec<HostEntr
             let Some(name) = e.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if crate::rootfs::host::REPLACED.contains(&name.as_str()) || !seen.insert(name.clone())
-            {
+            let replaced = rel.as_os_str().is_empty()
+                && crate::rootfs::host::REPLACED.contains(&name.as_str());
+            if replaced || !seen.insert(name.clone()) {
                 continue;
             }
             let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
@@ -279,8 +345,9 @@ fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf]) -> Vec<HostEntr
             if crate::whiteout::is_whiteout(&meta) {
                 continue; // deleted by this layer: hidden from everything below
             }
-            match entries.iter().find(|h| name_of(h) == name) {
-                // What the host must show as is (mounts below, symlinks, files) stays so.
+            match entries.iter().find(|h| h.name() == name) {
+                // What the host must show as is (mounts below, symlinks, files, the path
+                // to the store) stays so.
                 Some(host) if !matches!(host, HostEntry::Overlay(_)) => out.push(host.clone()),
                 _ if meta.is_dir() => out.push(HostEntry::Overlay(name)),
                 _ if meta.file_type().is_symlink() => {
@@ -294,11 +361,11 @@ fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf]) -> Vec<HostEntr
         }
     }
     for e in entries {
-        if !seen.contains(&name_of(e)) {
+        if !seen.contains(e.name()) {
             out.push(e.clone());
         }
     }
-    out.sort_by_key(name_of);
+    out.sort_by(|a, b| a.name().cmp(b.name()));
     out
 }
 
@@ -348,6 +415,42 @@ mod tests {
         .unwrap();
         insta::with_settings!({snapshot_path => "../../snapshots"}, {
             insta::assert_snapshot!(render(&ops));
+        });
+    }
+
+    #[test]
+    fn rootless_plan_splits_the_way_to_the_store() {
+        let ops = plan(&PlanInput {
+            base: Path::new("/store/run/mnt"),
+            rootfs: &RootfsSource::HostEntries {
+                entries: vec![
+                    HostEntry::Overlay("etc".into()),
+                    HostEntry::Split(
+                        "var".into(),
+                        vec![
+                            HostEntry::Overlay("lib".into()),
+                            HostEntry::ReadOnlyBind("store".into()),
+                        ],
+                    ),
+                ],
+                layers: vec![],
+            },
+            upper: &UpperPlacement::Tmpfs { size: "4g".into() },
+            rootless: true,
+            binds: &[],
+            hostname: "h",
+            cgroups: &[],
+        })
+        .unwrap();
+        let text = render(&ops);
+        let host_part: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("bind /store/run/mnt/upper"))
+            .take_while(|l| !l.contains("root/proc"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+            insta::assert_snapshot!(host_part);
         });
     }
 

@@ -423,7 +423,7 @@ fn scaffold(ops: &[SetupOp], root: &Path, upper: Option<&Path>) -> Vec<PathBuf> 
     fn made(op: &SetupOp, root: &Path, upper: Option<&Path>) -> Option<PathBuf> {
         let rel = match op {
             SetupOp::UnlessGone { op, .. } => return made(op, root, upper),
-            SetupOp::MkdirMode { path, .. } => upper
+            SetupOp::Mkdir { path, .. } => upper
                 .and_then(|u| path.strip_prefix(u).ok())
                 .filter(|rel| !rel.as_os_str().is_empty()),
             SetupOp::Bind { target, .. }

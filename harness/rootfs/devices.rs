@@ -21,7 +21,7 @@ pub const DEVICES: &[(&str, u64, u64)] = &[
 pub fn dev_ops(root: &Path, rootless: bool) -> Vec<SetupOp> {
     let dev = root.join("dev");
     let mut ops = vec![
-        SetupOp::Mkdir { path: dev.clone() },
+        SetupOp::mkdir(&dev),
         SetupOp::Tmpfs {
             target: dev.clone(),
             options: "mode=0755,size=64k".into(),
@@ -44,9 +44,7 @@ pub fn dev_ops(root: &Path, rootless: bool) -> Vec<SetupOp> {
             }
         });
     }
-    ops.push(SetupOp::Mkdir {
-        path: dev.join("pts"),
-    });
+    ops.push(SetupOp::mkdir(dev.join("pts")));
     ops.push(SetupOp::Devpts {
         target: dev.join("pts"),
         tty_gid: !rootless,
@@ -55,9 +53,7 @@ pub fn dev_ops(root: &Path, rootless: bool) -> Vec<SetupOp> {
         target: "pts/ptmx".into(),
         link: dev.join("ptmx"),
     });
-    ops.push(SetupOp::Mkdir {
-        path: dev.join("shm"),
-    });
+    ops.push(SetupOp::mkdir(dev.join("shm")));
     ops.push(SetupOp::Tmpfs {
         target: dev.join("shm"),
         options: "mode=1777".into(),

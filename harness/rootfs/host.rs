@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 /// How one top-level entry of the host root is reproduced in a rootless container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostEntry {
-    /// A directory without mounts below it: its own copy-on-write overlay.
-    Overlay(String),
+    /// A directory without mounts below it (name, permission bits): its own copy-on-write
+    /// overlay.
+    Overlay(String, u32),
     /// A directory with mounts below it: a read-only recursive bind.
     ReadOnlyBind(String),
     /// A regular file: bound read-only.
@@ -25,21 +26,22 @@ pub enum HostEntry {
     Symlink(String, PathBuf),
     /// A regular file that a layer adds at the top level: bound read-only from the layer.
     LayerFile(String, PathBuf),
-    /// A directory on the path to the store (or to a layer or upper outside it): a
-    /// directory of the upper layer holding these entries, one by one.
-    Split(String, Vec<HostEntry>),
+    /// A directory on the path to the store (or to a layer or upper outside it; name,
+    /// permission bits, entries): a directory of the upper layer holding these entries, one
+    /// by one.
+    Split(String, u32, Vec<HostEntry>),
 }
 
 impl HostEntry {
     /// The entry's name in its directory.
     pub fn name(&self) -> &str {
         match self {
-            HostEntry::Overlay(n)
+            HostEntry::Overlay(n, _)
             | HostEntry::ReadOnlyBind(n)
             | HostEntry::File(n)
             | HostEntry::Symlink(n, _)
             | HostEntry::LayerFile(n, _)
-            | HostEntry::Split(n, _) => n,
+            | HostEntry::Split(n, _, _) => n,
         }
     }
 }
@@ -78,7 +80,7 @@ pub fn classify(root: &Path, mount_points: &[PathBuf]) -> std::io::Result<Vec<Ho
             out.push(if has_mounts {
                 HostEntry::ReadOnlyBind(name)
             } else {
-                HostEntry::Overlay(name)
+                HostEntry::Overlay(name, mode_bits(&meta))
             });
         } else if ft.is_file() {
             out.push(HostEntry::File(name));
@@ -100,7 +102,7 @@ pub fn split_around(
     entries
         .iter()
         .map(|e| {
-            let HostEntry::Overlay(name) = e else {
+            let HostEntry::Overlay(name, mode) = e else {
                 return Ok(e.clone());
             };
             let path = dir.join(name);
@@ -109,12 +111,17 @@ pub fn split_around(
             } else if stops.iter().any(|s| s.starts_with(&path)) {
                 let children = classify(&path, mount_points)?;
                 let children = split_around(&children, &path, stops, mount_points)?;
-                Ok(HostEntry::Split(name.clone(), children))
+                Ok(HostEntry::Split(name.clone(), *mode, children))
             } else {
                 Ok(e.clone())
             }
         })
         .collect()
+}
+
+/// The permission bits of `meta`.
+pub fn mode_bits(meta: &std::fs::Metadata) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777
 }
 
 /// Mount points listed in `/proc/self/mountinfo` (field 5), with octal escapes decoded.
@@ -175,27 +182,36 @@ mod tests {
         let got = split_around(&top, r, &[store], &[]).unwrap();
         use HostEntry::*;
         let dir = |n: &str| n.to_string();
+        // (Every directory here has the mode the umask gives.)
+        let m = mode_bits(&std::fs::metadata(r.join("etc")).unwrap());
         assert_eq!(
             got,
             vec![
-                Overlay(dir("etc")),
+                Overlay(dir("etc"), m),
                 Split(
                     dir("home"),
+                    m,
                     vec![
                         Split(
                             dir("u"),
+                            m,
                             vec![
                                 File(dir(".bashrc")),
                                 Split(
                                     dir("proj"),
+                                    m,
                                     vec![
-                                        Overlay(dir("src")),
-                                        Split(dir("target"), vec![ReadOnlyBind(dir("pristine"))]),
+                                        Overlay(dir("src"), m),
+                                        Split(
+                                            dir("target"),
+                                            m,
+                                            vec![ReadOnlyBind(dir("pristine"))]
+                                        ),
                                     ]
                                 ),
                             ]
                         ),
-                        Overlay(dir("v")),
+                        Overlay(dir("v"), m),
                     ]
                 ),
             ]
@@ -216,7 +232,10 @@ mod tests {
             got,
             vec![
                 HostEntry::Symlink("bin".into(), "usr/bin".into()),
-                HostEntry::Overlay("etc".into()),
+                HostEntry::Overlay(
+                    "etc".into(),
+                    mode_bits(&std::fs::metadata(r.join("etc")).unwrap())
+                ),
                 HostEntry::File("marker".into()),
                 HostEntry::ReadOnlyBind("mnt".into()),
             ]

@@ -88,10 +88,7 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
                 Some(options),
             )
         }
-        SetupOp::Mkdir { path } => {
-            std::fs::create_dir_all(path).map_err(|e| io_err("mkdir", path, e))
-        }
-        SetupOp::MkdirMode { path, mode } => {
+        SetupOp::Mkdir { path, mode } => {
             // PID 1 runs with umask 0, so the mode is exactly this.
             std::os::unix::fs::DirBuilderExt::mode(
                 std::fs::DirBuilder::new().recursive(true),
@@ -253,9 +250,7 @@ mod tests {
         std::fs::write(&gone, "").unwrap();
         let failing = SetupOp::UnlessGone {
             source: gone.clone(),
-            op: Box::new(SetupOp::Mkdir {
-                path: gone.join("sub"),
-            }),
+            op: Box::new(SetupOp::mkdir(gone.join("sub"))),
         };
         let err = apply(&[failing]).unwrap_err();
         assert!(err.step.contains("skipped if"), "{}", err.step);

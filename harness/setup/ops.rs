@@ -29,18 +29,14 @@ pub enum SetupOp {
         /// Also forbid device nodes (`MS_NODEV`); always `MS_NOSUID`.
         nodev: bool,
     },
-    /// Create a directory (and its parents) if it does not exist.
+    /// Create a directory (and its parents) with mode `mode`, if it does not exist. The
+    /// mode matters for a directory of the upper layer that an overlay is mounted over or
+    /// that stands for a host directory: the root of an overlay shows its upper directory's
+    /// attributes.
     Mkdir {
         /// Directory to create.
         path: PathBuf,
-    },
-    /// Create a directory (and its parents) with this mode: a directory of the upper layer
-    /// that an overlay is mounted over, or that stands for a host directory, shows its
-    /// mode (the root of an overlay takes the upper directory's attributes).
-    MkdirMode {
-        /// Directory to create.
-        path: PathBuf,
-        /// Permission bits.
+        /// Permission bits (PID 1 runs with umask 0, so exactly these).
         mode: u32,
     },
     /// Mount an overlayfs.
@@ -127,6 +123,16 @@ pub enum SetupOp {
     LoopbackUp,
 }
 
+impl SetupOp {
+    /// `mkdir` with the usual directory mode, 0755.
+    pub fn mkdir(path: impl Into<PathBuf>) -> Self {
+        SetupOp::Mkdir {
+            path: path.into(),
+            mode: 0o755,
+        }
+    }
+}
+
 impl fmt::Display for SetupOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -140,10 +146,7 @@ impl fmt::Display for SetupOp {
             } => {
                 write!(f, "mount tmpfs {} ({options})", target.display())
             }
-            SetupOp::Mkdir { path } => write!(f, "mkdir {}", path.display()),
-            SetupOp::MkdirMode { path, mode } => {
-                write!(f, "mkdir {} (mode {mode:04o})", path.display())
-            }
+            SetupOp::Mkdir { path, mode } => write!(f, "mkdir {} ({mode:04o})", path.display()),
             SetupOp::Overlay {
                 target,
                 lowers,

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use super::SetupOp;
 use crate::container::Bind;
 use crate::rootfs::devices::dev_ops;
-use crate::rootfs::host::HostEntry;
+use crate::rootfs::host::{mode_bits, HostEntry};
 use crate::rootfs::overlay::{overlay_options, OverlayOptionsError};
 
 /// Where the container's lower layers come from.
@@ -98,12 +98,8 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
     ]);
     // The upper directory is the root of the new root's overlay (or, per directory, the
     // new root itself), whose mode `/` shows.
-    ops.push(SetupOp::MkdirMode {
-        path: upper.clone(),
-        mode: 0o755,
-    });
-    for dir in [&work, &root] {
-        ops.push(SetupOp::Mkdir { path: dir.clone() });
+    for dir in [&upper, &work, &root] {
+        ops.push(SetupOp::mkdir(dir));
     }
     match input.rootfs {
         RootfsSource::Lowers(lowers) => ops.push(SetupOp::Overlay {
@@ -116,7 +112,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
         RootfsSource::LayersOverHost(layers) => {
             let (view, empty) = (base.join("host"), base.join("empty"));
             for dir in [&view, &empty] {
-                ops.push(SetupOp::Mkdir { path: dir.clone() });
+                ops.push(SetupOp::mkdir(dir));
             }
             ops.push(SetupOp::HostView {
                 target: view.clone(),
@@ -162,16 +158,12 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             dirs.entry_ops(Path::new(""), entries, &mut ops);
         }
     }
-    ops.push(SetupOp::Mkdir {
-        path: root.join("proc"),
-    });
+    ops.push(SetupOp::mkdir(root.join("proc")));
     ops.push(SetupOp::Proc {
         target: root.join("proc"),
     });
     ops.extend(dev_ops(&root, input.rootless));
-    ops.push(SetupOp::Mkdir {
-        path: root.join("tmp"),
-    });
+    ops.push(SetupOp::mkdir(root.join("tmp")));
     ops.push(SetupOp::Tmpfs {
         target: root.join("tmp"),
         options: "mode=1777".into(),
@@ -246,7 +238,7 @@ impl HostDirs<'_> {
             let rel_name = rel.join(&name);
             let target = self.root.join(&rel_name);
             match entry {
-                HostEntry::Overlay(_)
+                HostEntry::Overlay(_, mode)
                     if !self.nested.iter().any(|p| p.starts_with(host.join(&name))) =>
                 {
                     let mut lowers: Vec<PathBuf> = self
@@ -255,16 +247,15 @@ impl HostDirs<'_> {
                         .map(|l| l.join(&rel_name))
                         .filter(|l| l.is_dir())
                         .collect();
-                    if entries.contains(&HostEntry::Overlay(name.clone())) {
+                    let on_host = entries.iter().find(|h| h.name() == name);
+                    if matches!(on_host, Some(HostEntry::Overlay(..))) {
                         lowers.push(host.join(&name));
                     }
-                    ops.push(SetupOp::MkdirMode {
-                        path: self.upper.join(&rel_name),
-                        mode: mode_of(lowers.first()),
-                    });
                     ops.push(SetupOp::Mkdir {
-                        path: self.work.join(&rel_name),
+                        path: self.upper.join(&rel_name),
+                        mode,
                     });
+                    ops.push(SetupOp::mkdir(self.work.join(&rel_name)));
                     let overlay = SetupOp::Overlay {
                         target,
                         lowers,
@@ -274,16 +265,16 @@ impl HostDirs<'_> {
                     };
                     ops.push(guarded(host.join(&name), overlay));
                 }
-                HostEntry::Split(_, children) => {
+                HostEntry::Split(_, mode, children) => {
                     // A directory of the upper layer (seen through the root's bind), filled
                     // entry by entry.
-                    ops.push(SetupOp::MkdirMode {
+                    ops.push(SetupOp::Mkdir {
                         path: self.upper.join(&rel_name),
-                        mode: mode_of(Some(&host.join(&name))),
+                        mode,
                     });
                     self.entry_ops(&rel_name, &children, ops);
                 }
-                HostEntry::Overlay(_) | HostEntry::ReadOnlyBind(_) | HostEntry::File(_) => {
+                HostEntry::Overlay(..) | HostEntry::ReadOnlyBind(_) | HostEntry::File(_) => {
                     let bind = SetupOp::Bind {
                         source: host.join(&name),
                         target,
@@ -305,13 +296,6 @@ impl HostDirs<'_> {
             }
         }
     }
-}
-
-/// The permission bits of directory `dir` (0755 if it cannot be read).
-fn mode_of(dir: Option<&PathBuf>) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    dir.and_then(|d| std::fs::metadata(d).ok())
-        .map_or(0o755, |m| m.permissions().mode() & 0o7777)
 }
 
 /// overlayfs takes `lowerdir+` through `fsconfig` from Linux 6.8 on.
@@ -348,8 +332,9 @@ fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf], rel: &Path) -> 
             match entries.iter().find(|h| h.name() == name) {
                 // What the host must show as is (mounts below, symlinks, files, the path
                 // to the store) stays so.
-                Some(host) if !matches!(host, HostEntry::Overlay(_)) => out.push(host.clone()),
-                _ if meta.is_dir() => out.push(HostEntry::Overlay(name)),
+                Some(host) if !matches!(host, HostEntry::Overlay(..)) => out.push(host.clone()),
+                // The uppermost layer's directory decides the mode, as in the overlay.
+                _ if meta.is_dir() => out.push(HostEntry::Overlay(name, mode_bits(&meta))),
                 _ if meta.file_type().is_symlink() => {
                     if let Ok(target) = std::fs::read_link(e.path()) {
                         out.push(HostEntry::Symlink(name, target));
@@ -424,11 +409,12 @@ mod tests {
             base: Path::new("/store/run/mnt"),
             rootfs: &RootfsSource::HostEntries {
                 entries: vec![
-                    HostEntry::Overlay("etc".into()),
+                    HostEntry::Overlay("etc".into(), 0o755),
                     HostEntry::Split(
                         "var".into(),
+                        0o755,
                         vec![
-                            HostEntry::Overlay("lib".into()),
+                            HostEntry::Overlay("lib".into(), 0o755),
                             HostEntry::ReadOnlyBind("store".into()),
                         ],
                     ),
@@ -461,7 +447,7 @@ mod tests {
             rootfs: &RootfsSource::HostEntries {
                 entries: vec![
                     HostEntry::Symlink("bin".into(), "usr/bin".into()),
-                    HostEntry::Overlay("etc".into()),
+                    HostEntry::Overlay("etc".into(), 0o755),
                     HostEntry::ReadOnlyBind("mnt".into()),
                 ],
                 layers: vec![],

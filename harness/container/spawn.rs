@@ -123,49 +123,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         source: std::io::Error::other(e.to_string()),
     })?;
 
-    // 2. Where the lower and upper layers come from.
-    let rootfs = match image.base() {
-        // One `lowerdir=/` overlay is cheapest, but only root may clone a lower with mounts
-        // beneath it: rootless, the host root is overlaid directory by directory.
-        // Directories on the way to the store (or to a layer or an upper elsewhere) are
-        // split, since overlayfs refuses nested layers.
-        Base::Host if rootless => {
-            let layers: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
-            let (entries, mount_points) = host_entries()?;
-            let mut stops: Vec<PathBuf> = Vec::new();
-            let mut stop = |p: &Path| {
-                let p = match p.starts_with(store.root()) {
-                    true => store.root(),
-                    false => p,
-                };
-                if !stops.iter().any(|s| s == p) {
-                    stops.push(p.to_path_buf());
-                }
-            };
-            layers.iter().for_each(|l| stop(l));
-            match &c.upper {
-                Upper::Dir(dir) => stop(dir),
-                Upper::Disk => stop(store.root()),
-                Upper::Tmpfs(_) if c.keep != Keep::Never => stop(store.root()),
-                Upper::Tmpfs(_) => {}
-            }
-            let entries = match stops.is_empty() {
-                true => entries.to_vec(),
-                false => host::split_around(entries, Path::new("/"), &stops, mount_points)
-                    .map_err(|source| Error::Io {
-                        op: "read the host directories that lead to the store",
-                        source,
-                    })?,
-            };
-            RootfsSource::HostEntries { entries, layers }
-        }
-        // Layers stored on the root filesystem would overlap a `lowerdir=/`: they go over a
-        // read-only overlay view of `/`, which has a superblock of its own.
-        Base::Host if !image.layers().is_empty() => {
-            RootfsSource::LayersOverHost(image.layers().iter().rev().cloned().collect())
-        }
-        _ => RootfsSource::Lowers(image.lowers()),
-    };
+    // 2. Where the upper and lower layers come from.
     let own_upper = match &c.upper {
         Upper::Dir(dir) => Some(OwnUpper::new(dir, &id)?),
         _ => None,
@@ -187,6 +145,34 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         },
         (None, None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: size.clone() },
         (None, None, _) => unreachable!("an on-disk upper always has a directory"),
+    };
+    // Where the lower layers come from (after the upper: a rootless host root is laid
+    // out around where the upper is).
+    let rootfs = match image.base() {
+        // One `lowerdir=/` overlay is cheapest, but only root may clone a lower with mounts
+        // beneath it: rootless, the host root is overlaid directory by directory.
+        // Directories on the way to the store (or to a layer or an upper elsewhere) are
+        // split, since overlayfs refuses nested layers.
+        Base::Host if rootless => {
+            let layers: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
+            let (entries, mount_points) = host_entries()?;
+            let stops = split_stops(store.root(), &layers, &upper);
+            let entries = match stops.is_empty() {
+                true => entries.to_vec(),
+                false => host::split_around(entries, Path::new("/"), &stops, mount_points)
+                    .map_err(|source| Error::Io {
+                        op: "read the host directories that lead to the store",
+                        source,
+                    })?,
+            };
+            RootfsSource::HostEntries { entries, layers }
+        }
+        // Layers stored on the root filesystem would overlap a `lowerdir=/`: they go over a
+        // read-only overlay view of `/`, which has a superblock of its own.
+        Base::Host if !image.layers().is_empty() => {
+            RootfsSource::LayersOverHost(image.layers().iter().rev().cloned().collect())
+        }
+        _ => RootfsSource::Lowers(image.lowers()),
     };
     // Limits: the container's own cgroup, joined by PID 1 first thing; removed when this
     // function returns (the container has ended by then).
@@ -511,6 +497,24 @@ fn keep_upper(
         .collect();
     std::fs::write(dir.join("scaffold"), text).map_err(io("record the setup's scaffold"))?;
     Ok(Kept { dir })
+}
+
+/// Host paths that no lower of a rootless, per-directory host root may contain (overlayfs
+/// refuses nested layers): the store, for its layers and container directories, as a whole;
+/// layers and an on-disk upper elsewhere.
+fn split_stops(store: &Path, layers: &[PathBuf], upper: &UpperPlacement) -> Vec<PathBuf> {
+    let on_disk = match upper {
+        UpperPlacement::Disk { upper, work } => vec![upper, work],
+        UpperPlacement::Tmpfs { .. } => Vec::new(),
+    };
+    let mut stops: Vec<PathBuf> = Vec::new();
+    for p in layers.iter().chain(on_disk) {
+        let p = if p.starts_with(store) { store } else { p };
+        if !stops.iter().any(|s| s == p) {
+            stops.push(p.to_path_buf());
+        }
+    }
+    stops
 }
 
 /// The signals `pristine run` passes on to its container.

@@ -259,7 +259,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     // load its command can be running, and be signalled, before `clone` has returned here.
     // PID 1 inherits the block and keeps it until it waits for signals, so none is lost
     // on either side.
-    let forwarding = match capture {
+    let mut forwarding = match capture {
         true => None,
         false => Some(Forwarding::hold().map_err(start_error)?),
     };
@@ -317,7 +317,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     };
     drop(child_ends);
     drop(report_w);
-    if let Some(f) = &forwarding {
+    if let Some(f) = &mut forwarding {
         f.forward_to(pid);
     }
     // Written after clone: the init reads it as soon as it runs, so no pipe buffer limit.
@@ -534,6 +534,8 @@ pub fn forward_signals_to_foreground() {
 /// signal still blocked then, because the container never started, takes its default action).
 struct Forwarding {
     old_mask: SigSet,
+    /// Whether the signals are still blocked (no target yet).
+    held: bool,
 }
 
 impl Forwarding {
@@ -541,20 +543,24 @@ impl Forwarding {
         let set: SigSet = FOREGROUND_SIGNALS.into_iter().collect();
         Ok(Self {
             old_mask: sys::block_signals(&set)?,
+            held: true,
         })
     }
 
     /// Sends these signals to `pid` from now on, and one that arrived meanwhile right away
     /// (unblocking runs its handler).
-    fn forward_to(&self, pid: Pid) {
+    fn forward_to(&mut self, pid: Pid) {
         sys::set_forward_target(pid.as_raw());
         let _ = sys::set_signal_mask(&self.old_mask);
+        self.held = false;
     }
 }
 
 impl Drop for Forwarding {
     fn drop(&mut self) {
         sys::set_forward_target(0);
-        let _ = sys::set_signal_mask(&self.old_mask);
+        if self.held {
+            let _ = sys::set_signal_mask(&self.old_mask);
+        }
     }
 }

@@ -723,7 +723,7 @@ pub(crate) mod xattr {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
     }
 
-    fn cname(name: &str) -> io::Result<CString> {
+    fn cname(name: &[u8]) -> io::Result<CString> {
         CString::new(name).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -732,13 +732,29 @@ pub(crate) mod xattr {
         })
     }
 
-    /// Returns true for errors that mean "no such attribute" or "xattrs not
-    /// supported here", which readers treat as absent.
-    fn is_absent(e: &io::Error) -> bool {
-        matches!(
-            e.raw_os_error(),
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) | Some(libc::EPERM) | Some(libc::EACCES)
-        )
+    /// The result of a set/remove call that returns 0 or -1 with errno.
+    fn check(rc: libc::c_int) -> io::Result<()> {
+        match rc {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// A read's result, with "no such attribute" or "xattrs not supported here" (and no
+    /// permission to read them) as `None`.
+    fn absent_as_none(res: io::Result<Vec<u8>>) -> io::Result<Option<Vec<u8>>> {
+        match res {
+            Ok(v) => Ok(Some(v)),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENODATA | libc::ENOTSUP | libc::EPERM | libc::EACCES)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Calls `get(buf_ptr, buf_len)` (a getxattr-style call) until the value fits.
@@ -771,44 +787,40 @@ pub(crate) mod xattr {
 
     /// Reads xattr `name` of `path` without following a symlink; `None` if absent.
     pub(crate) fn lget(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+        lget_raw(path, name.as_bytes())
+    }
+
+    /// Reads xattr `name` (raw bytes) of `path` without following a symlink; `None` if
+    /// absent.
+    pub(crate) fn lget_raw(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
         let p = cpath(path)?;
         let n = cname(name)?;
-        let res = read_value(|ptr, len| {
+        absent_as_none(read_value(|ptr, len| {
             // SAFETY: `p` and `n` are valid NUL-terminated strings alive for the
             // call; `ptr` is either null with `len` 0 or points to a writable
             // buffer of `len` bytes owned by `read_value`.
             unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), ptr, len) }
-        });
-        match res {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_absent(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        }))
     }
 
     /// Reads xattr `name` of the open file `fd`; `None` if absent.
     pub(crate) fn fget(fd: BorrowedFd<'_>, name: &str) -> io::Result<Option<Vec<u8>>> {
-        let n = cname(name)?;
+        let n = cname(name.as_bytes())?;
         let raw = fd.as_raw_fd();
-        let res = read_value(|ptr, len| {
+        absent_as_none(read_value(|ptr, len| {
             // SAFETY: `raw` is an open fd borrowed for the call; `n` is a valid
             // C string; `ptr`/`len` describe a writable buffer or are null/0.
             unsafe { libc::fgetxattr(raw, n.as_ptr(), ptr, len) }
-        });
-        match res {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_absent(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        }))
     }
 
     /// Sets xattr `name` on `path` without following a symlink.
     pub(crate) fn lset(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
         let p = cpath(path)?;
-        let n = cname(name)?;
+        let n = cname(name.as_bytes())?;
         // SAFETY: `p` and `n` are valid C strings and `value` is a live slice
         // of `value.len()` bytes; lsetxattr only reads them during the call.
-        let rc = unsafe {
+        check(unsafe {
             libc::lsetxattr(
                 p.as_ptr(),
                 n.as_ptr(),
@@ -816,25 +828,15 @@ pub(crate) mod xattr {
                 value.len(),
                 0,
             )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        })
     }
 
     /// Sets xattr `name` (raw bytes) on the open file `fd`.
     pub(crate) fn fset_raw(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
-        let n = CString::new(name).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "xattr name contains a NUL byte",
-            )
-        })?;
+        let n = cname(name)?;
         // SAFETY: `fd` is an open fd borrowed for the call, `n` is a valid C
         // string and `value` a live slice; fsetxattr only reads them.
-        let rc = unsafe {
+        check(unsafe {
             libc::fsetxattr(
                 fd.as_raw_fd(),
                 n.as_ptr(),
@@ -842,12 +844,7 @@ pub(crate) mod xattr {
                 value.len(),
                 0,
             )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        })
     }
 
     /// Sets xattr `name` on the open file `fd`.
@@ -858,14 +855,9 @@ pub(crate) mod xattr {
     /// Removes xattr `name` from `path` without following a symlink.
     pub(crate) fn lremove(path: &Path, name: &str) -> io::Result<()> {
         let p = cpath(path)?;
-        let n = cname(name)?;
+        let n = cname(name.as_bytes())?;
         // SAFETY: `p` and `n` are valid C strings alive for the call.
-        let rc = unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
     }
 
     /// Lists the xattr names of `path` (not following a symlink), sorted.
@@ -889,14 +881,6 @@ pub(crate) mod xattr {
             .collect();
         names.sort();
         Ok(names)
-    }
-
-    /// Reads xattr `name` (raw bytes) of `path` without following a symlink.
-    pub(crate) fn lget_raw(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        match std::str::from_utf8(name) {
-            Ok(s) => lget(path, s),
-            Err(_) => Ok(None),
-        }
     }
 }
 

@@ -882,6 +882,26 @@ pub(crate) mod xattr {
         names.sort();
         Ok(names)
     }
+
+    #[cfg(test)]
+    mod tests {
+        use std::os::fd::AsFd;
+
+        #[test]
+        fn names_need_not_be_utf8() {
+            let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+            let file = dir.path().join("f");
+            let f = std::fs::File::create(&file).unwrap();
+            let name = b"user.pristine-\xff";
+            if let Err(e) = super::fset_raw(f.as_fd(), name, b"v") {
+                // A filesystem without user xattrs: nothing to check here.
+                assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP), "{e}");
+                return;
+            }
+            assert_eq!(super::lget_raw(&file, name).unwrap(), Some(b"v".to_vec()));
+            assert!(super::llist(&file).unwrap().contains(&name.to_vec()));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -358,77 +358,80 @@ fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf], rel: &Path) -> 
 mod tests {
     use super::*;
 
-    fn render(ops: &[SetupOp]) -> String {
+    /// The rendered plan for `rootfs` and `upper` (base `/store/run/mnt`, hostname `h`).
+    fn plan_text(
+        rootfs: RootfsSource,
+        upper: &UpperPlacement,
+        rootless: bool,
+        binds: &[Bind],
+    ) -> String {
+        let ops = plan(&PlanInput {
+            base: Path::new("/store/run/mnt"),
+            rootfs: &rootfs,
+            upper,
+            rootless,
+            binds,
+            hostname: "h",
+            cgroups: &[],
+        })
+        .unwrap();
         ops.iter().map(|op| format!("{op}\n")).collect()
+    }
+
+    fn tmpfs_upper() -> UpperPlacement {
+        UpperPlacement::Tmpfs { size: "4g".into() }
     }
 
     #[test]
     fn root_mode_host_image_plan() {
-        let ops = plan(&PlanInput {
-            base: Path::new("/store/run/mnt"),
-            rootfs: &RootfsSource::Lowers(vec!["/".into()]),
-            upper: &UpperPlacement::Tmpfs { size: "4g".into() },
-            rootless: false,
-            binds: &[Bind {
-                source: "/data".into(),
-                target: "/srv/data".into(),
-                readonly: true,
-            }],
-            hostname: "pristine-1",
-            cgroups: &[],
-        })
-        .unwrap();
+        let binds = [Bind {
+            source: "/data".into(),
+            target: "/srv/data".into(),
+            readonly: true,
+        }];
+        let text = plan_text(
+            RootfsSource::Lowers(vec!["/".into()]),
+            &tmpfs_upper(),
+            false,
+            &binds,
+        );
         insta::with_settings!({snapshot_path => "../../snapshots"}, {
-            insta::assert_snapshot!(render(&ops));
+            insta::assert_snapshot!(text);
         });
     }
 
     #[test]
     fn root_mode_layers_over_host_plan() {
-        let ops = plan(&PlanInput {
-            base: Path::new("/store/run/mnt"),
-            rootfs: &RootfsSource::LayersOverHost(vec![
-                "/store/layers/b/root".into(),
-                "/store/layers/a/root".into(),
-            ]),
-            upper: &UpperPlacement::Tmpfs { size: "4g".into() },
-            rootless: false,
-            binds: &[],
-            hostname: "h",
-            cgroups: &[],
-        })
-        .unwrap();
+        let layers = vec!["/store/layers/b/root".into(), "/store/layers/a/root".into()];
+        let text = plan_text(
+            RootfsSource::LayersOverHost(layers),
+            &tmpfs_upper(),
+            false,
+            &[],
+        );
         insta::with_settings!({snapshot_path => "../../snapshots"}, {
-            insta::assert_snapshot!(render(&ops));
+            insta::assert_snapshot!(text);
         });
     }
 
     #[test]
     fn rootless_plan_splits_the_way_to_the_store() {
-        let ops = plan(&PlanInput {
-            base: Path::new("/store/run/mnt"),
-            rootfs: &RootfsSource::HostEntries {
-                entries: vec![
-                    HostEntry::Overlay("etc".into(), 0o755),
-                    HostEntry::Split(
-                        "var".into(),
-                        0o755,
-                        vec![
-                            HostEntry::Overlay("lib".into(), 0o755),
-                            HostEntry::ReadOnlyBind("store".into()),
-                        ],
-                    ),
+        let entries = vec![
+            HostEntry::Overlay("etc".into(), 0o755),
+            HostEntry::Split(
+                "var".into(),
+                0o755,
+                vec![
+                    HostEntry::Overlay("lib".into(), 0o755),
+                    HostEntry::ReadOnlyBind("store".into()),
                 ],
-                layers: vec![],
-            },
-            upper: &UpperPlacement::Tmpfs { size: "4g".into() },
-            rootless: true,
-            binds: &[],
-            hostname: "h",
-            cgroups: &[],
-        })
-        .unwrap();
-        let text = render(&ops);
+            ),
+        ];
+        let rootfs = RootfsSource::HostEntries {
+            entries,
+            layers: vec![],
+        };
+        let text = plan_text(rootfs, &tmpfs_upper(), true, &[]);
         let host_part: String = text
             .lines()
             .skip_while(|l| !l.starts_with("bind /store/run/mnt/upper"))
@@ -442,28 +445,21 @@ mod tests {
 
     #[test]
     fn rootless_host_image_plan() {
-        let ops = plan(&PlanInput {
-            base: Path::new("/store/run/mnt"),
-            rootfs: &RootfsSource::HostEntries {
-                entries: vec![
-                    HostEntry::Symlink("bin".into(), "usr/bin".into()),
-                    HostEntry::Overlay("etc".into(), 0o755),
-                    HostEntry::ReadOnlyBind("mnt".into()),
-                ],
-                layers: vec![],
-            },
-            upper: &UpperPlacement::Disk {
-                upper: "/store/containers/x/upper".into(),
-                work: "/store/containers/x/work".into(),
-            },
-            rootless: true,
-            binds: &[],
-            hostname: "h",
-            cgroups: &[],
-        })
-        .unwrap();
+        let rootfs = RootfsSource::HostEntries {
+            entries: vec![
+                HostEntry::Symlink("bin".into(), "usr/bin".into()),
+                HostEntry::Overlay("etc".into(), 0o755),
+                HostEntry::ReadOnlyBind("mnt".into()),
+            ],
+            layers: vec![],
+        };
+        let upper = UpperPlacement::Disk {
+            upper: "/store/containers/x/upper".into(),
+            work: "/store/containers/x/work".into(),
+        };
+        let text = plan_text(rootfs, &upper, true, &[]);
         insta::with_settings!({snapshot_path => "../../snapshots"}, {
-            insta::assert_snapshot!(render(&ops));
+            insta::assert_snapshot!(text);
         });
     }
 }

@@ -90,8 +90,13 @@ impl Store {
     }
 
     /// `PRISTINE_STORE`; else `pristine/` in cargo's target directory when run from one
-    /// (`CARGO_TARGET_DIR`, or the `target` directory the running binary is in); else
-    /// `$XDG_CACHE_HOME/pristine` or `~/.cache/pristine`; else `/tmp/pristine-UID`.
+    /// (`CARGO_TARGET_DIR`, or the `target` directory the running binary is in, if cargo
+    /// made it: it holds cargo's `CACHEDIR.TAG`); else `$XDG_CACHE_HOME/pristine` or
+    /// `~/.cache/pristine`; else `/tmp/pristine-UID`.
+    ///
+    /// A test archive that `cargo nextest run --archive-file` extracts has a `target`
+    /// directory too, but nextest deletes it after the run, and cargo's tag is not in it:
+    /// its tests use the user's cache, which outlives the run.
     pub fn default_location() -> PathBuf {
         if let Some(p) = std::env::var_os("PRISTINE_STORE") {
             return PathBuf::from(p);
@@ -100,10 +105,9 @@ impl Store {
             return PathBuf::from(t).join("pristine");
         }
         if let Ok(exe) = std::env::current_exe() {
-            if let Some(target) = exe
-                .ancestors()
-                .find(|a| a.file_name() == Some("target".as_ref()))
-            {
+            if let Some(target) = exe.ancestors().find(|a| {
+                a.file_name() == Some("target".as_ref()) && a.join("CACHEDIR.TAG").is_file()
+            }) {
                 return target.join("pristine");
             }
         }

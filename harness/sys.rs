@@ -889,7 +889,10 @@ pub(crate) mod xattr {
 
         #[test]
         fn names_need_not_be_utf8() {
-            let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+            // Beside the sources (a disk filesystem: tmpfs may lack user xattrs); the
+            // directory is found at run time, as an archive may run elsewhere.
+            let here = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into());
+            let dir = tempfile::tempdir_in(here).unwrap();
             let file = dir.path().join("f");
             let f = std::fs::File::create(&file).unwrap();
             let name = b"user.pristine-\xff";

@@ -57,13 +57,7 @@ fn fixture() -> PathBuf {
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let writable = nix::unistd::access(target_tmp, nix::unistd::AccessFlags::W_OK).is_ok();
-        let base = if writable {
-            target_tmp.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
+        let base = common::scratch_base();
         for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(pid) = name.strip_prefix("pristine-harness-suite-") {
@@ -82,7 +76,9 @@ fn scratch() -> &'static Path {
 /// The environment every run of the fixture gets (directly or under nextest).
 fn fixture_env(c: &mut Command) -> &mut Command {
     c.env("PRISTINE_FIXTURE_FAILING", "1")
-        .env("PRISTINE_TEST_TIMEOUT", "2s")
+        // Generous: two python3 services starting on a loaded 2-core machine took over 2 s.
+        // The group that checks the timeout itself has its own (`group_timeout`).
+        .env("PRISTINE_TEST_TIMEOUT", "120s")
         .env("PRISTINE_STORE", scratch().join("store"))
         .env("PRISTINE_FIXTURE_SCRATCH", scratch())
         .env_remove("PRISTINE_KEEP")
@@ -256,7 +252,8 @@ fn failures_show_output_logs_and_timeouts() {
     );
     let s = section(&stdout, "fail::hangs");
     assert!(
-        s.contains("timed out after 2s and was killed with its container"),
+        s.contains("timed out after 2s and was killed with its container")
+            && s.contains("the limit is its group's own"),
         "{s}"
     );
     assert!(s.contains("about to hang"), "{s}");
@@ -390,7 +387,8 @@ fn kept_upper_layer_of_a_failed_test_is_reported_with_its_diff() {
     );
     let store_path = store.path().display().to_string();
     insta::with_settings!({
-        snapshot_path => "../snapshots",
+        // Found at run time: an archive runs where its sources were remapped to.
+        snapshot_path => common::manifest_dir().join("snapshots"),
         prepend_module_to_snapshot => false,
         filters => vec![
             (store_path.as_str(), "[STORE]"),
@@ -472,7 +470,7 @@ fn nextest_wrapper_runs_each_plain_test_in_its_own_container() {
             "PID 1 is pristine's init: {}",
             f[3]
         );
-        assert_eq!(f[4], env!("CARGO_MANIFEST_DIR"), "cwd preserved");
+        assert_eq!(Path::new(f[4]), common::manifest_dir(), "cwd preserved");
         hosts.insert(f[1].to_string());
     }
     assert_eq!(hosts.len(), 3, "one container per test");
@@ -490,6 +488,22 @@ fn pristine_cli() -> PathBuf {
         Some(p) if p.is_file() => p,
         _ => PathBuf::from(env!("CARGO_BIN_EXE_pristine")),
     }
+}
+
+/// The id cargo gives the package whose manifest is in `manifest`, read from `cargo
+/// metadata`'s output (its form depends on the directory's name: `path+file:///x/pristine#0.1.0`
+/// when the directory is named after the package, `…/x#pristine@0.1.0` otherwise).
+fn package_id(metadata: &[u8], manifest: &Path) -> String {
+    let meta: serde_json::Value = serde_json::from_slice(metadata).unwrap();
+    let wanted = manifest.join("Cargo.toml");
+    meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["manifest_path"].as_str().map(Path::new) == Some(wanted.as_path()))
+        .and_then(|p| p["id"].as_str())
+        .unwrap_or_else(|| panic!("cargo metadata lists no package at {}", wanted.display()))
+        .to_string()
 }
 
 struct NextestEnv {
@@ -511,10 +525,13 @@ impl NextestEnv {
             panic!("cargo-nextest is needed: cargo install cargo-nextest");
         }
         let dir = tempfile::tempdir().unwrap();
-        let manifest = env!("CARGO_MANIFEST_DIR");
+        let manifest = common::manifest_dir();
+        // `--no-deps`: the workspace's own packages are all nextest needs here, and it
+        // neither resolves nor downloads anything (a fresh cargo cache holds only the
+        // crates a Linux build fetched, not every one Cargo.lock names).
         let meta = Command::new("cargo")
-            .args(["metadata", "--format-version", "1", "--offline"])
-            .current_dir(manifest)
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .current_dir(&manifest)
             .output()
             .unwrap();
         assert!(
@@ -523,6 +540,7 @@ impl NextestEnv {
             String::from_utf8_lossy(&meta.stderr)
         );
         std::fs::write(dir.path().join("cargo-metadata.json"), &meta.stdout).unwrap();
+        let pkg = package_id(&meta.stdout, &manifest);
         let fixture = fixture();
         let target = fixture.ancestors().nth(3).unwrap().to_path_buf();
         let profile_dir = fixture
@@ -533,10 +551,6 @@ impl NextestEnv {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let pkg = format!(
-            "path+file://{manifest}#pristine@{}",
-            env!("CARGO_PKG_VERSION")
-        );
         let bin = |name: &str, path: PathBuf| {
             serde_json::json!({
                 "binary-id": format!("pristine::{name}"),
@@ -616,7 +630,7 @@ impl NextestEnv {
             "2",
         ])
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        .current_dir(common::manifest_dir());
         fixture_env(&mut c);
         for (k, v) in env {
             c.env(k, v);

@@ -3,6 +3,8 @@
 //! export → import round trip, archive formats, digest checks, and (when
 //! podman is installed) interoperability with `podman load` / `podman save`.
 
+mod common;
+
 use pristine::oci::{export_archive, extract_layer, import_archive, ImageConfig, OciError};
 use pristine::whiteout;
 use std::collections::BTreeMap;
@@ -31,7 +33,7 @@ fn chain(e: &OciError) -> String {
 }
 
 fn corpus(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    common::manifest_dir()
         .join("tests/data/malicious")
         .join(name)
 }

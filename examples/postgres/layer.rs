@@ -8,7 +8,7 @@
 //! `seed.sql`, `postgresql.conf`, `fingerprint.sql` or `build.sh` and the next run rebuilds
 //! it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pristine::{Image, LayerSpec, Recipe, Store};
@@ -26,9 +26,15 @@ pub const READY_LINE: &str = "database system is ready to accept connections";
 /// The checksum query, also run by `build.sh`; see `fingerprint.sql`.
 pub const FINGERPRINT_SQL: &str = include_str!("fingerprint.sql");
 
-/// This directory, on the machine that compiled the example.
-fn assets_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/postgres"))
+/// This directory, found at run time: cargo (`cargo run`, `cargo test`, `cargo bench`) and
+/// nextest set `CARGO_MANIFEST_DIR` for what they run, and nextest points it at the
+/// remapped sources when it runs an archive on another machine. A path fixed at compile
+/// time would not exist there.
+fn assets_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("examples/postgres")
 }
 
 /// The recipe: host root + one layer with the seeded data directory. Scale 1 is about 25 MB
@@ -95,6 +101,14 @@ pub fn build(scale: u32) -> Result<Layer, String> {
             "pristine's store {} is under {top}, where this layer puts its files; set \
              PRISTINE_STORE to a directory elsewhere (e.g. under /root or /home)",
             store.root().display()
+        ));
+    }
+    let assets = assets_dir();
+    if !assets.join("build.sh").is_file() {
+        return Err(format!(
+            "the demo's build files are not in {}: run it through cargo from the checkout \
+             (cargo and nextest say where it is in CARGO_MANIFEST_DIR)",
+            assets.display()
         ));
     }
     let started = std::time::Instant::now();

@@ -358,6 +358,15 @@ fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf], rel: &Path) -> 
 mod tests {
     use super::*;
 
+    /// The snapshots, found at run time (`CARGO_MANIFEST_DIR` as cargo and nextest set it
+    /// for the tests they run), so an archive of the tests runs where its sources are now.
+    fn snapshots_dir() -> std::path::PathBuf {
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default()
+            .join("snapshots")
+    }
+
     /// The rendered plan for `rootfs` and `upper` (base `/store/run/mnt`, hostname `h`).
     fn plan_text(
         rootfs: RootfsSource,
@@ -395,7 +404,7 @@ mod tests {
             false,
             &binds,
         );
-        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+        insta::with_settings!({snapshot_path => snapshots_dir()}, {
             insta::assert_snapshot!(text);
         });
     }
@@ -409,7 +418,7 @@ mod tests {
             false,
             &[],
         );
-        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+        insta::with_settings!({snapshot_path => snapshots_dir()}, {
             insta::assert_snapshot!(text);
         });
     }
@@ -438,7 +447,7 @@ mod tests {
             .take_while(|l| !l.contains("root/proc"))
             .map(|l| format!("{l}\n"))
             .collect();
-        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+        insta::with_settings!({snapshot_path => snapshots_dir()}, {
             insta::assert_snapshot!(host_part);
         });
     }
@@ -458,7 +467,7 @@ mod tests {
             work: "/store/containers/x/work".into(),
         };
         let text = plan_text(rootfs, &upper, true, &[]);
-        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+        insta::with_settings!({snapshot_path => snapshots_dir()}, {
             insta::assert_snapshot!(text);
         });
     }

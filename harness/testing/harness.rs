@@ -78,6 +78,7 @@ pub(crate) struct Group {
     workdir: Option<PathBuf>,
     carry: Option<bool>,
     user: Option<User>,
+    timeout: Option<Duration>,
     pub(crate) tests: Vec<TestDef>,
 }
 
@@ -93,6 +94,7 @@ impl Group {
             workdir: None,
             carry: None,
             user: None,
+            timeout: None,
             tests: Vec::new(),
         }
     }
@@ -263,6 +265,15 @@ impl Harness {
         self
     }
 
+    /// The current group's own per-test timeout. Unlike [`Harness::timeout`], neither
+    /// `PRISTINE_TEST_TIMEOUT` nor the harness-wide setting overrides it: it is for tests
+    /// whose time limit is part of what they check. A slow CI machine is better served by
+    /// raising the harness-wide limit.
+    pub fn group_timeout(mut self, timeout: Duration) -> Self {
+        self.current().timeout = Some(timeout);
+        self
+    }
+
     /// When to keep a test's upper layer (default [`Keep::Never`]; `PRISTINE_KEEP`
     /// overrides it). A kept layer's path and diff are part of the failure report.
     pub fn keep(mut self, keep: Keep) -> Self {
@@ -392,6 +403,7 @@ impl Harness {
                 env: g.env,
                 workdir: g.workdir,
                 carry: g.carry,
+                timeout: g.timeout,
             });
             for t in g.tests {
                 if let Some(why) = t.misconfigured {
@@ -451,6 +463,7 @@ struct GroupRun {
     env: Vec<(String, String)>,
     workdir: Option<PathBuf>,
     carry: Option<bool>,
+    timeout: Option<Duration>,
 }
 
 impl GroupRun {
@@ -592,9 +605,10 @@ fn run_trial(
         }
     };
     let carry = group.carry.unwrap_or(*image.base() != Base::Host);
+    let timeout = group.timeout.unwrap_or(config.timeout);
     let mut c = Container::new(image)
         .stdio(Stdio::Capture)
-        .timeout(config.timeout)
+        .timeout(timeout)
         .keep(config.keep);
     if let Some(u) = &config.upper {
         c = c.upper(u.clone());
@@ -674,7 +688,8 @@ fn run_trial(
         id: &out.id,
         status: out.status,
         timed_out: out.timed_out,
-        timeout: config.timeout,
+        timeout,
+        group_timeout: group.timeout.is_some(),
         duration: out.duration,
         stdout: &stdout,
         stderr: &out.stderr_str(),

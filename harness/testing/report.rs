@@ -99,6 +99,8 @@ pub(crate) struct FailureInput<'a> {
     pub(crate) status: ExitStatus,
     pub(crate) timed_out: bool,
     pub(crate) timeout: Duration,
+    /// Whether the limit is the group's own ([`super::Harness::group_timeout`]).
+    pub(crate) group_timeout: bool,
     pub(crate) duration: Duration,
     pub(crate) stdout: &'a str,
     pub(crate) stderr: &'a str,
@@ -111,10 +113,14 @@ pub(crate) struct FailureInput<'a> {
 pub(crate) fn failure(f: &FailureInput<'_>) -> String {
     let mut s = String::new();
     if f.timed_out {
+        let hint = if f.group_timeout {
+            "the limit is its group's own: Harness::group_timeout"
+        } else {
+            "set PRISTINE_TEST_TIMEOUT or Harness::timeout to change the limit"
+        };
         let _ = writeln!(
             s,
-            "test {} timed out after {} and was killed with its container {} \
-             (set PRISTINE_TEST_TIMEOUT or Harness::timeout to change the limit)",
+            "test {} timed out after {} and was killed with its container {} ({hint})",
             f.name,
             humantime::format_duration(f.timeout),
             f.id
@@ -201,6 +207,7 @@ mod tests {
             status: ExitStatus::Exited(1),
             timed_out: false,
             timeout: Duration::from_secs(60),
+            group_timeout: false,
             duration: Duration::from_millis(12),
             stdout: "out",
             stderr: "",

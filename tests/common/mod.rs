@@ -24,6 +24,35 @@ pub fn pristine_bin() -> PathBuf {
     }
 }
 
+/// The package's directory at run time. cargo and nextest set `CARGO_MANIFEST_DIR` for every
+/// test they run (nextest remaps it when it runs an archive elsewhere), so this is where
+/// the sources are now, not where they were when the test was built.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .expect("CARGO_MANIFEST_DIR is set by cargo test and cargo nextest run")
+}
+
+/// A scratch directory for this test binary's files: `tmp` beside the profile directory
+/// of the target directory the binary runs from (what cargo calls `CARGO_TARGET_TMPDIR`,
+/// found at run time, so an archive extracted elsewhere uses its own), when this user can
+/// write there; else the temporary directory.
+pub fn scratch_base() -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    // TARGET/PROFILE/deps/BINARY
+    let tmp = me.ancestors().nth(3).map(|target| target.join("tmp"));
+    if let Some(tmp) = tmp {
+        let writable =
+            |p: &std::path::Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+        if writable(&tmp) || (!tmp.exists() && tmp.parent().is_some_and(writable)) {
+            if std::fs::create_dir_all(&tmp).is_ok() {
+                return tmp;
+            }
+        }
+    }
+    std::env::temp_dir()
+}
+
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
@@ -68,6 +97,7 @@ pub fn rerun_as_nobody_with(this_test: &str, extra: &[PathBuf]) {
         .args(["--skip", this_test, "--test-threads", "2"])
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("CARGO_MANIFEST_DIR", manifest_dir())
         .env("HOME", &home)
         .env("TMPDIR", &home)
         .env("PRISTINE_STORE", home.join("store"))

@@ -49,6 +49,10 @@ enum Command {
         /// Only remove layers unused for this long (e.g. 7d).
         #[arg(long, value_parser = parse_duration)]
         older_than: Option<Duration>,
+        /// Keep the N most recently used of the layers no named image uses (for CI caches:
+        /// what the last runs used stays, older builds go).
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
         /// Print what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
@@ -412,12 +416,13 @@ fn main() -> ExitCode {
         },
         Command::Gc {
             older_than,
+            keep_last,
             dry_run,
             store,
         } => {
             let r = store.open().map_err(BuildError::from).and_then(|s| {
                 let leftovers = s.remove_leftovers()?;
-                let removed = Catalog::new(&s)?.gc(older_than, dry_run)?;
+                let removed = Catalog::new(&s)?.gc(older_than, keep_last, dry_run)?;
                 Ok((leftovers, removed))
             });
             match r {

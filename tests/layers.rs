@@ -331,7 +331,7 @@ fn killed_build_is_cleaned_and_rebuilt() {
         "a killed build publishes nothing"
     );
     // gc finds the dead staging directory.
-    let removed = catalog.gc(None, true).unwrap();
+    let removed = catalog.gc(None, None, true).unwrap();
     assert!(
         removed.iter().any(|r| r.starts_with("staging")),
         "{removed:?}"
@@ -349,7 +349,7 @@ fn killed_build_is_cleaned_and_rebuilt() {
     let image = recipe.build(&store).unwrap();
     assert_eq!(sh(&image, &store, "cat /srv-done"), "done\n");
     // ...and gc removes the dead one.
-    catalog.gc(None, false).unwrap();
+    catalog.gc(None, None, false).unwrap();
     let names: Vec<String> = std::fs::read_dir(&layers)
         .unwrap()
         .flatten()
@@ -357,6 +357,48 @@ fn killed_build_is_cleaned_and_rebuilt() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(names.is_empty(), "staging left: {names:?}");
+}
+
+/// `gc --keep-last N` keeps the N most recently used of the layers no image names (what a
+/// CI cache needs after every job) and removes the others; named images' layers stay.
+#[test]
+fn gc_keeps_the_most_recently_used_unnamed_layers() {
+    let (_d, store) = store();
+    let recipe = |n: &str| {
+        Recipe::host().layer(LayerSpec::new(n).run(["sh", "-c", &format!("echo {n} > /srv-{n}")]))
+    };
+    // Use times are file times, which advance in clock ticks: space the uses out.
+    let key = |r: &Recipe| {
+        let k = r.build_report(&store).unwrap().layers[0].key.clone();
+        std::thread::sleep(Duration::from_millis(20));
+        k
+    };
+    let named = key(&recipe("named").name("kept-by-name"));
+    let (a, b, c) = (key(&recipe("a")), key(&recipe("b")), key(&recipe("c")));
+    assert_eq!(key(&recipe("a")), a, "a is used again: now the most recent");
+    let out = Command::new(common::pristine_bin())
+        .args(["gc", "--keep-last", "2", "--store"])
+        .arg(store.root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let catalog = Catalog::new(&store).unwrap();
+    let present = |k: &str| catalog.has_layer(k);
+    assert!(present(&named), "a named image's layer stays");
+    assert!(
+        present(&a) && present(&c),
+        "the two most recently used stay"
+    );
+    assert!(!present(&b), "the least recently used goes");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("layer {} (b)", &b[..12])),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -66,7 +66,11 @@ pub fn recipe(scale: u32) -> Recipe {
             "/",
         )
         .as_user(PG_USER);
+    // The layer depends on PostgreSQL 15's package (and what it depends on) and on the
+    // `postgres` user (a step runs as it, so its passwd entry is in the key anyway): an
+    // unrelated package install or user leaves it cached.
     Recipe::host()
+        .host_inputs(["pkg:postgresql-15"])
         .name(format!("postgres-seed-x{scale}"))
         .layer(layer)
 }

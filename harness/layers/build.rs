@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::catalog::{now, tree_size, BaseRecord, Catalog, ImageRecord, LayerMeta};
 use super::error::{io, BuildError};
-use super::key::{host_base_key, layer_key, rootfs_base_key};
+use super::hostkey::{host_base_key, HostKeyInput};
+use super::key::{layer_key, rootfs_base_key};
 use super::recipe::{BaseSpec, LayerSpec, Recipe, Step};
 use crate::image::Image;
 use crate::store::{remove_tree, Store};
@@ -52,7 +53,17 @@ impl Recipe {
         self.validate(Path::new("<recipe>"))?;
         let catalog = Catalog::new(store)?;
         let (mut image, mut parent, base_record, mut keys) = match &self.base {
-            BaseSpec::Host => (Image::host(), host_base_key(), BaseRecord::Host, Vec::new()),
+            BaseSpec::Host => {
+                let users = self.step_users();
+                let key = host_base_key(
+                    store.root(),
+                    HostKeyInput {
+                        inputs: &self.host_inputs,
+                        users: &users,
+                    },
+                )?;
+                (Image::host(), key, BaseRecord::Host, Vec::new())
+            }
             BaseSpec::Rootfs(d) => {
                 let src = self.source_path(d);
                 let dir = std::fs::canonicalize(&src).map_err(io("find rootfs", &src))?;
@@ -72,7 +83,13 @@ impl Recipe {
                 let parent = match record.layers.last() {
                     Some(top) => top.clone(),
                     None => match &record.base {
-                        BaseRecord::Host => host_base_key(),
+                        BaseRecord::Host => host_base_key(
+                            store.root(),
+                            HostKeyInput {
+                                inputs: &[],
+                                users: &[],
+                            },
+                        )?,
                         BaseRecord::Rootfs(d) => rootfs_base_key(d),
                         BaseRecord::Scratch => "scratch".into(),
                     },

@@ -324,20 +324,26 @@ impl Catalog {
     }
 
     /// Removes layers that no named image uses (and, with `older_than`, that were not used
-    /// recently), dead staging directories and unused lock files. Returns what was removed.
+    /// recently; with `keep_last`, all but that many of the most recently used), dead
+    /// staging directories and unused lock files. Returns what was removed.
     pub fn gc(
         &self,
         older_than: Option<Duration>,
+        keep_last: Option<usize>,
         dry_run: bool,
     ) -> Result<Vec<String>, BuildError> {
         let mut removed = Vec::new();
         let reachable: BTreeSet<String> =
             self.images()?.into_iter().flat_map(|r| r.layers).collect();
         let cutoff = older_than.and_then(|d| SystemTime::now().checked_sub(d));
-        for (meta, used) in self.layers()? {
-            if reachable.contains(&meta.key) {
-                continue;
-            }
+        let mut unreferenced: Vec<(LayerMeta, Option<SystemTime>)> = self
+            .layers()?
+            .into_iter()
+            .filter(|(meta, _)| !reachable.contains(&meta.key))
+            .collect();
+        // Most recently used first: `keep_last` spares the head of the list.
+        unreferenced.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.key.cmp(&b.0.key)));
+        for (meta, used) in unreferenced.into_iter().skip(keep_last.unwrap_or(0)) {
             if let (Some(cutoff), Some(used)) = (cutoff, used) {
                 if used > cutoff {
                     continue;

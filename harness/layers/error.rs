@@ -74,6 +74,9 @@ pub enum BuildError {
     /// Import or export failed.
     #[error(transparent)]
     Oci(#[from] crate::oci::OciError),
+    /// The host base's key could not be made from the recipe's `host_inputs`.
+    #[error("cannot key the host base: {0}")]
+    HostKey(String),
     /// Something that cannot be exported.
     #[error("cannot export {0}")]
     NotExportable(String),

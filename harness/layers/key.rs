@@ -24,34 +24,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Key of the host root as a base. The host's root cannot be hashed in milliseconds, so it
-/// is fingerprinted by what changes when software is installed or configured: the package
-/// database and the modification times of `/etc`, `/usr` and their main subdirectories.
-pub(crate) fn host_base_key() -> String {
-    let mut h = Sha256::new();
-    h.update(b"pristine-base-host-v1\n");
-    for p in [
-        "/etc",
-        "/usr",
-        "/usr/bin",
-        "/usr/lib",
-        "/usr/local/bin",
-        "/var/lib/dpkg/status",
-    ] {
-        if let Ok(m) = std::fs::metadata(p) {
-            h.update(
-                format!(
-                    "{p} {} {} {}\n",
-                    m.ino(),
-                    m.size(),
-                    m.mtime_nsec() + m.mtime() * 1_000_000_000
-                )
-                .as_bytes(),
-            );
-        }
-    }
-    hex(&h.finalize())
-}
+// The host root's key is in `hostkey.rs`: what a recipe's steps can see of the host.
 
 /// Key of a rootfs directory as a base: its path and the same kind of fingerprint.
 pub(crate) fn rootfs_base_key(dir: &Path) -> String {

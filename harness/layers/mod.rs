@@ -4,6 +4,7 @@
 mod build;
 mod catalog;
 mod error;
+mod hostkey;
 mod key;
 mod portable;
 mod recipe;

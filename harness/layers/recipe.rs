@@ -176,6 +176,12 @@ pub struct Recipe {
     /// Layers, bottom first.
     #[serde(default, rename = "layer")]
     pub layers: Vec<LayerSpec>,
+    /// On the host base: what of the host the layers depend on, `pkg:NAME` (a Debian
+    /// package and everything it depends on, by version) or absolute paths (by content).
+    /// The host base's key covers these instead of every installed package, so that an
+    /// unrelated package install leaves the layers cached. See [`Recipe::host_inputs`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_inputs: Vec<String>,
     /// Directory that relative `copy` sources are resolved against.
     #[serde(skip)]
     pub context: Option<PathBuf>,
@@ -202,8 +208,45 @@ impl Recipe {
             name: None,
             base,
             layers: Vec::new(),
+            host_inputs: Vec::new(),
             context: None,
         }
+    }
+
+    /// Declares what of the host the layers depend on, for a recipe over the host: the key
+    /// of the host base then covers the architecture, the OS release, the passwd and group
+    /// entries of the users the steps run as, and these inputs: `pkg:NAME` for a Debian
+    /// package with its dependencies (by installed version), or an absolute path (a file or
+    /// directory, by content). Without it, the key covers every installed package.
+    /// Neither includes inode numbers or times: the same packages give the same key on
+    /// every machine.
+    ///
+    /// ```
+    /// let r = pristine::Recipe::host().host_inputs(["pkg:postgresql-15", "/etc/postgresql-common"]);
+    /// ```
+    pub fn host_inputs<I, S>(mut self, inputs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.host_inputs.extend(inputs.into_iter().map(Into::into));
+        self
+    }
+
+    /// The users the steps run as (for the host base's key).
+    pub(crate) fn step_users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .layers
+            .iter()
+            .flat_map(|l| &l.steps)
+            .filter_map(|s| match s {
+                Step::Run { user, .. } => user.clone(),
+                Step::Copy { .. } => None,
+            })
+            .collect();
+        users.sort();
+        users.dedup();
+        users
     }
 
     /// Records the built image under `name`.
@@ -269,6 +312,14 @@ impl Recipe {
         };
         if let Some(name) = &self.name {
             super::catalog::check_image_name(name).map_err(bad)?;
+        }
+        if !self.host_inputs.is_empty() && self.base != BaseSpec::Host {
+            return Err(bad(
+                "host_inputs is for recipes over the host (base = \"host\")".into(),
+            ));
+        }
+        for input in &self.host_inputs {
+            super::hostkey::check_input(input).map_err(bad)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
             for (j, step) in layer.steps.iter().enumerate() {

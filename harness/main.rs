@@ -80,6 +80,26 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Save layers with their keys to a store archive, for other machines' `pristine load`
+    /// (CI jobs that run the tests of one build): every layer of the store, or those of the
+    /// named images.
+    Save {
+        /// The archive to write.
+        file: PathBuf,
+        /// Only these images' layers and records (default: every layer, named or not).
+        #[arg(long = "image", value_name = "NAME")]
+        images: Vec<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Load a store archive written by `pristine save`: each layer is verified against the
+    /// archive's digests and added under its key, unless the store has it already.
+    Load {
+        /// The archive.
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// Export a named image as an OCI image layout archive (`podman load` reads it).
     Export {
         /// The image.
@@ -482,6 +502,24 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e, 1),
             }
         }
+        Command::Save {
+            file,
+            images,
+            store,
+        } => ship_result(
+            store
+                .open()
+                .map_err(BuildError::from)
+                .and_then(|s| pristine::layers::save_store(&s, &images, &file)),
+            "saved",
+        ),
+        Command::Load { file, store } => ship_result(
+            store
+                .open()
+                .map_err(BuildError::from)
+                .and_then(|s| pristine::layers::load_store(&s, &file)),
+            "loaded",
+        ),
         Command::Export { image, file, store } => {
             match store
                 .open()
@@ -507,5 +545,26 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+/// Prints what `save` or `load` did.
+fn ship_result(r: Result<pristine::layers::ShipReport, BuildError>, verb: &str) -> ExitCode {
+    match r {
+        Ok(r) => {
+            println!(
+                "{verb} {} layers ({} already in the store), {} images{}",
+                r.layers.len(),
+                r.present.len(),
+                r.images.len(),
+                if r.images.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.images.join(", "))
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e, 1),
     }
 }

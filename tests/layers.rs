@@ -401,6 +401,93 @@ fn gc_keeps_the_most_recently_used_unnamed_layers() {
     );
 }
 
+/// Layers built on one machine reach another through `pristine save` / `pristine load`:
+/// the second store then finds every layer of the recipe cached (its keys are the
+/// same: no inode numbers or times in them), whiteouts included. A damaged layer is never
+/// added.
+#[test]
+fn saved_layers_load_into_another_store_and_stay_cached() {
+    let (_a, built) = store();
+    let recipe = Recipe::host()
+        .name("shipped")
+        .layer(LayerSpec::new("files").run([
+            "sh",
+            "-c",
+            "mkdir -p /srv-ship && echo payload-4242 > /srv-ship/a && echo b > /srv-ship/b",
+        ]))
+        .layer(LayerSpec::new("delete").run(["rm", "/srv-ship/a"]));
+    assert_eq!(cached(&recipe, &built), [false, false]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("layers.tar");
+    let cli = |args: &[&str], store: &Store| {
+        let out = Command::new(common::pristine_bin())
+            .args(args)
+            .arg("--store")
+            .arg(store.root())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = cli(&["save", archive.to_str().unwrap()], &built);
+    assert!(ok && text.contains("saved 2 layers"), "{text}");
+
+    let (_b, other) = store();
+    let (ok, text) = cli(&["load", archive.to_str().unwrap()], &other);
+    assert!(ok && text.contains("loaded 2 layers (0 already"), "{text}");
+    assert!(
+        text.contains("shipped"),
+        "the image record came too: {text}"
+    );
+    assert_eq!(cached(&recipe, &other), [true, true], "nothing to rebuild");
+    let image = recipe.build(&other).unwrap();
+    assert_eq!(
+        sh(&image, &other, "ls /srv-ship; cat /srv-ship/b"),
+        "b\nb\n"
+    );
+    let (ok, text) = cli(&["load", archive.to_str().unwrap()], &other);
+    assert!(ok && text.contains("loaded 0 layers (2 already"), "{text}");
+
+    // One byte of a layer's content changed: rejected, and nothing of it is published.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let at = bytes
+        .windows(12)
+        .position(|w| w == b"payload-4242")
+        .expect("the layer tar is uncompressed");
+    bytes[at] = b'P';
+    let tampered = dir.path().join("tampered.tar");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let (_c, third) = store();
+    let (ok, text) = cli(&["load", tampered.to_str().unwrap()], &third);
+    assert!(!ok && text.contains("damaged or was altered"), "{text}");
+    let catalog = Catalog::new(&third).unwrap();
+    let files_key = recipe.build_report(&built).unwrap().layers[0].key.clone();
+    assert!(
+        !catalog.has_layer(&files_key),
+        "the damaged layer is not published"
+    );
+    assert!(
+        catalog.layers().unwrap().is_empty(),
+        "nor the layer above it, which comes after it in the archive"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(third.root().join("layers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "nothing staged is left: {leftovers:?}"
+    );
+    // Not a store archive at all: a clear error.
+    let (ok, text) = cli(&["load", "/etc/hostname"], &third);
+    assert!(!ok && text.contains("cannot load store archive"), "{text}");
+}
+
 #[test]
 fn concurrent_builders_build_once() {
     let (_d, store) = store();

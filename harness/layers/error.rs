@@ -74,6 +74,14 @@ pub enum BuildError {
     /// Import or export failed.
     #[error(transparent)]
     Oci(#[from] crate::oci::OciError),
+    /// A store archive that cannot be loaded.
+    #[error("cannot load store archive {path}: {reason}")]
+    BadArchive {
+        /// The archive.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The host base's key could not be made from the recipe's `host_inputs`.
     #[error("cannot key the host base: {0}")]
     HostKey(String),

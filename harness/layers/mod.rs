@@ -8,6 +8,7 @@ mod hostkey;
 mod key;
 mod portable;
 mod recipe;
+mod ship;
 mod squash;
 
 pub use build::{Built, BuiltLayer};
@@ -15,4 +16,5 @@ pub use catalog::{now as now_secs, BaseRecord, Catalog, ImageRecord, LayerMeta};
 pub use error::BuildError;
 pub use portable::{export_image, import_image, resolve_image};
 pub use recipe::{BaseSpec, LayerSpec, Recipe, Step};
+pub use ship::{load_store, save_store, ShipReport};
 pub use squash::{squash_deep_stack, SQUASH_ABOVE};

@@ -17,6 +17,35 @@ use std::path::{Path, PathBuf};
 
 const OP: &str = "export archive";
 
+/// Writes the overlay-native layer directory `layer` as an uncompressed layer tar (the
+/// same bytes [`export_archive`] puts in an image: sorted entries, whiteouts as `.wh.`
+/// entries) to the new file `tar_file`, and returns its `sha256:` digest and size. `out`
+/// names the archive being written, for errors.
+pub(crate) fn write_layer_tar(
+    layer: &Path,
+    tar_file: &Path,
+    out: &Path,
+) -> Result<(String, u64), OciError> {
+    let file = File::create(tar_file)
+        .map_err(|e| OciError::io(OP, tar_file, "create temporary layer tar", e))?;
+    let mut w = LayerWriter {
+        out,
+        tar: tar::Builder::new(HashingWriter::new(BufWriter::new(file))),
+        links: HashMap::new(),
+    };
+    w.dir_contents(layer, "")?;
+    let hw = w
+        .tar
+        .into_inner()
+        .map_err(|e| OciError::io(OP, tar_file, "write layer tar", e))?;
+    let (bw, digest, size) = hw.finish();
+    bw.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .map_err(|e| OciError::io(OP, tar_file, "write layer tar", e))?;
+    Ok((digest, size))
+}
+
 /// Writes the layer directories `layers` (bottom first, overlay-native:
 /// whiteouts and opaque directories as in [`crate::whiteout`]) and `config` as
 /// an OCI image layout tar at `out`, which `podman load -i` accepts (a docker
@@ -78,23 +107,7 @@ pub fn export_archive(
             });
         }
         let tmp = scratch.path().join(format!("layer-{i}.tar"));
-        let file = File::create(&tmp)
-            .map_err(|e| OciError::io(OP, &tmp, "create temporary layer tar", e))?;
-        let mut w = LayerWriter {
-            out,
-            tar: tar::Builder::new(HashingWriter::new(BufWriter::new(file))),
-            links: HashMap::new(),
-        };
-        w.dir_contents(layer, "")?;
-        let hw = w
-            .tar
-            .into_inner()
-            .map_err(|e| OciError::io(OP, &tmp, "write layer tar", e))?;
-        let (bw, digest, size) = hw.finish();
-        bw.into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all())
-            .map_err(|e| OciError::io(OP, &tmp, "write layer tar", e))?;
+        let (digest, size) = write_layer_tar(layer, &tmp, out)?;
         layer_descs.push(Descriptor {
             media_type: MT_OCI_LAYER_TAR.into(),
             digest: digest.clone(),

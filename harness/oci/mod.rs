@@ -20,6 +20,8 @@ mod path;
 
 pub use archive::{import_archive, ImportedImage};
 pub use config::ImageConfig;
+pub(crate) use digest::HashingReader;
 pub use error::OciError;
 pub use export::export_archive;
+pub(crate) use export::write_layer_tar;
 pub use extract::{extract_layer, Compression, ExtractStats};

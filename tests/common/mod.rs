@@ -44,10 +44,9 @@ pub fn scratch_base() -> PathBuf {
     if let Some(tmp) = tmp {
         let writable =
             |p: &std::path::Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
-        if writable(&tmp) || (!tmp.exists() && tmp.parent().is_some_and(writable)) {
-            if std::fs::create_dir_all(&tmp).is_ok() {
-                return tmp;
-            }
+        let usable = writable(&tmp) || (!tmp.exists() && tmp.parent().is_some_and(writable));
+        if usable && std::fs::create_dir_all(&tmp).is_ok() {
+            return tmp;
         }
     }
     std::env::temp_dir()

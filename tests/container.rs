@@ -615,7 +615,7 @@ fn sigterm_during_start_is_never_lost() {
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
@@ -659,7 +659,7 @@ fn sigkilled_cli_leaves_nothing_behind() {
     child.kill().unwrap(); // SIGKILL: no destructor, no handler runs.
     child.wait().unwrap();
     // Die-with-parent: the container's processes go with it.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !processes_with(&format!("sleep\0{marker}")).is_empty() {
         assert!(
             Instant::now() < deadline,
@@ -730,14 +730,14 @@ fn sigkilled_multithreaded_caller_takes_its_containers_down() {
         .spawn()
         .unwrap();
     let pattern = format!("sleep\0{marker}");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while processes_with(&pattern).is_empty() {
         assert!(Instant::now() < deadline, "the container never started");
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !processes_with(&pattern).is_empty() {
         assert!(
             Instant::now() < deadline,

@@ -102,7 +102,7 @@ fn main() {
             )
             .workdir("/usr/share")
             .ready_tcp(8000)
-            .start_timeout(Duration::from_secs(10)),
+            .start_timeout(Duration::from_secs(60)),
         )
         .service(
             Service::new(

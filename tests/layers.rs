@@ -312,7 +312,7 @@ fn killed_build_is_cleaned_and_rebuilt() {
         .unwrap();
     // Wait until the build container runs, then SIGKILL the builder.
     let layers = store.root().join("layers");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::read_dir(&layers)
         .map(|d| {
             d.flatten()

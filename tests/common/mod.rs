@@ -68,6 +68,12 @@ pub fn rerun_as_nobody(this_test: &str) {
 
 /// [`rerun_as_nobody`], copying `extra` binaries beside this one.
 pub fn rerun_as_nobody_with(this_test: &str, extra: &[PathBuf]) {
+    rerun_as_nobody_skipping(&[this_test], extra);
+}
+
+/// [`rerun_as_nobody_with`], skipping the tests named `skip` (this one, and tests that need
+/// what `nobody` does not have, such as a cargo toolchain: they show as filtered out).
+pub fn rerun_as_nobody_skipping(skip: &[&str], extra: &[PathBuf]) {
     if !is_root() {
         eprintln!("already running rootless; nothing more to do");
         return;
@@ -93,7 +99,8 @@ pub fn rerun_as_nobody_with(this_test: &str, extra: &[PathBuf]) {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&test_bin)
-        .args(["--skip", this_test, "--test-threads", "2"])
+        .args(skip.iter().flat_map(|s| ["--skip", s]))
+        .args(["--test-threads", "2"])
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("CARGO_MANIFEST_DIR", manifest_dir())

@@ -633,6 +633,13 @@ impl NextestEnv {
         .args(args)
         .current_dir(common::manifest_dir());
         fixture_env(&mut c);
+        // When this suite itself runs under nextest, its variables (the profile, the run
+        // id) are not for the nextest started here.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("NEXTEST") {
+                c.env_remove(k);
+            }
+        }
         for (k, v) in env {
             c.env(k, v);
         }

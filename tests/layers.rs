@@ -27,6 +27,22 @@ fn sh(image: &Image, store: &Store, script: &str) -> String {
     out.stdout_str()
 }
 
+/// Runs `pristine ARGS --store STORE`: whether it succeeded, and its stdout then stderr.
+fn cli(args: &[&str], store: &Store) -> (bool, String) {
+    let out = Command::new(common::pristine_bin())
+        .args(args)
+        .arg("--store")
+        .arg(store.root())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 fn cached(recipe: &Recipe, store: &Store) -> Vec<bool> {
     recipe
         .build_report(store)
@@ -376,16 +392,8 @@ fn gc_keeps_the_most_recently_used_unnamed_layers() {
     let named = key(&recipe("named").name("kept-by-name"));
     let (a, b, c) = (key(&recipe("a")), key(&recipe("b")), key(&recipe("c")));
     assert_eq!(key(&recipe("a")), a, "a is used again: now the most recent");
-    let out = Command::new(common::pristine_bin())
-        .args(["gc", "--keep-last", "2", "--store"])
-        .arg(store.root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = cli(&["gc", "--keep-last", "2"], &store);
+    assert!(ok, "{text}");
     let catalog = Catalog::new(&store).unwrap();
     let present = |k: &str| catalog.has_layer(k);
     assert!(present(&named), "a named image's layer stays");
@@ -394,11 +402,7 @@ fn gc_keeps_the_most_recently_used_unnamed_layers() {
         "the two most recently used stay"
     );
     assert!(!present(&b), "the least recently used goes");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(&format!("layer {} (b)", &b[..12])),
-        "{stdout}"
-    );
+    assert!(text.contains(&format!("layer {} (b)", &b[..12])), "{text}");
 }
 
 /// Layers built on one machine reach another through `pristine save` / `pristine load`:
@@ -419,20 +423,6 @@ fn saved_layers_load_into_another_store_and_stay_cached() {
     assert_eq!(cached(&recipe, &built), [false, false]);
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("layers.tar");
-    let cli = |args: &[&str], store: &Store| {
-        let out = Command::new(common::pristine_bin())
-            .args(args)
-            .arg("--store")
-            .arg(store.root())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
     let (ok, text) = cli(&["save", archive.to_str().unwrap()], &built);
     assert!(ok && text.contains("saved 2 layers"), "{text}");
 

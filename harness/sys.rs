@@ -144,6 +144,13 @@ pub fn loopback_up() -> SysResult<()> {
     Ok(())
 }
 
+/// Whether `path` is on overlayfs (so that an overlay over it stacks one level deeper: the
+/// kernel allows two). An unreadable path counts as not.
+pub fn is_overlayfs(path: &Path) -> bool {
+    use nix::sys::statfs::{statfs, OVERLAYFS_SUPER_MAGIC};
+    statfs(path).is_ok_and(|s| s.filesystem_type() == OVERLAYFS_SUPER_MAGIC)
+}
+
 /// The calling process's effective uid and gid.
 pub fn effective_ids() -> (u32, u32) {
     (

@@ -151,15 +151,15 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     let rootfs = match image.base() {
         // One `lowerdir=/` overlay is cheapest, but only root may clone a lower with mounts
         // beneath it: rootless, the host root is overlaid directory by directory.
-        // Directories on the way to the store (or to a layer or an upper elsewhere) are
-        // split, since overlayfs refuses nested layers.
+        // A directory holding the store (or a layer or an upper elsewhere) goes over a
+        // read-only view of itself, since overlayfs refuses nested layers.
         Base::Host if rootless => {
             let layers: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
             let (entries, mount_points) = host_entries()?;
             let stops = split_stops(store.root(), &layers, &upper);
             let entries = match stops.is_empty() {
                 true => entries.to_vec(),
-                false => host::split_around(entries, Path::new("/"), &stops, mount_points)
+                false => host::view_around(entries, &stops, mount_points, &sys::is_overlayfs)
                     .map_err(|source| Error::Io {
                         op: "read the host directories that lead to the store",
                         source,

@@ -7,8 +7,10 @@
 //! bound read-only instead, and top-level symlinks are recreated.
 //!
 //! overlayfs also refuses a lower nested in another lower ("overlapping lowerdir path"): a
-//! directory that holds the store (whose layers are lowers too) is split instead of being
-//! overlaid, down the path to the store ([`split_around`]).
+//! directory that holds the store (whose layers are lowers too) is overlaid over a read-only
+//! overlay view of itself, which has a superblock of its own, with the store bound read-only
+//! inside ([`view_around`]). Where that would stack overlays too deep (the directory is on
+//! overlayfs already), it is split instead, down the path to the store ([`split_around`]).
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,21 @@ pub enum HostEntry {
     /// permission bits, entries): a directory of the upper layer holding these entries, one
     /// by one.
     Split(String, u32, Vec<HostEntry>),
+    /// A directory that holds the store (or a layer or upper outside it): one overlay whose
+    /// host lower is a read-only overlay view of the directory, the stops bound read-only
+    /// over it.
+    Viewed {
+        /// The entry's name in its directory.
+        name: String,
+        /// Its permission bits.
+        mode: u32,
+        /// The host directories between it and the stops (absolute, parents first, with
+        /// their permission bits): made in the upper layer beforehand, so that writing below
+        /// one never copies up a directory whose owner is not mapped.
+        dirs: Vec<(PathBuf, u32)>,
+        /// The stops below it (absolute host paths).
+        stops: Vec<PathBuf>,
+    },
 }
 
 impl HostEntry {
@@ -41,7 +58,8 @@ impl HostEntry {
             | HostEntry::File(n)
             | HostEntry::Symlink(n, _)
             | HostEntry::LayerFile(n, _)
-            | HostEntry::Split(n, _, _) => n,
+            | HostEntry::Split(n, _, _)
+            | HostEntry::Viewed { name: n, .. } => n,
         }
     }
 }
@@ -119,6 +137,61 @@ pub fn split_around(
         .collect()
 }
 
+/// Replaces each overlaid top-level directory of `entries` (the host root's) that contains
+/// one of `stops` by a [`HostEntry::Viewed`] one; a directory that is a stop is bound
+/// read-only. A directory on overlayfs (`on_overlayfs`) is split instead ([`split_around`]):
+/// a view over it, and the overlay over the view, would exceed the kernel's stacking depth
+/// of two.
+pub fn view_around(
+    entries: &[HostEntry],
+    stops: &[PathBuf],
+    mount_points: &[PathBuf],
+    on_overlayfs: &dyn Fn(&Path) -> bool,
+) -> std::io::Result<Vec<HostEntry>> {
+    let root = Path::new("/");
+    entries
+        .iter()
+        .map(|e| {
+            let HostEntry::Overlay(name, mode) = e else {
+                return Ok(e.clone());
+            };
+            let path = root.join(name);
+            let below: Vec<PathBuf> = stops
+                .iter()
+                .filter(|s| s.starts_with(&path) && *s != &path)
+                .cloned()
+                .collect();
+            if below.is_empty() || on_overlayfs(&path) {
+                return Ok(split_around(&[e.clone()], root, stops, mount_points)?.remove(0));
+            }
+            Ok(HostEntry::Viewed {
+                name: name.clone(),
+                mode: *mode,
+                dirs: dirs_between(&path, &below)?,
+                stops: below,
+            })
+        })
+        .collect()
+}
+
+/// The directories strictly between `top` and each of `stops`, parents first, each once,
+/// with their permission bits.
+fn dirs_between(top: &Path, stops: &[PathBuf]) -> std::io::Result<Vec<(PathBuf, u32)>> {
+    let mut dirs: Vec<PathBuf> = stops
+        .iter()
+        .flat_map(|s| s.ancestors().skip(1).take_while(|a| *a != top))
+        .map(Path::to_path_buf)
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs.into_iter()
+        .map(|d| {
+            let meta = std::fs::symlink_metadata(&d)?;
+            Ok((d, mode_bits(&meta)))
+        })
+        .collect()
+}
+
 /// The permission bits of `meta`.
 pub fn mode_bits(meta: &std::fs::Metadata) -> u32 {
     std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777
@@ -153,6 +226,7 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn parses_mountinfo_with_escapes() {
@@ -216,6 +290,53 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn views_the_top_level_directory_holding_the_store_unless_on_overlayfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("u");
+        std::fs::create_dir_all(home.join("proj/target/pristine")).unwrap();
+        std::fs::create_dir_all(home.join("other")).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o710)).unwrap();
+        let store = home.join("proj/target/pristine");
+        // The temporary directory stands for a top-level directory of `/`.
+        let top = dir.path().strip_prefix("/").unwrap().to_str().unwrap();
+        let top = top.split('/').next().unwrap().to_string();
+        let entries = vec![
+            HostEntry::Overlay("etcx".into(), 0o755),
+            HostEntry::Overlay(top.clone(), 0o755),
+        ];
+        let stops = [store.clone()];
+        let got = view_around(&entries, &stops, &[], &|_| false).unwrap();
+        assert_eq!(got[0], entries[0]);
+        let HostEntry::Viewed {
+            name,
+            mode,
+            dirs,
+            stops,
+        } = &got[1]
+        else {
+            panic!("{:?}", got[1]);
+        };
+        assert_eq!((name, *mode), (&top, 0o755));
+        assert_eq!(stops, &[store.clone()]);
+        // Every directory from below the top-level one down to the store's parent, parents
+        // first, with its mode.
+        let want: Vec<PathBuf> = store
+            .ancestors()
+            .skip(1)
+            .take_while(|a| *a != Path::new("/").join(&top))
+            .map(Path::to_path_buf)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        assert_eq!(dirs.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(), want);
+        assert!(dirs.contains(&(home.clone(), 0o710)), "{dirs:?}");
+        // On overlayfs, a view would stack three deep: split instead.
+        let got = view_around(&entries, &[store], &[], &|_| true).unwrap();
+        assert!(matches!(&got[1], HostEntry::Split(n, 0o755, _) if *n == top), "{got:?}");
     }
 
     #[test]

@@ -74,10 +74,16 @@ pub fn overlay_options(
     Ok(data)
 }
 
-/// Builds the options of a read-only overlay over `/` alone (`lowerdir=/:EMPTY`; overlayfs
-/// wants two lowers when there is no upper, and `empty` adds nothing).
-pub fn host_view_options(empty: &Path) -> Result<String, OverlayOptionsError> {
-    Ok(format!("lowerdir=/:{}", check(empty)?))
+/// Builds the options of a read-only overlay over host directory `source` alone
+/// (`lowerdir=SOURCE:EMPTY`; overlayfs wants two lowers when there is no upper, and `empty`
+/// adds nothing).
+pub fn host_view_options(
+    source: &Path,
+    empty: &Path,
+    userxattr: bool,
+) -> Result<String, OverlayOptionsError> {
+    let xattr = if userxattr { ",userxattr" } else { "" };
+    Ok(format!("lowerdir={}:{}{xattr}", check(source)?, check(empty)?))
 }
 
 #[cfg(test)]
@@ -87,10 +93,15 @@ mod tests {
     #[test]
     fn host_view_is_root_over_an_empty_dir() {
         assert_eq!(
-            host_view_options(Path::new("/b/empty")).unwrap(),
+            host_view_options(Path::new("/"), Path::new("/b/empty"), false).unwrap(),
             "lowerdir=/:/b/empty"
         );
-        assert!(host_view_options(Path::new("/b,x")).is_err());
+        assert_eq!(
+            host_view_options(Path::new("/home"), Path::new("/b/empty"), true).unwrap(),
+            "lowerdir=/home:/b/empty,userxattr"
+        );
+        assert!(host_view_options(Path::new("/"), Path::new("/b,x"), false).is_err());
+        assert!(host_view_options(Path::new("/a:b"), Path::new("/e"), false).is_err());
     }
 
     #[test]

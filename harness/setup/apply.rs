@@ -127,11 +127,16 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
                 Some(&data),
             )
         }
-        SetupOp::HostView { target, empty } => {
-            let data = host_view_options(empty)
+        SetupOp::HostView {
+            source,
+            target,
+            empty,
+            userxattr,
+        } => {
+            let data = host_view_options(source, empty, *userxattr)
                 .map_err(|_| SysError::new("build overlay options", Some(target), Errno::EINVAL))?;
             sys::mount(
-                "mount overlay (view of /)",
+                "mount a read-only overlay view of a host directory",
                 Some(Path::new("overlay")),
                 target,
                 Some("overlay"),

@@ -52,14 +52,19 @@ pub enum SetupOp {
         /// Use `user.overlay.*` xattrs (required inside a user namespace).
         userxattr: bool,
     },
-    /// Mount a read-only overlay of the host's `/` alone: a view of the host root on its
-    /// own superblock, so that layers stored on the root filesystem can be stacked over it
-    /// (overlayfs refuses a lower nested inside another lower of the same filesystem).
+    /// Mount a read-only overlay of one host directory alone (`/` as root, the directory
+    /// holding the store rootless): a view of it on its own superblock, so that layers
+    /// stored below it can be stacked over it (overlayfs refuses a lower nested inside
+    /// another lower of the same filesystem).
     HostView {
+        /// The host directory.
+        source: PathBuf,
         /// Mount point.
         target: PathBuf,
         /// An empty directory (overlayfs needs a second lower when there is no upper).
         empty: PathBuf,
+        /// Use `user.overlay.*` xattrs (inside a user namespace).
+        userxattr: bool,
     },
     /// `op`, skipped if it fails because host path `source` has disappeared since the plan
     /// was made: entries of a host directory below the top level (split on the way to the
@@ -168,11 +173,18 @@ impl fmt::Display for SetupOp {
             SetupOp::UnlessGone { source, op } => {
                 write!(f, "{op} (skipped if {} is gone)", source.display())
             }
-            SetupOp::HostView { target, empty } => write!(
+            SetupOp::HostView {
+                source,
+                target,
+                empty,
+                userxattr,
+            } => write!(
                 f,
-                "mount overlay {} (read-only view of /, lower=/:{})",
+                "mount overlay {} (read-only view of {s}, lower={s}:{}{})",
                 target.display(),
-                empty.display()
+                empty.display(),
+                if *userxattr { " userxattr" } else { "" },
+                s = source.display(),
             ),
             SetupOp::Bind {
                 source,

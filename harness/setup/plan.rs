@@ -9,7 +9,8 @@
 //!    caller is SIGKILLed; the upper being in RAM makes copy-up and teardown cheap.
 //! 3. The overlay becomes the new root. Layers over the host root (as root) go over a
 //!    read-only overlay view of `/`, since overlayfs refuses a lower nested in another one
-//!    of the same filesystem; the rootless host root is one overlay per top-level directory.
+//!    of the same filesystem; the rootless host root is one overlay per top-level directory,
+//!    and a directory that holds the store goes over a view of itself in the same way.
 //! 4. `/proc`, `/dev` and `/tmp` are mounted inside the new root before `pivot_root`, while
 //!    the host's `/dev` is still reachable for rootless device binds.
 //! 5. User volumes come last among the mounts so that they win over anything above.
@@ -115,8 +116,10 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 ops.push(SetupOp::mkdir(dir));
             }
             ops.push(SetupOp::HostView {
+                source: "/".into(),
                 target: view.clone(),
                 empty,
+                userxattr: input.rootless,
             });
             let mut lowers = layers.clone();
             lowers.push(view);
@@ -140,14 +143,15 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 recursive: false,
             });
             // overlayfs refuses a layer (or an on-disk upper) nested inside another lower
-            // on the same filesystem ("overlapping lowerdir path"). The caller splits the
-            // directories that lead to one (`HostEntry::Split`); any directory that still
-            // contains one is bound read-only instead of overlaid.
+            // on the same filesystem ("overlapping lowerdir path"). The caller marks the
+            // directories that hold one (`HostEntry::Viewed`, or `Split` on the way to it);
+            // any directory that still contains one is bound read-only instead of overlaid.
             let mut nested: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
             if let UpperPlacement::Disk { upper, work } = input.upper {
                 nested.extend([upper.as_path(), work.as_path()]);
             }
             let dirs = HostDirs {
+                base,
                 upper: &upper,
                 work: &work,
                 root: &root,
@@ -209,6 +213,8 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
 
 /// Where the per-directory layout of the host root goes, and what it stacks.
 struct HostDirs<'a> {
+    /// The tmpfs base (views of host directories are mounted there).
+    base: &'a Path,
     upper: &'a Path,
     work: &'a Path,
     root: &'a Path,
@@ -265,6 +271,9 @@ impl HostDirs<'_> {
                     };
                     ops.push(guarded(host.join(&name), overlay));
                 }
+                HostEntry::Viewed {
+                    mode, dirs, stops, ..
+                } => self.viewed_ops(&rel_name, mode, &dirs, &stops, ops),
                 HostEntry::Split(_, mode, children) => {
                     // A directory of the upper layer (seen through the root's bind), filled
                     // entry by entry.
@@ -295,6 +304,59 @@ impl HostDirs<'_> {
                 }),
             }
         }
+    }
+
+    /// The steps for host directory `/rel` that holds `stops`: an overlay of the layers'
+    /// parts over a read-only view of the directory (on a superblock of its own, so the
+    /// layers below it do not overlap it), with `dirs` made in the upper layer first and the
+    /// stops bound read-only over it. Three mounts, however deep the stops are.
+    fn viewed_ops(
+        &self,
+        rel: &Path,
+        mode: u32,
+        dirs: &[(PathBuf, u32)],
+        stops: &[PathBuf],
+        ops: &mut Vec<SetupOp>,
+    ) {
+        let inside = |p: &Path| p.strip_prefix("/").unwrap_or(p).to_path_buf();
+        let (view, empty) = (self.base.join("views").join(rel), self.base.join("empty"));
+        ops.push(SetupOp::Mkdir {
+            path: self.upper.join(rel),
+            mode,
+        });
+        ops.extend(dirs.iter().map(|(dir, mode)| SetupOp::Mkdir {
+            path: self.upper.join(inside(dir)),
+            mode: *mode,
+        }));
+        for dir in [self.work.join(rel), view.clone(), empty.clone()] {
+            ops.push(SetupOp::mkdir(dir));
+        }
+        ops.push(SetupOp::HostView {
+            source: Path::new("/").join(rel),
+            target: view.clone(),
+            empty,
+            userxattr: self.userxattr,
+        });
+        let mut lowers: Vec<PathBuf> = self
+            .layers
+            .iter()
+            .map(|l| l.join(rel))
+            .filter(|l| l.is_dir())
+            .collect();
+        lowers.push(view);
+        ops.push(SetupOp::Overlay {
+            target: self.root.join(rel),
+            lowers,
+            upper: self.upper.join(rel),
+            work: self.work.join(rel),
+            userxattr: self.userxattr,
+        });
+        ops.extend(stops.iter().map(|stop| SetupOp::Bind {
+            source: stop.clone(),
+            target: self.root.join(inside(stop)),
+            readonly: true,
+            recursive: true,
+        }));
     }
 }
 
@@ -423,6 +485,8 @@ mod tests {
         });
     }
 
+    /// Where a view would stack overlays too deep (the directory is on overlayfs), the way
+    /// to the store is split.
     #[test]
     fn rootless_plan_splits_the_way_to_the_store() {
         let entries = vec![
@@ -441,14 +505,38 @@ mod tests {
             layers: vec![],
         };
         let text = plan_text(rootfs, &tmpfs_upper(), true, &[]);
-        let host_part: String = text
-            .lines()
+        insta::with_settings!({snapshot_path => snapshots_dir()}, {
+            insta::assert_snapshot!("rootless_plan_splits_the_way_to_the_store", host_part(&text));
+        });
+    }
+
+    /// The host part of a rootless plan: from the root's bind to `/proc`.
+    fn host_part(text: &str) -> String {
+        text.lines()
             .skip_while(|l| !l.starts_with("bind /store/run/mnt/upper"))
             .take_while(|l| !l.contains("root/proc"))
             .map(|l| format!("{l}\n"))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn rootless_plan_views_the_directory_holding_the_store() {
+        let entries = vec![
+            HostEntry::Overlay("etc".into(), 0o755),
+            HostEntry::Viewed {
+                name: "var".into(),
+                mode: 0o755,
+                dirs: vec![("/var/tmp".into(), 0o1777), ("/var/tmp/u".into(), 0o700)],
+                stops: vec!["/var/tmp/u/store".into()],
+            },
+        ];
+        let rootfs = RootfsSource::HostEntries {
+            entries,
+            layers: vec![],
+        };
+        let text = plan_text(rootfs, &tmpfs_upper(), true, &[]);
         insta::with_settings!({snapshot_path => snapshots_dir()}, {
-            insta::assert_snapshot!(host_part);
+            insta::assert_snapshot!(host_part(&text));
         });
     }
 

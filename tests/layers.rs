@@ -169,18 +169,54 @@ fn whiteouts_and_opaque_directories_stack() {
     );
 }
 
+/// Host files beside the store, as a checkout and a home directory have them: `.gitconfig`
+/// is rewritten, `notes` moved and `old` removed by [`HOST_FILES_SCRIPT`].
+const HOST_FILES: [(&str, &str); 3] = [
+    (".gitconfig", "[user]\n"),
+    ("notes", "notes\n"),
+    ("old", "old\n"),
+];
+
+/// Writes [`HOST_FILES`] into `dir`.
+fn write_host_files(dir: &Path) {
+    for (name, text) in HOST_FILES {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+/// Changes every one of [`HOST_FILES`] in `dir`, inside a container: all must succeed.
+fn host_files_script(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "echo '\tname = x' >> {d}/.gitconfig && mv {d}/notes {d}/notes.moved && rm {d}/old && \
+         cat {d}/.gitconfig {d}/notes.moved && echo host-files-changed"
+    )
+}
+
+/// What [`host_files_script`] prints.
+const HOST_FILES_CHANGED: &str = "[user]\n\tname = x\nnotes\nhost-files-changed\n";
+
+/// Asserts that [`HOST_FILES`] in `dir` are as [`write_host_files`] left them.
+fn assert_host_files_untouched(dir: &Path) {
+    for (name, text) in HOST_FILES {
+        assert_eq!(std::fs::read_to_string(dir.join(name)).unwrap(), text, "{name}");
+    }
+    assert!(!dir.join("notes.moved").exists());
+}
+
 /// As root, layers stored on the root filesystem stack over a read-only view of `/`: every
 /// host directory stays copy-on-write, including the one that holds the store (overlaid
-/// directly, the layers would overlap `lowerdir=/`).
+/// directly, the layers would overlap `lowerdir=/`), and the files beside the store.
 #[test]
 fn layers_over_the_host_keep_every_directory_writable() {
     if !common::is_root() {
-        return; // rootless, the host root is overlaid per directory (see README).
+        return; // the rootless counterpart is the next test
     }
     // A store on the root filesystem, in a top-level directory the container does not
     // replace (the checkout, and so CARGO_TARGET_TMPDIR, may be under /tmp).
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    write_host_files(dir.path());
     let image = Recipe::host()
         .layer(LayerSpec::new("seed").run(["sh", "-c", "echo seeded > /srv/seed-probe"]))
         .build(&store)
@@ -188,21 +224,27 @@ fn layers_over_the_host_keep_every_directory_writable() {
     let top = Path::new("/").join(dir.path().components().nth(1).unwrap());
     let probe = top.join(format!("pristine-probe-{}", std::process::id()));
     let script = format!(
-        "cat /srv/seed-probe && echo written > {p} && cat {p} && ls {s} >/dev/null && echo ok",
+        "cat /srv/seed-probe && echo written > {p} && cat {p} && ls {s} >/dev/null && {h}",
         p = probe.display(),
-        s = dir.path().display()
+        s = store.root().display(),
+        h = host_files_script(dir.path()),
     );
-    assert_eq!(sh(&image, &store, &script), "seeded\nwritten\nok\n");
+    assert_eq!(
+        sh(&image, &store, &script),
+        format!("seeded\nwritten\n{HOST_FILES_CHANGED}")
+    );
     assert!(!probe.exists(), "the write reached the host");
+    assert_host_files_untouched(dir.path());
 }
 
 /// Rootless, the host root is overlaid per directory, and a directory holding the store
-/// cannot be overlaid (its layers would be nested lowers): the directories on the way to the
-/// store are split, so their other contents stay copy-on-write and only the store is
-/// read-only; they keep their modes, and an untouched run's diff is empty. Run as `nobody`
-/// (from root), with the store in a directory of its own under /var/tmp.
+/// cannot be overlaid directly (its layers would be nested lowers): it goes over a read-only
+/// view of itself, so everything in it but the store stays copy-on-write (files beside the
+/// store and in `$HOME` are rewritten, moved and removed, the host's untouched) and the store
+/// is read-only; directories keep their modes, and an untouched run's diff is empty. Run as
+/// `nobody` (from root), with the store in a home directory of its own under /var/tmp.
 #[test]
-fn rootless_layers_over_the_host_split_the_way_to_the_store() {
+fn rootless_layers_over_the_host_keep_files_beside_the_store_copy_on_write() {
     if !common::is_root() {
         return; // the root run does this as nobody
     }
@@ -210,6 +252,7 @@ fn rootless_layers_over_the_host_split_the_way_to_the_store() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(home.join("sibling")).unwrap();
+    write_host_files(&home);
     let bin = home.join("pristine");
     std::fs::copy(common::pristine_bin(), &bin).unwrap();
     std::fs::write(
@@ -245,18 +288,22 @@ fn rootless_layers_over_the_host_split_the_way_to_the_store() {
     let script = format!(
         "cat /srv/split/f; stat -c '%a %n' / /var /var/tmp; \
          echo a > /var/probe && echo b > {home_s}/sibling/probe && echo c > {home_s}/new && \
-         {{ echo d > {home_s}/store/x 2>/dev/null && echo store-writable || echo store-read-only; }}"
+         {{ echo d > {home_s}/store/x 2>/dev/null && echo store-writable || echo store-read-only; }} && \
+         {}",
+        host_files_script(&home)
     );
     let (stdout, stderr) = as_nobody(&[
         "run", "--image", "split", "--keep", "--", "sh", "-c", &script,
     ]);
     assert_eq!(
-        stdout, "seeded\n755 /\n755 /var\n1777 /var/tmp\nstore-read-only\n",
+        stdout,
+        format!("seeded\n755 /\n755 /var\n1777 /var/tmp\nstore-read-only\n{HOST_FILES_CHANGED}"),
         "{stderr}"
     );
     // Nothing reached the host; the diff has exactly the writes and their parents.
     assert!(!Path::new("/var/probe").exists());
     assert!(!home.join("sibling/probe").exists() && !home.join("new").exists());
+    assert_host_files_untouched(&home);
     let mut want = vec!["A /var/probe".to_string()];
     // Every directory from /var down to `home` was changed on the way.
     for a in home.ancestors().filter(|a| a.starts_with("/var")) {
@@ -266,6 +313,10 @@ fn rootless_layers_over_the_host_split_the_way_to_the_store() {
         format!("A {home_s}/new"),
         format!("C {home_s}/sibling"),
         format!("A {home_s}/sibling/probe"),
+        format!("C {home_s}/.gitconfig"),
+        format!("D {home_s}/notes"),
+        format!("A {home_s}/notes.moved"),
+        format!("D {home_s}/old"),
     ]);
     want.sort();
     let mut got: Vec<String> = stderr
@@ -283,6 +334,11 @@ fn rootless_layers_over_the_host_split_the_way_to_the_store() {
             .any(|l| l.starts_with("A ") || l.starts_with("C ")),
         "{stderr}"
     );
+    // An upper on disk (in the store) without layers: the same.
+    let script = host_files_script(&home);
+    let (stdout, stderr) = as_nobody(&["run", "--upper-on-disk", "--", "sh", "-c", &script]);
+    assert_eq!(stdout, HOST_FILES_CHANGED, "{stderr}");
+    assert_host_files_untouched(&home);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pristine::layers::{Catalog, Recipe};
+use pristine::layers::{Catalog, Recipe, StderrProgress};
 use pristine::{Bind, BuildError, Container, Keep, Stdio, Store, Upper, User};
 
 /// Throwaway copy-on-write Linux containers for tests.
@@ -331,9 +331,13 @@ fn short(key: &str) -> &str {
     key.get(..12).unwrap_or(key)
 }
 
+/// Builds a recipe file: each layer and step on stderr as it goes (the error, printed after,
+/// carries a failed step's output); the summary on stdout.
 fn build(file: &std::path::Path, store: &Store) -> Result<(), BuildError> {
     let recipe = Recipe::from_toml_file(file)?;
-    let built = recipe.build_report(store)?;
+    let mut progress = StderrProgress::new().failed_output(false);
+    let built = recipe.build_with_progress(store, &mut progress)?;
+    drop(progress);
     for l in &built.layers {
         println!(
             "{} {:<24} {} in {:.1?}",

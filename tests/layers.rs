@@ -199,7 +199,11 @@ const HOST_FILES_CHANGED: &str = "[user]\n\tname = x\nnotes\nhost-files-changed\
 /// Asserts that [`HOST_FILES`] in `dir` are as [`write_host_files`] left them.
 fn assert_host_files_untouched(dir: &Path) {
     for (name, text) in HOST_FILES {
-        assert_eq!(std::fs::read_to_string(dir.join(name)).unwrap(), text, "{name}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(name)).unwrap(),
+            text,
+            "{name}"
+        );
     }
     assert!(!dir.join("notes.moved").exists());
 }
@@ -687,6 +691,110 @@ fn build_and_named_images_from_the_cli() {
     assert!(!out.contains("greet"), "{out}");
     let (_, out, _) = cli(&["layers"]);
     assert!(out.contains("greet") && !out.contains("orphan"), "{out}");
+}
+
+/// Two layers over the host: one step, then a run and a copy.
+const TWO_LAYERS: &str = "name = \"two\"\nbase = \"host\"\n\
+    [[layer]]\nname = \"base\"\n[[layer.step]]\n\
+    run = { argv = [\"sh\", \"-c\", \"echo one > /srv-one\"] }\n\
+    [[layer]]\nname = \"top\"\n[[layer.step]]\n\
+    run = { argv = [\"sh\", \"-c\", \"echo two > /srv-two\"] }\n\
+    [[layer.step]]\ncopy = { from = \"r.toml\", to = \"/srv-r.toml\" }\n";
+
+/// A progress line of `pristine build` without what changes from run to run: the
+/// `pristine: ` prefix, a 12-digit key (shown as `KEY`) and a duration (` in …`).
+fn progress_line(line: &str) -> Option<String> {
+    let line = line.strip_prefix("pristine: layer ")?;
+    let line = match line.find(" in ") {
+        Some(at) if line.ends_with('s') => &line[..at],
+        _ => line,
+    };
+    let key = line.find('(').and_then(|open| {
+        let hex = line.get(open + 1..open + 13)?;
+        let is_key =
+            hex.chars().all(|c| c.is_ascii_hexdigit()) && line[open + 13..].starts_with(')');
+        is_key.then_some(open)
+    });
+    Some(match key {
+        Some(open) => format!("layer {}(KEY){}", &line[..open], &line[open + 13 + 1..]),
+        None => format!("layer {line}"),
+    })
+}
+
+/// `pristine build` shows each layer and step on stderr as it goes (plain lines: stderr is
+/// not a terminal here), says which layers came from the cache, and shows a failed step's
+/// output; stdout holds only the summary.
+#[test]
+fn build_shows_each_step_the_cached_layers_and_a_failed_steps_output() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.toml"), TWO_LAYERS).unwrap();
+    let broken = format!(
+        "{TWO_LAYERS}[[layer]]\nname = \"broken\"\n[[layer.step]]\n\
+         run = {{ argv = [\"sh\", \"-c\", \"echo partial; echo oops >&2; exit 3\"] }}\n"
+    );
+    std::fs::write(dir.path().join("broken.toml"), broken).unwrap();
+    let build = |file: &str| {
+        let out = Command::new(common::pristine_bin())
+            .args(["build", file, "--store"])
+            .arg(dir.path().join("store"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let stderr = text(&out.stderr);
+        let progress: Vec<String> = stderr.lines().filter_map(progress_line).collect();
+        (out.status.code(), text(&out.stdout), stderr, progress)
+    };
+    let (code, stdout, stderr, progress) = build("r.toml");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        progress,
+        [
+            "layer 1/2 base: building (KEY), 1 step",
+            "layer 1/2 base: step 1/1: run sh -c echo one > /srv-one",
+            "layer 1/2 base: step 1/1 done",
+            "layer 1/2 base: built",
+            "layer 2/2 top: building (KEY), 2 steps",
+            "layer 2/2 top: step 1/2: run sh -c echo two > /srv-two",
+            "layer 2/2 top: step 1/2 done",
+            "layer 2/2 top: step 2/2: copy r.toml -> /srv-r.toml",
+            "layer 2/2 top: step 2/2 done",
+            "layer 2/2 top: built",
+        ],
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("pristine:") && stdout.lines().count() == 3,
+        "{stdout}"
+    );
+    let (code, _, stderr, progress) = build("r.toml");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        progress,
+        [
+            "layer 1/2 base: cached (KEY)",
+            "layer 2/2 top: cached (KEY)"
+        ],
+        "{stderr}"
+    );
+    let (code, stdout, stderr, progress) = build("broken.toml");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        progress,
+        [
+            "layer 1/3 base: cached (KEY)",
+            "layer 2/3 top: cached (KEY)",
+            "layer 3/3 broken: building (KEY), 1 step",
+            "layer 3/3 broken: step 1/1: run sh -c echo partial; echo oops >&2; exit 3",
+            "layer 3/3 broken: step 1/1 failed: exit code 3",
+        ],
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("failed (exit code 3)\n--- stdout ---\npartial\n--- stderr ---\noops\n"),
+        "{stderr}"
+    );
+    assert_eq!(stdout, "");
 }
 
 #[test]

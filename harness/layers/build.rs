@@ -8,6 +8,7 @@ use super::catalog::{now, tree_size, BaseRecord, Catalog, ImageRecord, LayerMeta
 use super::error::{io, BuildError};
 use super::hostkey::{host_base_key, HostKeyInput};
 use super::key::{layer_key, rootfs_base_key};
+use super::progress::{with_ambient, BuildEvent, LayerPos, Progress, StepPos};
 use super::recipe::{BaseSpec, LayerSpec, Recipe, Step};
 use crate::image::Image;
 use crate::store::{remove_tree, Store};
@@ -49,7 +50,19 @@ impl Recipe {
     /// Safe to call from many processes at once (nextest runs one process per test): each
     /// layer is built under an exclusive lock on its key, and whoever comes second finds the
     /// layer published and reuses it. A failed or interrupted build publishes nothing.
+    /// Progress goes to the reporter installed on this thread by
+    /// [`with_progress`](super::with_progress), if any.
     pub fn build_report(&self, store: &Store) -> Result<Built, BuildError> {
+        with_ambient(|progress| self.build_with_progress(store, progress))
+    }
+
+    /// Like [`Recipe::build_report`], telling `progress` about each layer and step as the
+    /// build goes (e.g. [`StderrProgress`](super::StderrProgress)).
+    pub fn build_with_progress(
+        &self,
+        store: &Store,
+        progress: &mut dyn Progress,
+    ) -> Result<Built, BuildError> {
         self.validate(Path::new("<recipe>"))?;
         let catalog = Catalog::new(store)?;
         let (mut image, mut parent, base_record, mut keys) = match &self.base {
@@ -98,12 +111,31 @@ impl Recipe {
             }
         };
         let mut built = Vec::new();
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let started = Instant::now();
             let key = layer_key(store.root(), &parent, self, layer)?;
+            let pos = LayerPos {
+                name: &layer.name,
+                key: &key,
+                index: i + 1,
+                total: self.layers.len(),
+            };
             let cached = catalog.publish_once(&key, |staging| {
-                self.build_layer(store, staging, &image, layer, &key, &parent)
+                progress.event(&BuildEvent::Building(pos, layer.steps.len()));
+                let ctx = LayerCtx {
+                    store,
+                    below: &image,
+                    layer,
+                    key: &key,
+                    parent: &parent,
+                    pos,
+                };
+                self.build_layer(&ctx, staging, &mut *progress)
             })?;
+            progress.event(&match cached {
+                true => BuildEvent::Cached(pos),
+                false => BuildEvent::Built(pos, started.elapsed()),
+            });
             catalog.touch(&key);
             image = image.layer(catalog.layer_root(&key));
             built.push(BuiltLayer {
@@ -133,76 +165,139 @@ impl Recipe {
         })
     }
 
-    /// Runs the layer's steps over `below` with `staging/root` as the upper directory.
+    /// Runs the layer's steps over `ctx.below` with `staging/root` as the upper directory.
     fn build_layer(
         &self,
-        store: &Store,
+        ctx: &LayerCtx<'_>,
         staging: &Path,
-        below: &Image,
-        layer: &LayerSpec,
-        key: &str,
-        parent: &str,
+        progress: &mut dyn Progress,
     ) -> Result<LayerMeta, BuildError> {
         let upper = staging.join("root");
-        for (index, step) in layer.steps.iter().enumerate() {
-            match step {
-                Step::Run {
-                    argv,
-                    env,
-                    workdir,
-                    user,
-                } => {
-                    let mut c = Container::new(below.clone())
-                        .store(store.root())
-                        .upper(Upper::Dir(upper.clone()))
-                        .env_clear()
-                        .workdir(workdir)
-                        .timeout(layer.timeout.unwrap_or(STEP_TIMEOUT));
-                    if let Some(u) = user {
-                        c = c.user(crate::User::Name(u.clone()));
+        for (index, step) in ctx.layer.steps.iter().enumerate() {
+            let pos = StepPos {
+                layer: ctx.pos,
+                index: index + 1,
+                total: ctx.layer.steps.len(),
+            };
+            progress.event(&BuildEvent::StepStarted(pos, &describe(step)));
+            let started = Instant::now();
+            let result = self.run_step(ctx, &upper, index, step);
+            if let Err(e) = &result {
+                let (why, stdout, stderr) = match e {
+                    BuildError::StepFailed {
+                        status,
+                        timed_out,
+                        stdout,
+                        stderr,
+                        ..
+                    } => {
+                        let why = match timed_out {
+                            true => format!("{status}, timed out"),
+                            false => status.to_string(),
+                        };
+                        (why, stdout.as_str(), stderr.as_str())
                     }
-                    if !env.contains_key("HOME") {
-                        c = c.env("HOME", "/root");
-                    }
-                    for (k, v) in env {
-                        c = c.env(k, v);
-                    }
-                    let out = c.run(argv).map_err(|e| BuildError::Container {
-                        layer: layer.name.clone(),
-                        step: index,
-                        source: Box::new(e),
-                    })?;
-                    if !out.status.success() || out.timed_out {
-                        return Err(BuildError::StepFailed {
-                            layer: layer.name.clone(),
-                            step: index,
-                            command: argv.join(" "),
-                            status: out.status,
-                            timed_out: out.timed_out,
-                            stdout: out.stdout_str(),
-                            stderr: out.stderr_str(),
-                        });
-                    }
-                }
-                Step::Copy { from, to } => {
-                    let src = self.source_path(from);
-                    copy_into(below, &upper, &src, to).map_err(|reason| BuildError::BadCopy {
-                        layer: layer.name.clone(),
-                        from: src.clone(),
-                        to: to.clone(),
-                        reason,
-                    })?;
-                }
+                    other => (other.to_string(), "", ""),
+                };
+                let step = pos;
+                progress.event(&BuildEvent::StepFailed {
+                    step,
+                    why: &why,
+                    stdout,
+                    stderr,
+                });
             }
+            result?;
+            progress.event(&BuildEvent::StepDone(pos, started.elapsed()));
         }
         normalize_opaque(&upper).map_err(io("normalize opaque directories in", &upper))?;
         Ok(LayerMeta {
-            key: key.to_string(),
-            parent: parent.to_string(),
-            name: layer.name.clone(),
+            key: ctx.key.to_string(),
+            parent: ctx.parent.to_string(),
+            name: ctx.layer.name.clone(),
             created: now(),
             size: tree_size(&upper),
         })
+    }
+
+    /// Runs step `index` of the layer into `upper`.
+    fn run_step(
+        &self,
+        ctx: &LayerCtx<'_>,
+        upper: &Path,
+        index: usize,
+        step: &Step,
+    ) -> Result<(), BuildError> {
+        let layer = ctx.layer;
+        match step {
+            Step::Run {
+                argv,
+                env,
+                workdir,
+                user,
+            } => {
+                let mut c = Container::new(ctx.below.clone())
+                    .store(ctx.store.root())
+                    .upper(Upper::Dir(upper.to_path_buf()))
+                    .env_clear()
+                    .workdir(workdir)
+                    .timeout(layer.timeout.unwrap_or(STEP_TIMEOUT));
+                if let Some(u) = user {
+                    c = c.user(crate::User::Name(u.clone()));
+                }
+                if !env.contains_key("HOME") {
+                    c = c.env("HOME", "/root");
+                }
+                for (k, v) in env {
+                    c = c.env(k, v);
+                }
+                let out = c.run(argv).map_err(|e| BuildError::Container {
+                    layer: layer.name.clone(),
+                    step: index,
+                    source: Box::new(e),
+                })?;
+                if !out.status.success() || out.timed_out {
+                    return Err(BuildError::StepFailed {
+                        layer: layer.name.clone(),
+                        step: index,
+                        command: argv.join(" "),
+                        status: out.status,
+                        timed_out: out.timed_out,
+                        stdout: out.stdout_str(),
+                        stderr: out.stderr_str(),
+                    });
+                }
+            }
+            Step::Copy { from, to } => {
+                let src = self.source_path(from);
+                copy_into(ctx.below, upper, &src, to).map_err(|reason| BuildError::BadCopy {
+                    layer: layer.name.clone(),
+                    from: src.clone(),
+                    to: to.clone(),
+                    reason,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one layer's build works with.
+struct LayerCtx<'a> {
+    store: &'a Store,
+    /// The image below the layer.
+    below: &'a Image,
+    layer: &'a LayerSpec,
+    key: &'a str,
+    parent: &'a str,
+    pos: LayerPos<'a>,
+}
+
+/// A step as progress shows it: `run ARGV` or `copy FROM -> TO`.
+fn describe(step: &Step) -> String {
+    match step {
+        Step::Run { argv, .. } => format!("run {}", argv.join(" ")),
+        Step::Copy { from, to } => format!("copy {} -> {}", from.display(), to.display()),
     }
 }
 

@@ -37,11 +37,11 @@ pub enum BuildError {
         reason: String,
     },
     /// A run step exited unsuccessfully or timed out. No layer was written.
-    #[error("layer {layer:?}: step {step} `{command}` failed ({status}){}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}", if *timed_out { ", timed out" } else { "" })]
+    #[error("layer {layer:?}: step {} `{command}` failed ({status}){}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}", step + 1, if *timed_out { ", timed out" } else { "" })]
     StepFailed {
         /// Layer name.
         layer: String,
-        /// Step index within the layer.
+        /// Step index within the layer, from 0 (shown from 1).
         step: usize,
         /// The command, space-joined.
         command: String,
@@ -55,11 +55,11 @@ pub enum BuildError {
         stderr: String,
     },
     /// A build container could not be run.
-    #[error("layer {layer:?}: step {step}: {source}")]
+    #[error("layer {layer:?}: step {}: {source}", step + 1)]
     Container {
         /// Layer name.
         layer: String,
-        /// Step index.
+        /// Step index, from 0 (shown from 1).
         step: usize,
         /// The container error.
         #[source]

@@ -7,6 +7,7 @@ mod error;
 mod hostkey;
 mod key;
 mod portable;
+mod progress;
 mod recipe;
 mod ship;
 mod squash;
@@ -15,6 +16,9 @@ pub use build::{Built, BuiltLayer};
 pub use catalog::{now as now_secs, BaseRecord, Catalog, ImageRecord, LayerMeta};
 pub use error::BuildError;
 pub use portable::{export_image, import_image, resolve_image};
+#[cfg(test)]
+pub(crate) use progress::reporter_installed;
+pub use progress::{with_progress, BuildEvent, LayerPos, Progress, StderrProgress, StepPos};
 pub use recipe::{BaseSpec, LayerSpec, Recipe, Step};
 pub use ship::{load_store, save_store, ShipReport};
 pub use squash::{squash_deep_stack, SQUASH_ABOVE};

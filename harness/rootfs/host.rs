@@ -162,7 +162,9 @@ pub fn view_around(
                 .cloned()
                 .collect();
             if below.is_empty() || on_overlayfs(&path) {
-                return Ok(split_around(&[e.clone()], root, stops, mount_points)?.remove(0));
+                return Ok(
+                    split_around(std::slice::from_ref(e), root, stops, mount_points)?.remove(0),
+                );
             }
             Ok(HostEntry::Viewed {
                 name: name.clone(),
@@ -320,7 +322,7 @@ mod tests {
             panic!("{:?}", got[1]);
         };
         assert_eq!((name, *mode), (&top, 0o755));
-        assert_eq!(stops, &[store.clone()]);
+        assert_eq!(stops, std::slice::from_ref(&store));
         // Every directory from below the top-level one down to the store's parent, parents
         // first, with its mode.
         let want: Vec<PathBuf> = store
@@ -332,11 +334,17 @@ mod tests {
             .into_iter()
             .rev()
             .collect();
-        assert_eq!(dirs.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(), want);
+        assert_eq!(
+            dirs.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
+            want
+        );
         assert!(dirs.contains(&(home.clone(), 0o710)), "{dirs:?}");
         // On overlayfs, a view would stack three deep: split instead.
         let got = view_around(&entries, &[store], &[], &|_| true).unwrap();
-        assert!(matches!(&got[1], HostEntry::Split(n, 0o755, _) if *n == top), "{got:?}");
+        assert!(
+            matches!(&got[1], HostEntry::Split(n, 0o755, _) if *n == top),
+            "{got:?}"
+        );
     }
 
     #[test]

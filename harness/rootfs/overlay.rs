@@ -83,7 +83,11 @@ pub fn host_view_options(
     userxattr: bool,
 ) -> Result<String, OverlayOptionsError> {
     let xattr = if userxattr { ",userxattr" } else { "" };
-    Ok(format!("lowerdir={}:{}{xattr}", check(source)?, check(empty)?))
+    Ok(format!(
+        "lowerdir={}:{}{xattr}",
+        check(source)?,
+        check(empty)?
+    ))
 }
 
 #[cfg(test)]

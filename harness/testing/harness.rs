@@ -12,6 +12,7 @@ use super::inside::{self, Timings, INSIDE_ENV, T0_ENV};
 use super::registered;
 use super::report::{self, TestTiming};
 use super::service::Service;
+use crate::layers::{with_progress, StderrProgress};
 use crate::{Base, Bind, Container, Image, Keep, Stdio, Upper, User};
 
 /// What a test body returns: `?` works on any error; a panic fails the test too.
@@ -471,7 +472,12 @@ impl GroupRun {
         self.image_cell
             .get_or_init(|| match &self.image {
                 None => Ok(Image::host()),
-                Some(f) => f(),
+                // Recipes built by the image function show their layers and steps on stderr
+                // (a failed step's output is in the error the trial reports).
+                Some(f) => {
+                    let progress = StderrProgress::new().failed_output(false);
+                    with_progress(Box::new(progress), || f())
+                }
             })
             .as_ref()
             .map_err(Clone::clone)
@@ -756,6 +762,30 @@ mod tests {
         assert_eq!(parse_keep("failed"), Some(Keep::OnFailure));
         assert_eq!(parse_keep("Always"), Some(Keep::Always));
         assert_eq!(parse_keep("sometimes"), None);
+    }
+
+    #[test]
+    fn the_image_function_builds_with_progress_on_stderr() {
+        use crate::layers::reporter_installed;
+        let make = || match reporter_installed() {
+            true => Ok(Image::host()),
+            false => Err("no progress reporter while the image is made".to_string()),
+        };
+        let group = GroupRun {
+            user: None,
+            image: Some(Arc::new(make)),
+            image_cell: Arc::new(OnceLock::new()),
+            binds: Vec::new(),
+            env: Vec::new(),
+            workdir: None,
+            carry: None,
+            timeout: None,
+        };
+        assert_eq!(group.image().map(Image::base), Ok(&Base::Host));
+        assert!(
+            !reporter_installed(),
+            "the reporter outlived the image function"
+        );
     }
 
     #[test]

@@ -338,6 +338,23 @@ fn rootless_layers_over_the_host_keep_files_beside_the_store_copy_on_write() {
             .any(|l| l.starts_with("A ") || l.starts_with("C ")),
         "{stderr}"
     );
+    // Three mounts instead of the host image's one overlay of /var, two of them visible
+    // (the view is reached only through the overlay), and no copy of the container's own
+    // mounts below the store.
+    let count = "wc -l < /proc/self/mountinfo";
+    let mounts = |args: &[&str]| -> usize {
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--", "sh", "-c", count])
+            .collect();
+        as_nobody(&args).0.trim().parse().unwrap()
+    };
+    let (host, layered) = (mounts(&["run"]), mounts(&["run", "--image", "split"]));
+    assert!(
+        layered <= host + 1,
+        "{layered} mounts over a layer, {host} on the host image"
+    );
     // An upper on disk (in the store) without layers: the same.
     let script = host_files_script(&home);
     let (stdout, stderr) = as_nobody(&["run", "--upper-on-disk", "--", "sh", "-c", &script]);

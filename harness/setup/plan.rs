@@ -309,7 +309,7 @@ impl HostDirs<'_> {
     /// The steps for host directory `/rel` that holds `stops`: an overlay of the layers'
     /// parts over a read-only view of the directory (on a superblock of its own, so the
     /// layers below it do not overlap it), with `dirs` made in the upper layer first and the
-    /// stops bound read-only over it. Three mounts, however deep the stops are.
+    /// stops bound read-only over it. Three mounts (with one stop), however deep it is.
     fn viewed_ops(
         &self,
         rel: &Path,
@@ -351,11 +351,14 @@ impl HostDirs<'_> {
             work: self.work.join(rel),
             userxattr: self.userxattr,
         });
+        // Not recursive: the store holds the container's own mounts (its base, under
+        // `run/mnt`), which a recursive bind would copy in; the host's mounts below a stop
+        // would have made the directory a read-only bind, not a view.
         ops.extend(stops.iter().map(|stop| SetupOp::Bind {
             source: stop.clone(),
             target: self.root.join(inside(stop)),
             readonly: true,
-            recursive: true,
+            recursive: false,
         }));
     }
 }

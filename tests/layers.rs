@@ -362,6 +362,73 @@ fn rootless_layers_over_the_host_keep_files_beside_the_store_copy_on_write() {
     assert_host_files_untouched(&home);
 }
 
+/// Rootless, where the directory holding the store is on overlayfs already, a view over it
+/// and the overlay over the view would stack three deep (the kernel allows two): the way to
+/// the store is split instead, and a container over a layer stored there still starts. Run
+/// as `nobody` in a mount namespace of its own (made by root) where `/var` is an overlay,
+/// with a layer built before (a build cannot put its upper on overlayfs).
+#[test]
+fn rootless_layers_over_a_directory_on_overlayfs_split_the_way_to_the_store() {
+    if !common::is_root() {
+        return; // the root run does this as nobody
+    }
+    assert!(
+        common::which("unshare").is_some(),
+        "unshare (util-linux) is needed to put /var on overlayfs in a namespace of its own"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    // The overlay's upper, outside /var (a mount below /var would make it a read-only bind).
+    let scratch = tempfile::tempdir().unwrap();
+    assert!(!scratch.path().starts_with("/var"), "{scratch:?}");
+    std::fs::copy(common::pristine_bin(), home.join("pristine")).unwrap();
+    std::fs::write(
+        home.join("r.toml"),
+        "name = \"deep\"\nbase = \"host\"\n[[layer]]\nname = \"seed\"\n[[layer.step]]\n\
+         run = { argv = [\"sh\", \"-c\", \"echo seeded > /srv-deep\"] }\n",
+    )
+    .unwrap();
+    Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&home)
+        .status()
+        .unwrap();
+    let (h, s) = (home.display(), scratch.path().display());
+    let nobody = format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups -- \
+         env -i PATH=/usr/bin:/bin HOME={h} PRISTINE_STORE={h}/store {h}/pristine"
+    );
+    let built = Command::new("sh")
+        .args(["-c", &format!("cd {h} && {nobody} build r.toml")])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let script = format!(
+        "set -e
+         mount -t tmpfs tmpfs {s}
+         mkdir {s}/u {s}/w
+         mount -t overlay overlay -o lowerdir=/var,upperdir={s}/u,workdir={s}/w /var
+         test \"$(stat -f -c %T /var)\" = overlayfs
+         cd {h}
+         {nobody} run --image deep -- sh -c 'cat /srv-deep; touch {h}/store/x 2>/dev/null || echo store-read-only'"
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "seeded\nstore-read-only\n",
+        "{stderr}"
+    );
+    assert!(!home.join("store/x").exists());
+}
+
 #[test]
 fn failed_build_leaves_no_layer_and_reports_the_output() {
     let (_d, store) = store();

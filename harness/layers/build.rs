@@ -65,51 +65,7 @@ impl Recipe {
     ) -> Result<Built, BuildError> {
         self.validate(Path::new("<recipe>"))?;
         let catalog = Catalog::new(store)?;
-        let (mut image, mut parent, base_record, mut keys) = match &self.base {
-            BaseSpec::Host => {
-                let users = self.step_users();
-                let key = host_base_key(
-                    store.root(),
-                    HostKeyInput {
-                        inputs: &self.host_inputs,
-                        users: &users,
-                    },
-                )?;
-                (Image::host(), key, BaseRecord::Host, Vec::new())
-            }
-            BaseSpec::Rootfs(d) => {
-                let src = self.source_path(d);
-                let dir = std::fs::canonicalize(&src).map_err(io("find rootfs", &src))?;
-                let key = rootfs_base_key(&dir);
-                (
-                    Image::rootfs(&dir),
-                    key,
-                    BaseRecord::Rootfs(dir),
-                    Vec::new(),
-                )
-            }
-            BaseSpec::Image(name) => {
-                let record = catalog
-                    .image_record(name)?
-                    .ok_or_else(|| BuildError::UnknownImage(name.clone()))?;
-                let image = catalog.image_of(&record)?;
-                let parent = match record.layers.last() {
-                    Some(top) => top.clone(),
-                    None => match &record.base {
-                        BaseRecord::Host => host_base_key(
-                            store.root(),
-                            HostKeyInput {
-                                inputs: &[],
-                                users: &[],
-                            },
-                        )?,
-                        BaseRecord::Rootfs(d) => rootfs_base_key(d),
-                        BaseRecord::Scratch => "scratch".into(),
-                    },
-                };
-                (image, parent, record.base.clone(), record.layers.clone())
-            }
-        };
+        let (mut image, mut parent, base_record, mut keys) = self.base(store, &catalog)?;
         let mut built = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let started = Instant::now();
@@ -165,6 +121,60 @@ impl Recipe {
         })
     }
 
+    /// The image the first layer goes over, its key (the first layer's parent), its record,
+    /// and the keys of the layers it already has (a named image's).
+    fn base(
+        &self,
+        store: &Store,
+        catalog: &Catalog,
+    ) -> Result<(Image, String, BaseRecord, Vec<String>), BuildError> {
+        Ok(match &self.base {
+            BaseSpec::Host => {
+                let users = self.step_users();
+                let key = host_base_key(
+                    store.root(),
+                    HostKeyInput {
+                        inputs: &self.host_inputs,
+                        users: &users,
+                    },
+                )?;
+                (Image::host(), key, BaseRecord::Host, Vec::new())
+            }
+            BaseSpec::Rootfs(d) => {
+                let src = self.source_path(d);
+                let dir = std::fs::canonicalize(&src).map_err(io("find rootfs", &src))?;
+                let key = rootfs_base_key(&dir);
+                (
+                    Image::rootfs(&dir),
+                    key,
+                    BaseRecord::Rootfs(dir),
+                    Vec::new(),
+                )
+            }
+            BaseSpec::Image(name) => {
+                let record = catalog
+                    .image_record(name)?
+                    .ok_or_else(|| BuildError::UnknownImage(name.clone()))?;
+                let image = catalog.image_of(&record)?;
+                let parent = match record.layers.last() {
+                    Some(top) => top.clone(),
+                    None => match &record.base {
+                        BaseRecord::Host => host_base_key(
+                            store.root(),
+                            HostKeyInput {
+                                inputs: &[],
+                                users: &[],
+                            },
+                        )?,
+                        BaseRecord::Rootfs(d) => rootfs_base_key(d),
+                        BaseRecord::Scratch => "scratch".into(),
+                    },
+                };
+                (image, parent, record.base.clone(), record.layers.clone())
+            }
+        })
+    }
+
     /// Runs the layer's steps over `ctx.below` with `staging/root` as the upper directory.
     fn build_layer(
         &self,
@@ -183,29 +193,7 @@ impl Recipe {
             let started = Instant::now();
             let result = self.run_step(ctx, &upper, index, step);
             if let Err(e) = &result {
-                let (why, stdout, stderr) = match e {
-                    BuildError::StepFailed {
-                        status,
-                        timed_out,
-                        stdout,
-                        stderr,
-                        ..
-                    } => {
-                        let why = match timed_out {
-                            true => format!("{status}, timed out"),
-                            false => status.to_string(),
-                        };
-                        (why, stdout.as_str(), stderr.as_str())
-                    }
-                    other => (other.to_string(), "", ""),
-                };
-                let step = pos;
-                progress.event(&BuildEvent::StepFailed {
-                    step,
-                    why: &why,
-                    stdout,
-                    stderr,
-                });
+                report_failure(progress, pos, e);
             }
             result?;
             progress.event(&BuildEvent::StepDone(pos, started.elapsed()));
@@ -280,6 +268,32 @@ impl Recipe {
         }
         Ok(())
     }
+}
+
+/// Tells `progress` that step `step` failed with `e`: how it ended, and its output.
+fn report_failure(progress: &mut dyn Progress, step: StepPos<'_>, e: &BuildError) {
+    let (why, stdout, stderr) = match e {
+        BuildError::StepFailed {
+            status,
+            timed_out,
+            stdout,
+            stderr,
+            ..
+        } => {
+            let why = match timed_out {
+                true => format!("{status}, timed out"),
+                false => status.to_string(),
+            };
+            (why, stdout.as_str(), stderr.as_str())
+        }
+        other => (other.to_string(), "", ""),
+    };
+    progress.event(&BuildEvent::StepFailed {
+        step,
+        why: &why,
+        stdout,
+        stderr,
+    });
 }
 
 /// What one layer's build works with.

@@ -271,6 +271,9 @@ fn rootless_layers_over_the_host_keep_files_beside_the_store_copy_on_write() {
         .arg(&home)
         .status()
         .unwrap();
+    // The store as given (through a symlink in another top-level directory, for the last
+    // run) or, by default, where it is.
+    let store = std::cell::RefCell::new(home.join("store"));
     let as_nobody = |args: &[&str]| {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -279,7 +282,7 @@ fn rootless_layers_over_the_host_keep_files_beside_the_store_copy_on_write() {
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", &home)
-            .env("PRISTINE_STORE", home.join("store"))
+            .env("PRISTINE_STORE", &*store.borrow())
             .current_dir(&home)
             .output()
             .unwrap();
@@ -358,6 +361,15 @@ fn rootless_layers_over_the_host_keep_files_beside_the_store_copy_on_write() {
     // An upper on disk (in the store) without layers: the same.
     let script = host_files_script(&home);
     let (stdout, stderr) = as_nobody(&["run", "--upper-on-disk", "--", "sh", "-c", &script]);
+    assert_eq!(stdout, HOST_FILES_CHANGED, "{stderr}");
+    assert_host_files_untouched(&home);
+    // The store named through a symlink in another top-level directory: what counts is the
+    // directory that really holds it (/var here), else its layers overlap /var's overlay.
+    let elsewhere = tempfile::tempdir_in("/run").unwrap();
+    std::fs::set_permissions(elsewhere.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&home, elsewhere.path().join("home")).unwrap();
+    *store.borrow_mut() = elsewhere.path().join("home/store");
+    let (stdout, stderr) = as_nobody(&["run", "--image", "split", "--", "sh", "-c", &script]);
     assert_eq!(stdout, HOST_FILES_CHANGED, "{stderr}");
     assert_host_files_untouched(&home);
 }

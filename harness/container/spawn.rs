@@ -501,7 +501,9 @@ fn keep_upper(
 
 /// Host paths that no lower of a rootless, per-directory host root may contain (overlayfs
 /// refuses nested layers): the store, for its layers and container directories, as a whole;
-/// layers and an on-disk upper elsewhere.
+/// layers and an on-disk upper elsewhere. Each as the real path, without symlinks: what
+/// matters is which host directory holds it (a store reached through `/opt/link` may be in
+/// `/var`).
 fn split_stops(store: &Path, layers: &[PathBuf], upper: &UpperPlacement) -> Vec<PathBuf> {
     let on_disk = match upper {
         UpperPlacement::Disk { upper, work } => vec![upper, work],
@@ -515,6 +517,9 @@ fn split_stops(store: &Path, layers: &[PathBuf], upper: &UpperPlacement) -> Vec<
         }
     }
     stops
+        .into_iter()
+        .map(|s| std::fs::canonicalize(&s).unwrap_or(s))
+        .collect()
 }
 
 /// The signals `pristine run` passes on to its container.

@@ -307,12 +307,13 @@ struct LayerCtx<'a> {
     pos: LayerPos<'a>,
 }
 
-/// A step as progress shows it: `run ARGV` or `copy FROM -> TO`.
+/// A step as progress shows it, on one line: `run ARGV` or `copy FROM -> TO`.
 fn describe(step: &Step) -> String {
-    match step {
+    let text = match step {
         Step::Run { argv, .. } => format!("run {}", argv.join(" ")),
         Step::Copy { from, to } => format!("copy {} -> {}", from.display(), to.display()),
-    }
+    };
+    text.replace('\n', "\\n")
 }
 
 /// Copies host `src` to `to` in the layer being built (`upper`), creating parent
@@ -404,4 +405,25 @@ fn normalize_opaque(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_is_described_on_one_line() {
+        let run = Step::Run {
+            argv: vec!["sh".into(), "-c".into(), "printf 'a\nb\n' > /f".into()],
+            env: Default::default(),
+            workdir: "/".into(),
+            user: None,
+        };
+        assert_eq!(describe(&run), "run sh -c printf 'a\\nb\\n' > /f");
+        let copy = Step::Copy {
+            from: "seed.sql".into(),
+            to: "/srv/seed.sql".into(),
+        };
+        assert_eq!(describe(&copy), "copy seed.sql -> /srv/seed.sql");
+    }
 }

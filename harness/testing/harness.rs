@@ -473,9 +473,11 @@ impl GroupRun {
             .get_or_init(|| match &self.image {
                 None => Ok(Image::host()),
                 // Recipes built by the image function show their layers and steps on stderr
-                // (a failed step's output is in the error the trial reports).
+                // (a failed step's output is in the error the trial reports), as plain lines
+                // even on a terminal: test result lines and other groups' builds go to the
+                // same terminal meanwhile, and would tear a spinner apart.
                 Some(f) => {
-                    let progress = StderrProgress::new().failed_output(false);
+                    let progress = StderrProgress::new().plain().failed_output(false);
                     with_progress(Box::new(progress), || f())
                 }
             })

@@ -74,14 +74,14 @@ pub mod hints;
 mod image;
 mod init;
 pub mod layers;
-pub mod namespaces;
+pub(crate) mod namespaces;
 pub mod oci;
-pub mod rootfs;
+pub(crate) mod rootfs;
 mod setup;
 pub mod store;
-pub mod sys;
+pub(crate) mod sys;
 pub mod testing;
-pub mod userns;
+pub(crate) mod userns;
 pub mod whiteout;
 
 pub use container::{

@@ -284,7 +284,12 @@ pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<(), Errno> {
 /// In a forked child: clears ambient capabilities (the init may hold some when the caller
 /// is mapped to a non-root user), drops to `user`, changes to `workdir` and executes
 /// `path`. Returns only on failure, with the errno. Async-signal-safe.
-pub fn exec_command(
+///
+/// # Safety
+/// `argv` and `envp` must be NULL-terminated arrays of pointers to NUL-terminated strings
+/// that stay alive for the call (execve reads them); the caller must be a forked child that
+/// is about to exec (it changes the process's credentials and working directory).
+pub(crate) unsafe fn exec_command(
     user: Option<(u32, u32)>,
     workdir: &CStr,
     path: &CStr,
@@ -588,7 +593,12 @@ fn child_after_clone(req: &ExecRequest, ptrs: &ExecPtrs, err_fd: RawFd) -> isize
 
 /// Closes every descriptor from 3 up except `keep` (`close_range(2)`, Linux ≥ 5.9; with a
 /// loop over `/proc/self/fd` as the fallback).
-pub fn close_fds_except(keep: RawFd) {
+///
+/// # Safety
+/// Every descriptor but `keep` (and 0–2) is closed, including ones owned by `OwnedFd`s or
+/// `File`s still alive in this process: the caller must be a freshly forked child that
+/// never uses (nor drops) any of them afterwards.
+pub(crate) unsafe fn close_fds_except(keep: RawFd) {
     let ranges = [(3, keep - 1), (keep + 1, libc::c_int::MAX)];
     for (first, last) in ranges {
         if first > last {
@@ -637,7 +647,13 @@ pub fn single_threaded() -> bool {
 /// die-with-parent, writes its id maps (rootless; it holds every capability in its new user
 /// namespace, and keeps them since it does not exec) and installs `fds`. If one of those
 /// steps fails, `on_error(step, errno)` runs in the child, which then exits with 127.
-pub fn clone_fork(
+///
+/// # Safety
+/// The calling process must be single-threaded (see [`single_threaded`]): the child runs
+/// `child` and `on_error`, ordinary code that may allocate or take locks, which would
+/// deadlock on a lock another thread held at the moment of the clone. The descriptors in
+/// `fds` must be open.
+pub(crate) unsafe fn clone_fork(
     flags: CloneFlags,
     id_maps: Option<&IdMaps>,
     fds: &[(RawFd, RawFd)],

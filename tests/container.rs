@@ -231,8 +231,13 @@ fn processes_with(marker: &str) -> Vec<u32> {
 fn user_runs_the_command_unprivileged() {
     let store = TestStore::new();
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    let (uid, gid) =
-        pristine::userns::lookup_passwd(&passwd, "nobody").expect("nobody in /etc/passwd");
+    let fields: Vec<&str> = passwd
+        .lines()
+        .find(|l| l.starts_with("nobody:"))
+        .expect("nobody in /etc/passwd")
+        .split(':')
+        .collect();
+    let (uid, gid): (u32, u32) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
     let out = store
         .container(Image::host())
         .user(User::Name("nobody".into()))

@@ -86,9 +86,99 @@ fn environment(c: &Container) -> Result<Vec<String>, ConfigError> {
     Ok(env)
 }
 
+/// What validation yields: everything checked before anything is created.
+struct Validated {
+    argv: Vec<String>,
+    image: crate::Image,
+    binds: Vec<super::Bind>,
+    env: Vec<String>,
+    id: String,
+    hostname: String,
+    rootless: bool,
+}
+
+/// Where the container's layers live for one run: the on-disk container directory or the
+/// caller's own upper (both removed when this is dropped) and the upper's placement.
+struct Layout {
+    store: Store,
+    image: crate::Image,
+    /// Held for its `Drop`: removes the work directory beside a caller's upper.
+    _own_upper: Option<OwnUpper>,
+    cdir: Option<crate::store::ContainerDir>,
+    upper: UpperPlacement,
+    rootfs: RootfsSource,
+}
+
+/// The container's PID 1, once started.
+struct Started {
+    pid: Pid,
+    /// Whether `pid` is our child (not the zygote's).
+    is_child: bool,
+    /// Whether the spec reached an exec'd init (always true for the other paths).
+    spec_sent: bool,
+    started: Instant,
+}
+
+/// The descriptors a container is started with.
+struct Pipes {
+    report_r: std::os::fd::OwnedFd,
+    report_w: std::os::fd::OwnedFd,
+    /// `(source, target)` pairs to install in the child.
+    fds: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+    /// The child's ends, closed here once it has started.
+    child_ends: Vec<std::os::fd::OwnedFd>,
+    /// The captured stdout and stderr, read ends.
+    out: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+    _devnull: Option<std::os::fd::OwnedFd>,
+}
+
+/// How the container ended, as seen by the caller.
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    duration: std::time::Duration,
+    timed_out: bool,
+}
+
+/// Runs one container, stage by stage: validate, lay out the layers, plan, start PID 1,
+/// wait for it, keep the upper layer if asked.
 pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
-    // 1. Validate everything before creating anything (bubblewrap's rule): a bad input
-    //    leaves no trace.
+    let v = validate(c, argv)?;
+    let layout = lay_out(c, &v)?;
+    // Limits: the container's own cgroup, joined by PID 1 first thing; removed when this
+    // function returns (the container has ended by then).
+    let cgroup = match c.limits.any() {
+        true => Some(crate::cgroups::manager()?.create(&v.id, &c.limits)?),
+        false => None,
+    };
+    let base = layout.store.mount_base();
+    let spec = init_spec(c, &v, &layout, &base, cgroup.as_ref())?;
+    let mut pipes = Pipes::new(c.stdio == Stdio::Capture)?;
+    let mut forwarding = match pipes.out.is_some() {
+        true => None,
+        false => Some(Forwarding::hold().map_err(|e| start_error(e, v.rootless))?),
+    };
+    let started = start(&v, &spec, &mut pipes, forwarding.as_mut())?;
+    let end = wait_for(c, &v, started, pipes)?;
+    drop(forwarding);
+    let kept = keep_if_asked(c, &v, &layout, &spec.ops, &base, &end)?;
+    drop(layout);
+    drop(cgroup);
+    Ok(Outcome {
+        id: v.id,
+        status: end.status,
+        stdout: end.stdout,
+        stderr: end.stderr,
+        duration: end.duration,
+        timed_out: end.timed_out,
+        kept,
+    })
+}
+
+/// Stage 1: validate everything before creating anything (bubblewrap's rule): a bad input
+/// leaves no trace.
+fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
     if argv.is_empty() || argv[0].is_empty() {
         return Err(ConfigError::EmptyCommand.into());
     }
@@ -110,29 +200,37 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0']) {
         return Err(ConfigError::BadHostname(hostname).into());
     }
-    let rootless = sys::effective_ids().0 != 0;
+    Ok(Validated {
+        argv,
+        image,
+        binds,
+        env,
+        id,
+        hostname,
+        rootless: sys::effective_ids().0 != 0,
+    })
+}
 
+/// Stage 2: the store, the image's layers (a deep stack squashed), where the upper layer
+/// goes and where the lower layers come from.
+fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
     let store = match &c.store {
         Some(dir) => Store::open(dir)?,
         None => Store::open_default()?,
     };
-
     // Deep stacks of store layers mount as one squashed layer (built once, cached).
-    let image = crate::layers::squash_deep_stack(&store, &image).map_err(|e| Error::Io {
+    let image = crate::layers::squash_deep_stack(&store, &v.image).map_err(|e| Error::Io {
         op: "squash a deep stack of layers",
         source: std::io::Error::other(e.to_string()),
     })?;
-
-    // 2. Where the upper and lower layers come from.
     let own_upper = match &c.upper {
-        Upper::Dir(dir) => Some(OwnUpper::new(dir, &id)?),
+        Upper::Dir(dir) => Some(OwnUpper::new(dir, &v.id)?),
         _ => None,
     };
     let on_disk = own_upper.is_none() && (c.keep != Keep::Never || c.upper == Upper::Disk);
-    let cdir = if on_disk {
-        Some(store.container_dir(&id)?)
-    } else {
-        None
+    let cdir = match on_disk {
+        true => Some(store.container_dir(&v.id)?),
+        false => None,
     };
     let upper = match (&cdir, &own_upper, &c.upper) {
         (Some(d), _, _) => UpperPlacement::Disk {
@@ -146,9 +244,26 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         (None, None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: size.clone() },
         (None, None, _) => unreachable!("an on-disk upper always has a directory"),
     };
-    // Where the lower layers come from (after the upper: a rootless host root is laid
-    // out around where the upper is).
-    let rootfs = match image.base() {
+    // After the upper: a rootless host root is laid out around where the upper is.
+    let rootfs = rootfs_source(&store, &image, &upper, v.rootless)?;
+    Ok(Layout {
+        store,
+        image,
+        _own_upper: own_upper,
+        cdir,
+        upper,
+        rootfs,
+    })
+}
+
+/// Where the lower layers come from.
+fn rootfs_source(
+    store: &Store,
+    image: &crate::Image,
+    upper: &UpperPlacement,
+    rootless: bool,
+) -> Result<RootfsSource, Error> {
+    Ok(match image.base() {
         // One `lowerdir=/` overlay is cheapest, but only root may clone a lower with mounts
         // beneath it: rootless, the host root is overlaid directory by directory.
         // A directory holding the store (or a layer or an upper elsewhere) goes over a
@@ -156,7 +271,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         Base::Host if rootless => {
             let layers: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
             let (entries, mount_points) = host_entries()?;
-            let stops = split_stops(store.root(), &layers, &upper);
+            let stops = split_stops(store.root(), &layers, upper);
             let entries = match stops.is_empty() {
                 true => entries.to_vec(),
                 false => host::view_around(entries, &stops, mount_points, &sys::is_overlayfs)
@@ -173,181 +288,236 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
             RootfsSource::LayersOverHost(image.layers().iter().rev().cloned().collect())
         }
         _ => RootfsSource::Lowers(image.lowers()),
-    };
-    // Limits: the container's own cgroup, joined by PID 1 first thing; removed when this
-    // function returns (the container has ended by then).
-    let cgroup = match c.limits.any() {
-        true => Some(crate::cgroups::manager()?.create(&id, &c.limits)?),
-        false => None,
-    };
-    let base = store.mount_base();
+    })
+}
+
+/// Stage 3: the setup plan and everything else PID 1 needs.
+fn init_spec(
+    c: &Container,
+    v: &Validated,
+    layout: &Layout,
+    base: &Path,
+    cgroup: Option<&crate::cgroups::ContainerCgroup>,
+) -> Result<InitSpec, Error> {
     let ops = plan(&PlanInput {
-        base: &base,
-        rootfs: &rootfs,
-        upper: &upper,
-        rootless,
-        binds: &binds,
-        hostname: &hostname,
-        cgroups: cgroup.as_ref().map(|c| c.join.as_slice()).unwrap_or(&[]),
+        base,
+        rootfs: &layout.rootfs,
+        upper: &layout.upper,
+        rootless: v.rootless,
+        binds: &v.binds,
+        hostname: &v.hostname,
+        cgroups: cgroup.map(|c| c.join.as_slice()).unwrap_or(&[]),
     })
     .map_err(ConfigError::from)?;
     let user = match &c.user {
         None => None,
         Some(User::Id(uid, gid)) => Some((*uid, *gid)),
-        Some(User::Name(name)) => Some(lookup_user(&image, name)?),
+        Some(User::Name(name)) => Some(lookup_user(&layout.image, name)?),
     };
-    let init_spec = InitSpec {
+    Ok(InitSpec {
         ops,
-        argv,
-        env,
+        argv: v.argv.clone(),
+        env: v.env.clone(),
         workdir: c.workdir.clone(),
         user,
-    };
+    })
+}
 
-    // 3. Pipes: report out, and the command's output when captured.
-    let pipe = |op| {
-        sys::pipe_high().map_err(|e| Error::Io {
-            op,
-            source: e.errno.into(),
-        })
-    };
-    let (report_r, report_w) = pipe("create the report pipe")?;
-    let capture = c.stdio == Stdio::Capture;
-    let mut fds = Vec::new();
-    let mut child_ends = Vec::new();
-    let mut out_pipes = None;
-    let devnull;
-    if capture {
-        devnull = sys::raise_fd(
-            std::fs::File::open("/dev/null")
-                .map_err(|source| Error::Io {
-                    op: "open /dev/null",
-                    source,
-                })?
-                .into(),
-        )
-        .map_err(|e| Error::Io {
+fn pipe(op: &'static str) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), Error> {
+    sys::pipe_high().map_err(|e| Error::Io {
+        op,
+        source: e.errno.into(),
+    })
+}
+
+impl Pipes {
+    /// The report pipe, and with `capture` the command's stdout and stderr pipes and
+    /// `/dev/null` as its stdin.
+    fn new(capture: bool) -> Result<Self, Error> {
+        let (report_r, report_w) = pipe("create the report pipe")?;
+        let mut pipes = Pipes {
+            report_r,
+            report_w,
+            fds: Vec::new(),
+            child_ends: Vec::new(),
+            out: None,
+            _devnull: None,
+        };
+        if !capture {
+            return Ok(pipes);
+        }
+        let devnull = std::fs::File::open("/dev/null").map_err(|source| Error::Io {
+            op: "open /dev/null",
+            source,
+        })?;
+        let devnull = sys::raise_fd(devnull.into()).map_err(|e| Error::Io {
             op: "duplicate /dev/null",
             source: e.errno.into(),
         })?;
         let (out_r, out_w) = pipe("create the stdout pipe")?;
         let (err_r, err_w) = pipe("create the stderr pipe")?;
-        fds.extend([
+        pipes.fds.extend([
             (devnull.as_raw_fd(), 0),
             (out_w.as_raw_fd(), 1),
             (err_w.as_raw_fd(), 2),
         ]);
-        child_ends.extend([out_w, err_w]);
-        out_pipes = Some((out_r, err_r));
+        pipes.child_ends.extend([out_w, err_w]);
+        pipes.out = Some((out_r, err_r));
+        pipes._devnull = Some(devnull);
+        Ok(pipes)
     }
+}
+
+fn start_error(source: sys::SysError, rootless: bool) -> Error {
+    let hint = match source.op == "clone" {
+        true => hints::for_clone(source.errno, rootless),
+        false => hints::Hint(None),
+    };
+    Error::Start { source, hint }
+}
+
+/// Stage 4: create the namespaces and start the container's PID 1, by one of three paths.
+///
+/// Signals for a foreground container (`pristine run`'s) are blocked by `forwarding` until
+/// its pid is known to our handler: under load its command can be running, and be
+/// signalled, before `clone` has returned here. PID 1 inherits the block and keeps it until
+/// it waits for signals, so none is lost on either side.
+fn start(
+    v: &Validated,
+    spec: &InitSpec,
+    pipes: &mut Pipes,
+    forwarding: Option<&mut Forwarding>,
+) -> Result<Started, Error> {
     let (uid, gid) = sys::effective_ids();
-    let id_maps = rootless.then(|| match user {
+    let id_maps = v.rootless.then(|| match spec.user {
         Some((inside_uid, inside_gid)) => userns::own_ids_as(inside_uid, inside_gid, uid, gid),
         None => userns::own_ids_as_root(uid, gid),
     });
-    let start_error = |source: sys::SysError| {
-        let hint = if source.op == "clone" {
-            hints::for_clone(source.errno, rootless)
-        } else {
-            hints::Hint(None)
-        };
-        Error::Start { source, hint }
-    };
-
-    // 4. Create the namespaces and start the container's PID 1. Signals for a foreground
-    // container (`pristine run`'s) are blocked until its pid is known to our handler: under
-    // load its command can be running, and be signalled, before `clone` has returned here.
-    // PID 1 inherits the block and keeps it until it waits for signals, so none is lost
-    // on either side.
-    let mut forwarding = match capture {
-        true => None,
-        false => Some(Forwarding::hold().map_err(start_error)?),
-    };
     let started = Instant::now();
-    let flags = namespaces::clone_flags(rootless);
-    let mut spec_w = None;
-    let mut is_child = true;
-    let pid = if sys::single_threaded() {
-        // A single-threaded caller (`pristine run`) forks the init directly: its child may
-        // run ordinary code, so there is no exec of an init program and no spec to send.
-        let report_fd = report_w.as_raw_fd();
-        let mut child = || {
-            // SAFETY: in the forked child, the report pipe's write end is ours alone.
-            let report = unsafe { std::fs::File::from_raw_fd(report_fd) };
-            crate::init::run_forked(&init_spec, report)
-        };
-        let mut on_error = |step: &'static str, errno: nix::errno::Errno| {
-            crate::init::report_start_failure(report_fd, step, errno)
-        };
-        sys::clone_fork(flags, id_maps.as_ref(), &fds, &mut child, &mut on_error)
-            .map_err(start_error)?
-    } else if let Some(started) = {
-        // A multithreaded caller must not run anything but exec in its child. Its zygote
-        // (started once, single-threaded) forks the container instead.
-        let stdio = match &fds[..] {
-            [(i, 0), (o, 1), (e, 2)] => [*i, *o, *e],
-            _ => [0, 1, 2],
-        };
-        super::zygote::start_container(
-            &init_spec,
-            flags,
-            id_maps.as_ref(),
-            [stdio[0], stdio[1], stdio[2], report_w.as_raw_fd()],
-        )
-    } {
-        is_child = false;
-        started.map_err(start_error)?
+    let flags = namespaces::clone_flags(v.rootless);
+    let err = |e| start_error(e, v.rootless);
+    let (pid, is_child, spec_w) = if sys::single_threaded() {
+        let pid = fork_init(spec, flags, id_maps.as_ref(), pipes).map_err(err)?;
+        (pid, true, None)
+    } else if let Some(pid) = zygote_init(spec, flags, id_maps.as_ref(), pipes) {
+        (pid.map_err(err)?, false, None)
     } else {
-        // No zygote: exec pristine's own binary as the init, which reads the spec from a
-        // pipe.
-        let program = init_program().ok_or(Error::InitNotFound)?;
-        let (spec_r, w) = pipe("create the spec pipe")?;
-        fds.extend([(spec_r.as_raw_fd(), 3), (report_w.as_raw_fd(), 4)]);
-        child_ends.push(spec_r);
-        spec_w = Some(w);
-        let req = ExecRequest {
-            program: cstr("init program", program)?,
-            argv: vec![cstr("init program", program)?, cstr("argument", INIT_ARG)?],
-            envp: Vec::new(),
-            fds,
-            ambient_caps: rootless && user.is_some_and(|(u, _)| u != 0),
-            id_maps,
-        };
-        sys::clone_exec(flags, &req).map_err(start_error)?
+        let (pid, spec_w) = exec_init(v, spec, flags, id_maps, pipes)?;
+        (pid, true, Some(spec_w))
     };
-    drop(child_ends);
-    drop(report_w);
-    if let Some(f) = &mut forwarding {
+    pipes.child_ends.clear();
+    if let Some(f) = forwarding {
         f.forward_to(pid);
     }
     // Written after clone: the init reads it as soon as it runs, so no pipe buffer limit.
-    let write_result = match spec_w {
-        Some(w) => serde_json::to_vec(&init_spec)
+    let spec_sent = match spec_w {
+        Some(w) => serde_json::to_vec(spec)
             .ok()
             .and_then(|spec| nix::unistd::write(&w, &spec).ok().map(|n| n == spec.len()))
             .unwrap_or(false),
         None => true,
     };
+    Ok(Started {
+        pid,
+        is_child,
+        spec_sent,
+        started,
+    })
+}
 
-    // 5. Wait for the end (or the timeout), collecting output and the init's report.
-    let deadline = c.timeout.map(|t| started + t);
+/// A single-threaded caller (`pristine run`) forks the init directly: its child may run
+/// ordinary code, so there is no exec of an init program and no spec to send.
+fn fork_init(
+    spec: &InitSpec,
+    flags: nix::sched::CloneFlags,
+    id_maps: Option<&sys::IdMaps>,
+    pipes: &Pipes,
+) -> Result<Pid, sys::SysError> {
+    let report_fd = pipes.report_w.as_raw_fd();
+    let mut child = || {
+        // SAFETY: in the forked child, the report pipe's write end is ours alone.
+        let report = unsafe { std::fs::File::from_raw_fd(report_fd) };
+        crate::init::run_forked(spec, report)
+    };
+    let mut on_error = |step: &'static str, errno: nix::errno::Errno| {
+        crate::init::report_start_failure(report_fd, step, errno)
+    };
+    // SAFETY: `sys::single_threaded()` held just before this call.
+    unsafe { sys::clone_fork(flags, id_maps, &pipes.fds, &mut child, &mut on_error) }
+}
+
+/// A multithreaded caller must not run anything but exec in its child: its zygote
+/// (started once, single-threaded) forks the container instead. `None` if there is no
+/// zygote.
+fn zygote_init(
+    spec: &InitSpec,
+    flags: nix::sched::CloneFlags,
+    id_maps: Option<&sys::IdMaps>,
+    pipes: &Pipes,
+) -> Option<Result<Pid, sys::SysError>> {
+    let stdio = match &pipes.fds[..] {
+        [(i, 0), (o, 1), (e, 2)] => [*i, *o, *e],
+        _ => [0, 1, 2],
+    };
+    super::zygote::start_container(
+        spec,
+        flags,
+        id_maps,
+        [stdio[0], stdio[1], stdio[2], pipes.report_w.as_raw_fd()],
+    )
+}
+
+/// No zygote: exec pristine's own binary as the init, which reads the spec from a pipe
+/// (the returned write end).
+fn exec_init(
+    v: &Validated,
+    spec: &InitSpec,
+    flags: nix::sched::CloneFlags,
+    id_maps: Option<sys::IdMaps>,
+    pipes: &mut Pipes,
+) -> Result<(Pid, std::os::fd::OwnedFd), Error> {
+    let program = init_program().ok_or(Error::InitNotFound)?;
+    let (spec_r, spec_w) = pipe("create the spec pipe")?;
+    let mut fds = pipes.fds.clone();
+    fds.extend([(spec_r.as_raw_fd(), 3), (pipes.report_w.as_raw_fd(), 4)]);
+    pipes.child_ends.push(spec_r);
+    let req = ExecRequest {
+        program: cstr("init program", program)?,
+        argv: vec![cstr("init program", program)?, cstr("argument", INIT_ARG)?],
+        envp: Vec::new(),
+        fds,
+        ambient_caps: v.rootless && spec.user.is_some_and(|(u, _)| u != 0),
+        id_maps,
+    };
+    let pid = sys::clone_exec(flags, &req).map_err(|e| start_error(e, v.rootless))?;
+    Ok((pid, spec_w))
+}
+
+/// Stage 5: wait for the end (or the timeout), collecting output and the init's report.
+fn wait_for(c: &Container, v: &Validated, s: Started, pipes: Pipes) -> Result<Finished, Error> {
+    let Pipes {
+        report_r,
+        report_w,
+        out,
+        ..
+    } = pipes;
+    drop(report_w);
+    let deadline = c.timeout.map(|t| s.started + t);
     let Supervised {
         stdout,
         stderr,
         report,
         wait,
         timed_out,
-    } = supervise(pid, is_child, report_r, out_pipes, deadline);
-    let duration = started.elapsed();
-    drop(forwarding);
-
+    } = supervise(s.pid, s.is_child, report_r, out, deadline);
+    let duration = s.started.elapsed();
     let report: Option<InitReport> = serde_json::from_slice(&report).ok();
     let status = match (report, timed_out) {
         (_, true) => ExitStatus::Signaled(libc::SIGKILL),
         (Some(InitReport::Exited(code)), _) => ExitStatus::Exited(code),
         (Some(InitReport::Signaled(sig)), _) => ExitStatus::Signaled(sig),
         (Some(InitReport::SetupFailed(e)), _) => {
-            let hint = hints::for_setup(&e.op, e.errno, rootless);
+            let hint = hints::for_setup(&e.op, e.errno, v.rootless);
             return Err(Error::Setup {
                 step: e.step,
                 detail: e.detail,
@@ -359,47 +529,49 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
             return Err(Error::Exec { program, errno })
         }
         (None, false) => {
-            if !write_result {
-                return Err(Error::Lost {
-                    pid: pid.as_raw(),
-                    how: format!("could not send it the spec; it ended with {wait}"),
-                });
-            }
+            let how = match s.spec_sent {
+                true => wait,
+                false => format!("could not send it the spec; it ended with {wait}"),
+            };
             return Err(Error::Lost {
-                pid: pid.as_raw(),
-                how: wait,
+                pid: s.pid.as_raw(),
+                how,
             });
         }
     };
-
-    // 6. Keep the upper layer if asked; the container directory goes either way.
-    let keep = match c.keep {
-        Keep::Never => false,
-        Keep::Always => true,
-        Keep::OnFailure => !status.success() || timed_out,
-    };
-    let kept = match (keep, &cdir) {
-        (true, Some(d)) => {
-            let upper_dir = match &upper {
-                UpperPlacement::Disk { upper, .. } => Some(upper.as_path()),
-                UpperPlacement::Tmpfs { .. } => None,
-            };
-            let scaffold = scaffold(&init_spec.ops, &base.join("root"), upper_dir);
-            Some(keep_upper(&store, &id, &d.upper(), &image, &scaffold)?)
-        }
-        _ => None,
-    };
-    drop(cdir);
-    drop(cgroup);
-    Ok(Outcome {
-        id,
+    Ok(Finished {
         status,
         stdout,
         stderr,
         duration,
         timed_out,
-        kept,
     })
+}
+
+/// Stage 6: keep the upper layer if asked (the container directory goes either way, when
+/// the layout is dropped).
+fn keep_if_asked(
+    c: &Container,
+    v: &Validated,
+    layout: &Layout,
+    ops: &[SetupOp],
+    base: &Path,
+    end: &Finished,
+) -> Result<Option<Kept>, Error> {
+    let keep = match c.keep {
+        Keep::Never => false,
+        Keep::Always => true,
+        Keep::OnFailure => !end.status.success() || end.timed_out,
+    };
+    let (true, Some(d)) = (keep, &layout.cdir) else {
+        return Ok(None);
+    };
+    let upper_dir = match &layout.upper {
+        UpperPlacement::Disk { upper, .. } => Some(upper.as_path()),
+        UpperPlacement::Tmpfs { .. } => None,
+    };
+    let scaffold = scaffold(ops, &base.join("root"), upper_dir);
+    keep_upper(&layout.store, &v.id, &d.upper(), &layout.image, &scaffold).map(Some)
 }
 
 /// What the setup steps made under the new root (mount points, symlinks, and directories of

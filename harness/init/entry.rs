@@ -68,7 +68,9 @@ fn run() -> i32 {
 pub(crate) fn run_forked(spec: &InitSpec, report_file: File) -> ! {
     // A fork has all of its parent's descriptors (locks held by the caller, other
     // containers' pipes in a zygote); PID 1 keeps only its stdio and the report pipe.
-    sys::close_fds_except(report_file.as_raw_fd());
+    // SAFETY: a forked child that ends in `exit_now` below: no descriptor of the caller's
+    // (now closed) is used or dropped afterwards.
+    unsafe { sys::close_fds_except(report_file.as_raw_fd()) };
     let report = run_container(spec);
     let code = finish(report, report_file);
     // No atexit handlers or buffers of the caller's copy of the process.

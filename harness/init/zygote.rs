@@ -141,13 +141,18 @@ fn start(req: &ZygoteRequest, fds: &[OwnedFd]) -> ZygoteReply {
     let mut on_error = |step: &'static str, errno: Errno| {
         super::entry::report_start_failure(report_fd, step, errno)
     };
-    match sys::clone_fork(
-        CloneFlags::from_bits_truncate(req.flags),
-        maps.as_ref(),
-        &stdio,
-        &mut child,
-        &mut on_error,
-    ) {
+    // SAFETY: the zygote is single-threaded (it starts no thread), and `stdio` holds the
+    // descriptors received with this request, open until it is answered.
+    let started = unsafe {
+        sys::clone_fork(
+            CloneFlags::from_bits_truncate(req.flags),
+            maps.as_ref(),
+            &stdio,
+            &mut child,
+            &mut on_error,
+        )
+    };
+    match started {
         Ok(pid) => ZygoteReply::Started(pid.as_raw()),
         Err(e) => ZygoteReply::Failed {
             op: e.op.to_string(),

@@ -57,6 +57,11 @@ pub enum ConfigError {
     /// A hostname the kernel would refuse.
     #[error("hostname {0:?} must be 1 to 64 characters without '/' or NUL")]
     BadHostname(String),
+    /// A capability name the kernel does not know.
+    #[error(
+        "unknown capability {0:?}: expected a name such as CAP_SYS_ADMIN (see capabilities(7))"
+    )]
+    UnknownCapability(String),
     /// A user name the image's /etc/passwd does not have.
     #[error("user {0:?} is not in the image's /etc/passwd")]
     UnknownUser(String),

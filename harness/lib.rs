@@ -67,6 +67,7 @@
 #![warn(missing_docs)]
 
 pub mod cgroups;
+pub(crate) mod confine;
 mod container;
 pub mod diff;
 mod error;
@@ -84,6 +85,7 @@ pub mod testing;
 pub(crate) mod userns;
 pub mod whiteout;
 
+pub use confine::parse_capability;
 pub use container::{
     forward_signals_to_foreground, Bind, Container, ExitStatus, Keep, Kept, Outcome, Stdio, Upper,
     User,

@@ -163,6 +163,14 @@ struct RunArgs {
     /// Kill the whole container after this long (e.g. 500ms, 10s, 2m).
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Run unconfined: every capability, no seccomp filter, /proc unmasked, setuid
+    /// binaries honoured. As root the command is then host root; only for trusted commands.
+    #[arg(long)]
+    privileged: bool,
+    /// Keep this capability (e.g. CAP_SYS_ADMIN, NET_ADMIN) on top of the default set and
+    /// open the system calls that go with it (repeatable).
+    #[arg(long = "cap-add", value_name = "CAP", value_parser = parse_cap)]
+    cap_add: Vec<String>,
     /// Keep the upper layer after the container ends and print what changed.
     #[arg(long)]
     keep: bool,
@@ -183,6 +191,11 @@ struct RunArgs {
 
 fn parse_bind(s: &str) -> Result<Bind, String> {
     s.parse().map_err(|e: pristine::ConfigError| e.to_string())
+}
+
+fn parse_cap(s: &str) -> Result<String, String> {
+    pristine::parse_capability(s)
+        .ok_or_else(|| format!("unknown capability {s:?}: expected a name such as CAP_SYS_ADMIN"))
 }
 
 fn parse_user(s: &str) -> Result<User, String> {
@@ -262,6 +275,12 @@ fn run(args: RunArgs) -> ExitCode {
     }
     if let Some(m) = args.memory {
         c = c.memory_limit(m);
+    }
+    if args.privileged {
+        c = c.privileged();
+    }
+    for cap in args.cap_add {
+        c = c.cap_add(cap);
     }
     if let Some(n) = args.pids {
         c = c.pids_limit(n);
@@ -485,6 +504,8 @@ fn main() -> ExitCode {
                 memory: None,
                 pids: None,
                 timeout: None,
+                privileged: false,
+                cap_add: Vec::new(),
                 keep: false,
                 upper_size: "4g".into(),
                 upper_on_disk: false,

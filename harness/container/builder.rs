@@ -79,6 +79,7 @@ pub struct Container {
     pub(crate) store: Option<PathBuf>,
     pub(crate) user: Option<User>,
     pub(crate) limits: crate::cgroups::Limits,
+    pub(crate) privileges: crate::confine::Privileges,
 }
 
 /// Whom the command runs as inside the container.
@@ -108,7 +109,29 @@ impl Container {
             store: None,
             user: None,
             limits: Default::default(),
+            privileges: Default::default(),
         }
+    }
+
+    /// Runs the container unconfined: every capability, no seccomp filter, `/proc`
+    /// unmasked, setuid binaries honoured. This gives the isolation away: as root, the
+    /// command is host root (it can load kernel modules, mount the host's disks, reboot
+    /// the machine); rootless, it is root of its user namespace and can remount its
+    /// read-only binds writable. Only for tests of code that itself mounts or needs
+    /// every capability. Mounts and namespaces stay the container's own.
+    pub fn privileged(mut self) -> Self {
+        self.privileges.privileged = true;
+        self
+    }
+
+    /// Keeps capability `cap` (`CAP_SYS_ADMIN`, `NET_ADMIN`, …) on top of the default set,
+    /// and opens the system calls Docker's seccomp profile opens for it. Each gives away
+    /// what the capability allows: `CAP_SYS_ADMIN` mounts (and, as root, the host's
+    /// disks), `CAP_SYS_MODULE` kernel modules, `CAP_NET_ADMIN` the container's own network
+    /// only. An unknown name fails the run with a configuration error.
+    pub fn cap_add(mut self, cap: impl Into<String>) -> Self {
+        self.privileges.cap_add.push(cap.into());
+        self
     }
 
     /// Limits the container's memory (its processes and their page cache) to `bytes`; a

@@ -95,6 +95,8 @@ struct Validated {
     id: String,
     hostname: String,
     rootless: bool,
+    /// With canonical capability names.
+    privileges: crate::confine::Privileges,
 }
 
 /// Where the container's layers live for one run: the on-disk container directory or the
@@ -200,7 +202,13 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
     if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0']) {
         return Err(ConfigError::BadHostname(hostname).into());
     }
+    let mut privileges = c.privileges.clone();
+    for cap in &mut privileges.cap_add {
+        *cap = crate::confine::parse_capability(cap)
+            .ok_or_else(|| ConfigError::UnknownCapability(cap.clone()))?;
+    }
     Ok(Validated {
+        privileges,
         argv,
         image,
         binds,
@@ -307,6 +315,7 @@ fn init_spec(
         binds: &v.binds,
         hostname: &v.hostname,
         cgroups: cgroup.map(|c| c.join.as_slice()).unwrap_or(&[]),
+        privileges: &v.privileges,
     })
     .map_err(ConfigError::from)?;
     let user = match &c.user {
@@ -396,6 +405,9 @@ fn start(
     let started = Instant::now();
     let flags = namespaces::clone_flags(v.rootless);
     let err = |e| start_error(e, v.rootless);
+    // The seccomp filter is compiled once in a process that forks containers, before the
+    // fork, so each container only loads it.
+    crate::setup::prepare(&spec.ops);
     let (pid, is_child, spec_w) = if sys::single_threaded() {
         let pid = fork_init(spec, flags, id_maps.as_ref(), pipes).map_err(err)?;
         (pid, true, None)
@@ -585,6 +597,7 @@ fn scaffold(ops: &[SetupOp], root: &Path, upper: Option<&Path>) -> Vec<PathBuf> 
                 .and_then(|u| path.strip_prefix(u).ok())
                 .filter(|rel| !rel.as_os_str().is_empty()),
             SetupOp::Bind { target, .. }
+            | SetupOp::BindDevice { target, .. }
             | SetupOp::Overlay { target, .. }
             | SetupOp::Tmpfs { target, .. }
             | SetupOp::Proc { target }

@@ -141,6 +141,7 @@ fn start(req: &ZygoteRequest, fds: &[OwnedFd]) -> ZygoteReply {
     let mut on_error = |step: &'static str, errno: Errno| {
         super::entry::report_start_failure(report_fd, step, errno)
     };
+    crate::setup::prepare(&req.spec.ops);
     // SAFETY: the zygote is single-threaded (it starts no thread), and `stdio` holds the
     // descriptors received with this request, open until it is answered.
     let started = unsafe {

@@ -30,11 +30,9 @@ pub fn dev_ops(root: &Path, rootless: bool) -> Vec<SetupOp> {
     ];
     for &(name, major, minor) in DEVICES {
         ops.push(if rootless {
-            SetupOp::Bind {
+            SetupOp::BindDevice {
                 source: Path::new("/dev").join(name),
                 target: dev.join(name),
-                readonly: false,
-                recursive: false,
             }
         } else {
             SetupOp::CharDevice {

@@ -1,16 +1,15 @@
 //! Applying setup steps, in the init process (single-threaded, inside the new namespaces).
 
-use std::io;
 use std::path::Path;
 
 use nix::errno::Errno;
 use nix::mount::MsFlags;
-use nix::sys::stat::SFlag;
 use serde::{Deserialize, Serialize};
 
+use super::syscall::{Linux, Syscall, ATTR_NODEV, ATTR_NOSUID, ATTR_RDONLY};
 use super::SetupOp;
 use crate::rootfs::overlay::{host_view_options, overlay_options, OverlayOptionsError};
-use crate::sys::{self, SysError};
+use crate::sys::SysError;
 
 /// A setup step that failed, as reported from the init to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -30,18 +29,19 @@ pub(crate) struct ApplyError {
     pub detail: String,
 }
 
-fn io_err(op: &'static str, path: &Path, e: io::Error) -> SysError {
-    SysError::new(
-        op,
-        Some(path),
-        Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    )
+/// Applies every step in order with the real system calls; stops at the first failure.
+pub(crate) fn apply(ops: &[SetupOp]) -> Result<(), ApplyError> {
+    let root = ops.iter().find_map(|op| match op {
+        SetupOp::PivotRoot { new_root } => Some(new_root.clone()),
+        _ => None,
+    });
+    apply_with(&Linux { root }, ops)
 }
 
-/// Applies every step in order; stops at the first failure.
-pub(crate) fn apply(ops: &[SetupOp]) -> Result<(), ApplyError> {
+/// Applies every step in order through `sys`; stops at the first failure.
+pub(crate) fn apply_with(sys: &dyn Syscall, ops: &[SetupOp]) -> Result<(), ApplyError> {
     for (index, op) in ops.iter().enumerate() {
-        apply_one(op).map_err(|e| ApplyError {
+        apply_one(sys, op).map_err(|e| ApplyError {
             index,
             step: op.to_string(),
             op: e.op.to_string(),
@@ -53,20 +53,20 @@ pub(crate) fn apply(ops: &[SetupOp]) -> Result<(), ApplyError> {
     Ok(())
 }
 
-fn apply_one(op: &SetupOp) -> Result<(), SysError> {
+/// Every mount but `/dev`'s own is `nosuid` and `nodev`.
+const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+
+fn apply_one(sys: &dyn Syscall, op: &SetupOp) -> Result<(), SysError> {
     match op {
-        SetupOp::UnlessGone { source, op } => match apply_one(op) {
-            Err(_) if std::fs::symlink_metadata(source).is_err() => Ok(()),
+        SetupOp::UnlessGone { source, op } => match apply_one(sys, op) {
+            Err(_) if !sys.exists(source) => Ok(()),
             result => result,
         },
-        SetupOp::JoinCgroups { procs } => procs
-            .iter()
-            .try_for_each(|p| std::fs::write(p, "0").map_err(|e| io_err("join cgroup", p, e))),
-        SetupOp::MakeRootPrivate => sys::mount(
+        SetupOp::JoinCgroups { procs } => procs.iter().try_for_each(|p| sys.join_cgroup(p)),
+        SetupOp::MakeRootPrivate => sys.mount(
             "make / rprivate",
             None,
             Path::new("/"),
-            None,
             MsFlags::MS_REC | MsFlags::MS_PRIVATE,
             None,
         ),
@@ -75,28 +75,14 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
             options,
             nodev,
         } => {
-            let mut flags = MsFlags::MS_NOSUID;
-            if *nodev {
-                flags |= MsFlags::MS_NODEV;
-            }
-            sys::mount(
-                "mount tmpfs",
-                Some(Path::new("tmpfs")),
-                target,
-                Some("tmpfs"),
-                flags,
-                Some(options),
-            )
+            let flags = match nodev {
+                true => NOSUID_NODEV,
+                false => MsFlags::MS_NOSUID,
+            };
+            sys.mount("mount tmpfs", Some("tmpfs"), target, flags, Some(options))
         }
-        SetupOp::Mkdir { path, mode } => {
-            // PID 1 runs with umask 0, so the mode is exactly this.
-            std::os::unix::fs::DirBuilderExt::mode(
-                std::fs::DirBuilder::new().recursive(true),
-                *mode,
-            )
-            .create(path)
-            .map_err(|e| io_err("mkdir", path, e))
-        }
+        // PID 1 runs with umask 0, so the mode is exactly this.
+        SetupOp::Mkdir { path, mode } => sys.mkdir(path, *mode),
         SetupOp::Overlay {
             target,
             lowers,
@@ -108,7 +94,14 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
                 Ok(data) => data,
                 // Too many layers for one option page: one `lowerdir+` per layer instead.
                 Err(OverlayOptionsError::TooLong { .. }) => {
-                    return sys::mount_overlay_layered(target, lowers, upper, work, *userxattr)
+                    sys.mount_overlay_layered(target, lowers, upper, work, *userxattr)?;
+                    return sys.mount(
+                        "make the overlay nosuid,nodev",
+                        None,
+                        target,
+                        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | NOSUID_NODEV,
+                        None,
+                    );
                 }
                 Err(_) => {
                     return Err(SysError::new(
@@ -118,12 +111,11 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
                     ))
                 }
             };
-            sys::mount(
+            sys.mount(
                 "mount overlay",
-                Some(Path::new("overlay")),
-                target,
                 Some("overlay"),
-                MsFlags::empty(),
+                target,
+                NOSUID_NODEV,
                 Some(&data),
             )
         }
@@ -135,12 +127,11 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
         } => {
             let data = host_view_options(source, empty, *userxattr)
                 .map_err(|_| SysError::new("build overlay options", Some(target), Errno::EINVAL))?;
-            sys::mount(
+            sys.mount(
                 "mount a read-only overlay view of a host directory",
-                Some(Path::new("overlay")),
-                target,
                 Some("overlay"),
-                MsFlags::MS_RDONLY,
+                target,
+                MsFlags::MS_RDONLY | NOSUID_NODEV,
                 Some(&data),
             )
         }
@@ -149,22 +140,17 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
             target,
             readonly,
             recursive,
-        } => bind(source, target, *readonly, *recursive),
-        SetupOp::Symlink { target, link } => match std::os::unix::fs::symlink(target, link) {
-            // An upper layer that outlives its container (a layer being built in several
-            // steps) already has the links pristine recreated the first time.
-            Err(e) if std::fs::read_link(link).ok().as_deref() == Some(target.as_path()) => {
-                let _ = e;
-                Ok(())
-            }
-            r => r.map_err(|e| io_err("symlink", link, e)),
-        },
-        SetupOp::Proc { target } => sys::mount(
+        } => {
+            let ro = if *readonly { ATTR_RDONLY } else { 0 };
+            sys.bind(source, target, *recursive, ro | ATTR_NOSUID | ATTR_NODEV)
+        }
+        SetupOp::BindDevice { source, target } => sys.bind(source, target, false, ATTR_NOSUID),
+        SetupOp::Symlink { target, link } => sys.symlink(target, link),
+        SetupOp::Proc { target } => sys.mount(
             "mount proc",
-            Some(Path::new("proc")),
-            target,
             Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            target,
+            NOSUID_NODEV | MsFlags::MS_NOEXEC,
             None,
         ),
         SetupOp::Devpts { target, tty_gid } => {
@@ -173,67 +159,73 @@ fn apply_one(op: &SetupOp) -> Result<(), SysError> {
             } else {
                 "newinstance,ptmxmode=0666,mode=620"
             };
-            sys::mount(
-                "mount devpts",
-                Some(Path::new("devpts")),
-                target,
-                Some("devpts"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-                Some(data),
-            )
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+            sys.mount("mount devpts", Some("devpts"), target, flags, Some(data))
         }
-        SetupOp::CharDevice { path, major, minor } => {
-            sys::mknod(path, SFlag::S_IFCHR, 0o666, *major, *minor)
-        }
-        SetupOp::PivotRoot { new_root } => sys::pivot_root_and_detach(new_root),
-        SetupOp::Hostname { name } => sys::sethostname(name),
-        SetupOp::LoopbackUp => sys::loopback_up(),
+        SetupOp::CharDevice { path, major, minor } => sys.mknod(path, *major, *minor),
+        SetupOp::PivotRoot { new_root } => sys.pivot_root(new_root),
+        SetupOp::Hostname { name } => sys.sethostname(name),
+        SetupOp::LoopbackUp => sys.loopback_up(),
+        SetupOp::MaskPath { path } => sys.mask(path),
+        SetupOp::ReadOnlyPath { path } => sys.read_only(path),
+        SetupOp::NewSession => sys.setsid(),
+        SetupOp::LimitCapabilities { keep } => sys.limit_capabilities(keep),
+        SetupOp::NoNewPrivileges => sys.set_no_new_privs(),
+        SetupOp::Seccomp { caps } => sys.load_seccomp(caps),
     }
-}
-
-fn bind(source: &Path, target: &Path, readonly: bool, recursive: bool) -> Result<(), SysError> {
-    let meta = std::fs::metadata(source).map_err(|e| io_err("stat bind source", source, e))?;
-    if meta.is_dir() {
-        std::fs::create_dir_all(target).map_err(|e| io_err("mkdir bind target", target, e))?;
-    } else if std::fs::symlink_metadata(target).is_err() {
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io_err("mkdir bind target", parent, e))?;
-        }
-        std::fs::File::create(target).map_err(|e| io_err("create bind target", target, e))?;
-    }
-    let mut flags = MsFlags::MS_BIND;
-    if recursive {
-        flags |= MsFlags::MS_REC;
-    }
-    sys::mount("bind mount", Some(source), target, None, flags, None)?;
-    if readonly {
-        // A read-only remount must keep the flags the kernel locked on the source mount
-        // (nosuid, nodev, noexec...) or it fails with EPERM in a user namespace.
-        let locked = nix::sys::statvfs::statvfs(target)
-            .map_err(|e| SysError::new("statvfs", Some(target), e))?
-            .flags();
-        use nix::sys::statvfs::FsFlags;
-        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-        for (st, ms) in [
-            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-        ] {
-            if locked.contains(st) {
-                flags |= ms;
-            }
-        }
-        sys::mount("remount bind read-only", None, target, None, flags, None)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::confine::Privileges;
+    use crate::container::Bind;
+    use crate::setup::syscall::Recorder;
+    use crate::setup::{plan, PlanInput, RootfsSource, UpperPlacement};
+
+    /// The system calls that applying the plan for `rootfs` makes, one a line.
+    fn recorded(rootfs: RootfsSource, rootless: bool) -> String {
+        let binds = [Bind {
+            source: "/data".into(),
+            target: "/srv/data".into(),
+            readonly: true,
+        }];
+        let ops = plan(&PlanInput {
+            base: Path::new("/store/run/mnt"),
+            rootfs: &rootfs,
+            upper: &UpperPlacement::Tmpfs { size: "4g".into() },
+            rootless,
+            binds: &binds,
+            hostname: "h",
+            cgroups: &[],
+            privileges: &Privileges::default(),
+        })
+        .unwrap();
+        let rec = Recorder::default();
+        apply_with(&rec, &ops).unwrap();
+        let calls = rec.calls.borrow();
+        calls.iter().map(|c| format!("{c}\n")).collect()
+    }
+
+    #[test]
+    fn root_mode_system_calls() {
+        let text = recorded(RootfsSource::Lowers(vec!["/".into()]), false);
+        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+            insta::assert_snapshot!(text);
+        });
+    }
+
+    #[test]
+    fn rootless_system_calls() {
+        let rootfs = RootfsSource::HostEntries {
+            entries: vec![crate::rootfs::host::HostEntry::ReadOnlyBind("usr".into())],
+            layers: vec![],
+        };
+        let text = recorded(rootfs, true);
+        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+            insta::assert_snapshot!(text);
+        });
+    }
 
     #[test]
     fn a_step_whose_source_is_gone_is_skipped_and_only_then() {

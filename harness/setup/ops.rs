@@ -86,6 +86,14 @@ pub enum SetupOp {
         /// Bind the whole subtree (`MS_REC`).
         recursive: bool,
     },
+    /// Bind-mount a host device node (rootless `/dev`, where `mknod` is refused): like
+    /// [`SetupOp::Bind`], but the one bind whose mount keeps device nodes usable.
+    BindDevice {
+        /// Host device node.
+        source: PathBuf,
+        /// Path below the new root.
+        target: PathBuf,
+    },
     /// Create a symbolic link `link` pointing at `target`.
     Symlink {
         /// What the link points to.
@@ -126,6 +134,32 @@ pub enum SetupOp {
     },
     /// Bring `lo` up in the new network namespace.
     LoopbackUp,
+    /// Hide a path of the container's `/proc` (after `pivot_root`): `/dev/null` over a
+    /// file, an empty read-only tmpfs over a directory; nothing if it does not exist.
+    MaskPath {
+        /// Path inside the container.
+        path: PathBuf,
+    },
+    /// Make a path of the container's `/proc` read-only, with everything below it.
+    ReadOnlyPath {
+        /// Path inside the container.
+        path: PathBuf,
+    },
+    /// `setsid`: a session of its own, without the caller's controlling terminal.
+    NewSession,
+    /// Cut the capabilities to `keep` in the bounding, effective, permitted and inheritable
+    /// sets, and clear the ambient set.
+    LimitCapabilities {
+        /// Canonical capability names, sorted.
+        keep: Vec<String>,
+    },
+    /// `prctl(PR_SET_NO_NEW_PRIVS)`: setuid binaries and file capabilities grant nothing.
+    NoNewPrivileges,
+    /// Load Docker's default seccomp profile, opened for the capabilities in `caps`.
+    Seccomp {
+        /// The capabilities kept (the profile opens their system calls).
+        caps: Vec<String>,
+    },
 }
 
 impl SetupOp {
@@ -199,6 +233,14 @@ impl fmt::Display for SetupOp {
                 if *recursive { " rec" } else { "" },
                 if *readonly { " ro" } else { "" }
             ),
+            SetupOp::BindDevice { source, target } => {
+                write!(
+                    f,
+                    "bind device {} -> {}",
+                    source.display(),
+                    target.display()
+                )
+            }
             SetupOp::Symlink { target, link } => {
                 write!(f, "symlink {} -> {}", link.display(), target.display())
             }
@@ -210,6 +252,14 @@ impl fmt::Display for SetupOp {
             SetupOp::PivotRoot { new_root } => write!(f, "pivot_root {}", new_root.display()),
             SetupOp::Hostname { name } => write!(f, "sethostname {name}"),
             SetupOp::LoopbackUp => write!(f, "ip link set lo up"),
+            SetupOp::MaskPath { path } => write!(f, "mask {}", path.display()),
+            SetupOp::ReadOnlyPath { path } => write!(f, "read-only {}", path.display()),
+            SetupOp::NewSession => write!(f, "setsid"),
+            SetupOp::LimitCapabilities { keep } => {
+                write!(f, "limit capabilities to {}", keep.join(","))
+            }
+            SetupOp::NoNewPrivileges => write!(f, "set no_new_privs"),
+            SetupOp::Seccomp { .. } => write!(f, "load seccomp filter (Docker's default)"),
         }
     }
 }

@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use super::SetupOp;
+use crate::confine::{procfs, Privileges};
 use crate::container::Bind;
 use crate::rootfs::devices::dev_ops;
 use crate::rootfs::host::{mode_bits, HostEntry};
@@ -71,6 +72,8 @@ pub(crate) struct PlanInput<'a> {
     pub hostname: &'a str,
     /// `cgroup.procs` files to join, if the container has limits.
     pub cgroups: &'a [PathBuf],
+    /// What the container's processes may do beyond the default confinement.
+    pub privileges: &'a Privileges,
 }
 
 /// Computes the setup steps for one container. Fails only if an overlay's options cannot
@@ -187,6 +190,9 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
         name: input.hostname.to_string(),
     });
     ops.push(SetupOp::LoopbackUp);
+    if !input.privileges.privileged {
+        ops.extend(confinement(input.privileges));
+    }
     for op in &ops {
         let op = match op {
             SetupOp::UnlessGone { op, .. } => op,
@@ -209,6 +215,30 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
         }
     }
     Ok(ops)
+}
+
+/// The confinement steps, after `pivot_root` (the paths are the container's own), in
+/// runc's order: `/proc` masked and made read-only while the init may still mount, the
+/// session, the capabilities (bounding set first, while `CAP_SETPCAP` is still there),
+/// `no_new_privs`, and the seccomp filter last, since it forbids what came before.
+fn confinement(privileges: &Privileges) -> Vec<SetupOp> {
+    let mut ops: Vec<SetupOp> = procfs::MASKED
+        .iter()
+        .map(|p| SetupOp::MaskPath { path: p.into() })
+        .collect();
+    ops.extend(
+        procfs::READ_ONLY
+            .iter()
+            .map(|p| SetupOp::ReadOnlyPath { path: p.into() }),
+    );
+    let keep = privileges.kept_capabilities();
+    ops.extend([
+        SetupOp::NewSession,
+        SetupOp::LimitCapabilities { keep: keep.clone() },
+        SetupOp::NoNewPrivileges,
+        SetupOp::Seccomp { caps: keep },
+    ]);
+    ops
 }
 
 /// Where the per-directory layout of the host root goes, and what it stacks.
@@ -447,9 +477,55 @@ mod tests {
             binds,
             hostname: "h",
             cgroups: &[],
+            privileges: &Privileges::default(),
         })
         .unwrap();
         ops.iter().map(|op| format!("{op}\n")).collect()
+    }
+
+    #[test]
+    fn privileged_containers_get_no_confinement_and_added_capabilities_are_kept() {
+        let input = |privileges| {
+            plan(&PlanInput {
+                base: Path::new("/b"),
+                rootfs: &RootfsSource::Lowers(vec!["/".into()]),
+                upper: &tmpfs_upper(),
+                rootless: false,
+                binds: &[],
+                hostname: "h",
+                cgroups: &[],
+                privileges,
+            })
+            .unwrap()
+        };
+        let confining = |op: &SetupOp| {
+            matches!(
+                op,
+                SetupOp::MaskPath { .. }
+                    | SetupOp::ReadOnlyPath { .. }
+                    | SetupOp::NewSession
+                    | SetupOp::LimitCapabilities { .. }
+                    | SetupOp::NoNewPrivileges
+                    | SetupOp::Seccomp { .. }
+            )
+        };
+        let privileged = Privileges {
+            privileged: true,
+            cap_add: vec![],
+        };
+        assert!(!input(&privileged).iter().any(confining));
+        let admin = Privileges {
+            privileged: false,
+            cap_add: vec!["CAP_SYS_ADMIN".into()],
+        };
+        let ops = input(&admin);
+        let kept = ops.iter().find_map(|op| match op {
+            SetupOp::LimitCapabilities { keep } => Some(keep.clone()),
+            _ => None,
+        });
+        assert!(kept.unwrap().contains(&"CAP_SYS_ADMIN".to_string()));
+        // The filter is the last step: nothing after it needs a forbidden system call.
+        assert!(matches!(ops.last(), Some(SetupOp::Seccomp { .. })));
     }
 
     fn tmpfs_upper() -> UpperPlacement {

@@ -80,6 +80,7 @@ pub(crate) struct Group {
     carry: Option<bool>,
     user: Option<User>,
     timeout: Option<Duration>,
+    privileges: crate::confine::Privileges,
     pub(crate) tests: Vec<TestDef>,
 }
 
@@ -96,6 +97,7 @@ impl Group {
             carry: None,
             user: None,
             timeout: None,
+            privileges: Default::default(),
             tests: Vec::new(),
         }
     }
@@ -221,6 +223,21 @@ impl Harness {
     /// because a rootless container has only one uid.
     pub fn user(mut self, user: User) -> Self {
         self.current().user = Some(user);
+        self
+    }
+
+    /// Runs the current group's containers unconfined (see
+    /// [`Container::privileged`](crate::Container::privileged), which says what this gives
+    /// away): for tests of code that mounts or needs every capability.
+    pub fn privileged(mut self) -> Self {
+        self.current().privileges.privileged = true;
+        self
+    }
+
+    /// Keeps capability `cap` in the current group's containers (see
+    /// [`Container::cap_add`](crate::Container::cap_add)).
+    pub fn cap_add(mut self, cap: impl Into<String>) -> Self {
+        self.current().privileges.cap_add.push(cap.into());
         self
     }
 
@@ -405,6 +422,7 @@ impl Harness {
                 workdir: g.workdir,
                 carry: g.carry,
                 timeout: g.timeout,
+                privileges: g.privileges,
             });
             for t in g.tests {
                 if let Some(why) = t.misconfigured {
@@ -465,6 +483,7 @@ struct GroupRun {
     workdir: Option<PathBuf>,
     carry: Option<bool>,
     timeout: Option<Duration>,
+    privileges: crate::confine::Privileges,
 }
 
 impl GroupRun {
@@ -623,6 +642,12 @@ fn run_trial(
     }
     if let Some(u) = &group.user {
         c = c.user(u.clone());
+    }
+    if group.privileges.privileged {
+        c = c.privileged();
+    }
+    for cap in &group.privileges.cap_add {
+        c = c.cap_add(cap);
     }
     if let Some(s) = &config.store {
         c = c.store(s);

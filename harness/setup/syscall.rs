@@ -1,0 +1,399 @@
+//! The system calls the setup makes, behind a trait (as youki's `Syscall`): [`Linux`]
+//! makes them, and the tests' recording double checks their order and flags without root.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::MsFlags;
+use nix::sys::stat::{Mode, SFlag};
+
+use crate::sys::inroot::{self, Kind, Root};
+use crate::sys::{self, SysError, SysResult};
+
+/// Mount attributes (`MOUNT_ATTR_*`) that binds are made with.
+pub(crate) use crate::sys::inroot::{ATTR_NODEV, ATTR_NOSUID, ATTR_RDONLY};
+
+/// Every system call of the setup. Paths below the new root are resolved inside it by the
+/// implementation, never through a symlink out of it.
+pub(crate) trait Syscall {
+    /// Writes `0` to a `cgroup.procs`.
+    fn join_cgroup(&self, procs: &Path) -> SysResult<()>;
+    /// `mount(2)` of a filesystem (or a propagation change with `fstype` `None`).
+    fn mount(
+        &self,
+        op: &'static str,
+        fstype: Option<&str>,
+        target: &Path,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> SysResult<()>;
+    /// An overlay through the new mount API, one `lowerdir+` per layer.
+    fn mount_overlay_layered(
+        &self,
+        target: &Path,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        userxattr: bool,
+    ) -> SysResult<()>;
+    /// Creates a directory and its parents, with `mode`.
+    fn mkdir(&self, path: &Path, mode: u32) -> SysResult<()>;
+    /// Binds `source` onto `target` (created as a file or directory like `source`), with
+    /// `MOUNT_ATTR_*` attributes `attrs` on every mount of the bound tree.
+    fn bind(&self, source: &Path, target: &Path, recursive: bool, attrs: u64) -> SysResult<()>;
+    /// Creates a symlink.
+    fn symlink(&self, target: &Path, link: &Path) -> SysResult<()>;
+    /// Creates a character device node, mode 0666.
+    fn mknod(&self, path: &Path, major: u64, minor: u64) -> SysResult<()>;
+    /// `pivot_root` into `new_root` and detach the old root.
+    fn pivot_root(&self, new_root: &Path) -> SysResult<()>;
+    /// Hides `path` (see [`super::SetupOp::MaskPath`]).
+    fn mask(&self, path: &Path) -> SysResult<()>;
+    /// Makes `path` and everything below it read-only.
+    fn read_only(&self, path: &Path) -> SysResult<()>;
+    fn sethostname(&self, name: &str) -> SysResult<()>;
+    fn loopback_up(&self) -> SysResult<()>;
+    fn setsid(&self) -> SysResult<()>;
+    fn limit_capabilities(&self, keep: &[String]) -> SysResult<()>;
+    fn set_no_new_privs(&self) -> SysResult<()>;
+    fn load_seccomp(&self, caps: &[String]) -> SysResult<()>;
+    /// Whether `path` exists (not following a final symlink).
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// The real system calls. Paths strictly below `root` (the new root's mount point, before
+/// `pivot_root`) are resolved inside it.
+pub(crate) struct Linux {
+    pub(crate) root: Option<PathBuf>,
+}
+
+impl Linux {
+    /// The root `path` must be resolved in, if it is below the new root.
+    fn root_for(&self, path: &Path) -> SysResult<Option<Root>> {
+        match &self.root {
+            Some(root) if path != root && path.starts_with(root) => Root::open(root).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn open_path(path: &Path) -> SysResult<OwnedFd> {
+        nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| SysError::new("open", Some(path), e))
+    }
+
+    /// The bind target `target`, created like `source` (a directory 0755 or a file 0644).
+    fn bind_target(&self, source: &Path, target: &Path) -> SysResult<OwnedFd> {
+        let meta = std::fs::metadata(source).map_err(|e| io_err("stat bind source", source, e))?;
+        let (kind, mode) = match meta.is_dir() {
+            true => (Kind::Dir, 0o755),
+            false => (Kind::File, 0o644),
+        };
+        if let Some(root) = self.root_for(target)? {
+            return root.create(target, kind, mode);
+        }
+        if std::fs::symlink_metadata(target).is_err() {
+            match kind {
+                Kind::Dir => self.mkdir(target, mode)?,
+                Kind::File => {
+                    if let Some(parent) = target.parent() {
+                        self.mkdir(parent, 0o755)?;
+                    }
+                    nix::fcntl::open(
+                        target,
+                        OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(mode),
+                    )
+                    .map_err(|e| SysError::new("create bind target", Some(target), e))?;
+                }
+            }
+        }
+        Self::open_path(target)
+    }
+}
+
+pub(crate) fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> SysError {
+    SysError::new(
+        op,
+        Some(path),
+        Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    )
+}
+
+impl Syscall for Linux {
+    fn join_cgroup(&self, procs: &Path) -> SysResult<()> {
+        std::fs::write(procs, "0").map_err(|e| io_err("join cgroup", procs, e))
+    }
+
+    fn mount(
+        &self,
+        op: &'static str,
+        fstype: Option<&str>,
+        target: &Path,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> SysResult<()> {
+        let source = fstype.map(Path::new);
+        match self.root_for(target)? {
+            Some(root) => {
+                let fd = root.resolve(target)?;
+                sys::mount(op, source, &inroot::fd_path(&fd), fstype, flags, data)
+                    .map_err(|e| SysError::new(op, Some(target), e.errno))
+            }
+            None => sys::mount(op, source, target, fstype, flags, data),
+        }
+    }
+
+    fn mount_overlay_layered(
+        &self,
+        target: &Path,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        userxattr: bool,
+    ) -> SysResult<()> {
+        sys::mount_overlay_layered(target, lowers, upper, work, userxattr)
+    }
+
+    fn mkdir(&self, path: &Path, mode: u32) -> SysResult<()> {
+        if let Some(root) = self.root_for(path)? {
+            return root.create(path, Kind::Dir, mode).map(drop);
+        }
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), mode)
+            .create(path)
+            .map_err(|e| io_err("mkdir", path, e))
+    }
+
+    fn bind(&self, source: &Path, target: &Path, recursive: bool, attrs: u64) -> SysResult<()> {
+        let fd = self.bind_target(source, target)?;
+        inroot::bind_onto(source, &fd, recursive, attrs, target)
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> SysResult<()> {
+        let made = match self.root_for(link)? {
+            Some(root) => {
+                let (dir, name) = root.parent_of(link)?;
+                nix::unistd::symlinkat(target, dir.as_fd(), name.as_c_str())
+                    .map_err(|e| SysError::new("symlink", Some(link), e))
+            }
+            None => {
+                std::os::unix::fs::symlink(target, link).map_err(|e| io_err("symlink", link, e))
+            }
+        };
+        match made {
+            // An upper layer that outlives its container (a layer being built in several
+            // steps) already has the links pristine recreated the first time.
+            Err(e) if e.errno == Errno::EEXIST && self.same_link(link, target) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn mknod(&self, path: &Path, major: u64, minor: u64) -> SysResult<()> {
+        let dev = nix::sys::stat::makedev(major, minor);
+        let mode = Mode::from_bits_truncate(0o666);
+        match self.root_for(path)? {
+            Some(root) => {
+                let (dir, name) = root.parent_of(path)?;
+                nix::sys::stat::mknodat(dir.as_fd(), name.as_c_str(), SFlag::S_IFCHR, mode, dev)
+                    .map_err(|e| SysError::new("mknod", Some(path), e))
+            }
+            None => sys::mknod(path, SFlag::S_IFCHR, 0o666, major, minor),
+        }
+    }
+
+    fn pivot_root(&self, new_root: &Path) -> SysResult<()> {
+        sys::pivot_root_and_detach(new_root)
+    }
+
+    fn mask(&self, path: &Path) -> SysResult<()> {
+        match std::fs::metadata(path) {
+            Err(_) => Ok(()),
+            Ok(m) if m.is_dir() => sys::mount(
+                "mask with an empty tmpfs",
+                Some(Path::new("tmpfs")),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0,mode=0555"),
+            ),
+            Ok(_) => {
+                let fd = Self::open_path(path)?;
+                inroot::bind_onto(
+                    Path::new("/dev/null"),
+                    &fd,
+                    false,
+                    ATTR_RDONLY | ATTR_NOSUID,
+                    path,
+                )
+            }
+        }
+    }
+
+    fn read_only(&self, path: &Path) -> SysResult<()> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Ok(());
+        }
+        let fd = Self::open_path(path)?;
+        inroot::bind_onto(
+            path,
+            &fd,
+            true,
+            ATTR_RDONLY | ATTR_NOSUID | ATTR_NODEV,
+            path,
+        )
+    }
+
+    fn sethostname(&self, name: &str) -> SysResult<()> {
+        sys::sethostname(name)
+    }
+
+    fn loopback_up(&self) -> SysResult<()> {
+        sys::loopback_up()
+    }
+
+    fn setsid(&self) -> SysResult<()> {
+        sys::new_session()
+    }
+
+    fn limit_capabilities(&self, keep: &[String]) -> SysResult<()> {
+        crate::confine::caps::limit(keep)
+    }
+
+    fn set_no_new_privs(&self) -> SysResult<()> {
+        sys::set_no_new_privs()
+    }
+
+    fn load_seccomp(&self, caps: &[String]) -> SysResult<()> {
+        crate::confine::seccomp::load(caps)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok()
+    }
+}
+
+impl Linux {
+    fn same_link(&self, link: &Path, target: &Path) -> bool {
+        std::fs::read_link(link).ok().as_deref() == Some(target)
+    }
+}
+
+/// A recording double: every call becomes one line, in order.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Recorder {
+    pub(crate) calls: std::cell::RefCell<Vec<String>>,
+}
+
+#[cfg(test)]
+impl Recorder {
+    fn record(&self, line: String) -> SysResult<()> {
+        self.calls.borrow_mut().push(line);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+fn attrs_str(attrs: u64) -> String {
+    let names = [
+        (ATTR_RDONLY, "RDONLY"),
+        (ATTR_NOSUID, "NOSUID"),
+        (ATTR_NODEV, "NODEV"),
+    ];
+    let set: Vec<&str> = names
+        .iter()
+        .filter(|(a, _)| attrs & a != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    set.join("|")
+}
+
+#[cfg(test)]
+impl Syscall for Recorder {
+    fn join_cgroup(&self, procs: &Path) -> SysResult<()> {
+        self.record(format!("join_cgroup {}", procs.display()))
+    }
+    fn mount(
+        &self,
+        _op: &'static str,
+        fstype: Option<&str>,
+        target: &Path,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> SysResult<()> {
+        self.record(format!(
+            "mount {} {} {:?} {}",
+            fstype.unwrap_or("-"),
+            target.display(),
+            flags,
+            data.unwrap_or("")
+        ))
+    }
+    fn mount_overlay_layered(
+        &self,
+        target: &Path,
+        lowers: &[PathBuf],
+        _upper: &Path,
+        _work: &Path,
+        _userxattr: bool,
+    ) -> SysResult<()> {
+        self.record(format!(
+            "fsmount overlay {} ({} lowers)",
+            target.display(),
+            lowers.len()
+        ))
+    }
+    fn mkdir(&self, path: &Path, mode: u32) -> SysResult<()> {
+        self.record(format!("mkdir {} {mode:04o}", path.display()))
+    }
+    fn bind(&self, source: &Path, target: &Path, recursive: bool, attrs: u64) -> SysResult<()> {
+        self.record(format!(
+            "bind {} {}{} attrs={}",
+            source.display(),
+            target.display(),
+            if recursive { " rec" } else { "" },
+            attrs_str(attrs)
+        ))
+    }
+    fn symlink(&self, target: &Path, link: &Path) -> SysResult<()> {
+        self.record(format!(
+            "symlink {} -> {}",
+            link.display(),
+            target.display()
+        ))
+    }
+    fn mknod(&self, path: &Path, major: u64, minor: u64) -> SysResult<()> {
+        self.record(format!("mknod {} c {major} {minor}", path.display()))
+    }
+    fn pivot_root(&self, new_root: &Path) -> SysResult<()> {
+        self.record(format!("pivot_root {}", new_root.display()))
+    }
+    fn mask(&self, path: &Path) -> SysResult<()> {
+        self.record(format!("mask {}", path.display()))
+    }
+    fn read_only(&self, path: &Path) -> SysResult<()> {
+        self.record(format!("read_only {}", path.display()))
+    }
+    fn sethostname(&self, name: &str) -> SysResult<()> {
+        self.record(format!("sethostname {name}"))
+    }
+    fn loopback_up(&self) -> SysResult<()> {
+        self.record("loopback_up".into())
+    }
+    fn setsid(&self) -> SysResult<()> {
+        self.record("setsid".into())
+    }
+    fn limit_capabilities(&self, keep: &[String]) -> SysResult<()> {
+        self.record(format!("capabilities {}", keep.join(",")))
+    }
+    fn set_no_new_privs(&self) -> SysResult<()> {
+        self.record("prctl PR_SET_NO_NEW_PRIVS".into())
+    }
+    fn load_seccomp(&self, caps: &[String]) -> SysResult<()> {
+        self.record(format!("seccomp (caps {})", caps.len()))
+    }
+    fn exists(&self, _path: &Path) -> bool {
+        true
+    }
+}

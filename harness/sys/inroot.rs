@@ -1,0 +1,264 @@
+//! Paths resolved inside a container's root (`openat2` with `RESOLVE_IN_ROOT`, as runc's
+//! securejoin and youki do): an image's symlink such as `data -> /host/dir` then points at
+//! the root's own `/host/dir`, never at the host's. Mounts go onto the resolved descriptor
+//! (its `/proc/self/fd` link) or, for binds, are moved there from a detached clone
+//! (`open_tree`, `mount_setattr`, `move_mount`), so no path is looked up twice.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+
+use super::{fd_result, SysError, SysResult};
+
+/// A directory tree that paths are resolved in: `/` for `..` and absolute symlinks.
+pub(crate) struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn how(flags: OFlag, resolve: ResolveFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(resolve)
+}
+
+/// The resolution every in-root lookup uses: inside the root, no magic links (`/proc`
+/// links of the container's own making would lead out).
+const IN_ROOT: ResolveFlag = ResolveFlag::RESOLVE_IN_ROOT.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
+
+/// What to create at the end of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Dir,
+    File,
+}
+
+impl Root {
+    /// Opens `path` (pristine's own directory, e.g. the new root's mount point).
+    pub(crate) fn open(path: &Path) -> SysResult<Root> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SysError::new("open the container root", Some(path), e))?;
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn rel<'a>(&self, path: &'a Path) -> &'a Path {
+        path.strip_prefix(&self.path).unwrap_or(path)
+    }
+
+    /// Opens `path` (absolute on the host, below this root) as an `O_PATH` descriptor,
+    /// resolved inside the root.
+    pub(crate) fn resolve(&self, path: &Path) -> SysResult<OwnedFd> {
+        let rel = self.rel(path);
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        openat2(self.fd.as_fd(), rel, how(OFlag::O_PATH, IN_ROOT))
+            .map_err(|e| SysError::new("resolve inside the container root", Some(path), e))
+    }
+
+    /// Creates the directories on the way to `path` and `path` itself as `kind` (with
+    /// `mode`), each resolved inside the root; existing entries are kept. Returns the
+    /// final entry, opened `O_PATH`.
+    pub(crate) fn create(&self, path: &Path, kind: Kind, mode: u32) -> SysResult<OwnedFd> {
+        let rel = self.rel(path);
+        let mut parent = self.resolve(&self.path)?;
+        let mut so_far = PathBuf::new();
+        let names: Vec<&OsStr> = rel
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            so_far.push(name);
+            let last = i + 1 == names.len();
+            let flags = match last && kind == Kind::File {
+                true => OFlag::O_PATH,
+                false => OFlag::O_PATH | OFlag::O_DIRECTORY,
+            };
+            match openat2(self.fd.as_fd(), &so_far, how(flags, IN_ROOT)) {
+                Ok(fd) => parent = fd,
+                Err(Errno::ENOENT) => {
+                    let full = self.path.join(&so_far);
+                    make(
+                        &parent,
+                        name,
+                        last.then_some(kind).unwrap_or(Kind::Dir),
+                        mode,
+                        &full,
+                    )?;
+                    parent = openat2(self.fd.as_fd(), &so_far, how(flags, IN_ROOT))
+                        .map_err(|e| SysError::new("open what was just created", Some(&full), e))?;
+                }
+                Err(e) => {
+                    return Err(SysError::new(
+                        "resolve inside the container root",
+                        Some(&self.path.join(&so_far)),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(parent)
+    }
+
+    /// Creates the directory holding `path` (resolved inside the root) and returns it
+    /// with the last name of `path`.
+    pub(crate) fn parent_of(&self, path: &Path) -> SysResult<(OwnedFd, CString)> {
+        let parent = path.parent().unwrap_or(path);
+        let dir = self.create(parent, Kind::Dir, 0o755)?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| SysError::new("name a path", Some(path), Errno::EINVAL))?;
+        Ok((dir, cstring(name, path)?))
+    }
+}
+
+fn cstring(s: &OsStr, path: &Path) -> SysResult<CString> {
+    CString::new(s.as_bytes()).map_err(|_| SysError::new("path", Some(path), Errno::EINVAL))
+}
+
+/// Creates `name` in `dir`. An existing entry that the resolution did not find is a
+/// dangling symlink: an error that says so, since what it points to is not ours to make.
+fn make(dir: &OwnedFd, name: &OsStr, kind: Kind, mode: u32, full: &Path) -> SysResult<()> {
+    let made = match kind {
+        Kind::Dir => nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(mode)),
+        Kind::File => nix::fcntl::openat(
+            dir.as_fd(),
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(mode),
+        )
+        .map(drop),
+    };
+    match made {
+        Ok(()) => Ok(()),
+        Err(Errno::EEXIST) | Err(Errno::ELOOP) => Err(SysError::new(
+            "create a mount point (the image has a dangling symlink there)",
+            Some(full),
+            Errno::ELOOP,
+        )),
+        Err(e) => Err(SysError::new("create a mount point", Some(full), e)),
+    }
+}
+
+/// The `/proc/self/fd` link of `fd`, a path `mount(2)` can take as its target.
+pub(crate) fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const AT_EMPTY_PATH: libc::c_uint = 0x1000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// `MOUNT_ATTR_*` flags for [`bind_onto`] and [`set_attrs`].
+pub(crate) const ATTR_RDONLY: u64 = 0x1;
+pub(crate) const ATTR_NOSUID: u64 = 0x2;
+pub(crate) const ATTR_NODEV: u64 = 0x4;
+
+/// `struct mount_attr` (mount_setattr(2)).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn setattr(
+    dirfd: libc::c_int,
+    path: &CStr,
+    flags: libc::c_uint,
+    set: u64,
+    what: &Path,
+) -> SysResult<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads the NUL-terminated path and `attr` (of the size passed)
+    // during the call; `dirfd` is open or AT_FDCWD.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(SysError::new(
+            "set mount attributes",
+            Some(what),
+            Errno::last(),
+        ));
+    }
+    Ok(())
+}
+
+/// Binds `source` (a host path, followed as given) onto `target` (an `O_PATH` descriptor):
+/// a detached clone of `source` (the whole tree with `recursive`) gets the attributes `set`
+/// on every mount in it before it is attached, so no window exists in which it is
+/// writable, and a read-only submount cannot be left writable.
+pub(crate) fn bind_onto(
+    source: &Path,
+    target: &OwnedFd,
+    recursive: bool,
+    set: u64,
+    what: &Path,
+) -> SysResult<()> {
+    let csource = cstring(source.as_os_str(), source)?;
+    let rec = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: open_tree reads the NUL-terminated path during the call.
+    let tree = fd_result("clone the bind source (open_tree)", Some(source), unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            csource.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec,
+        )
+    })?;
+    if set != 0 {
+        setattr(tree.as_raw_fd(), c"", AT_EMPTY_PATH | rec, set, what)?;
+    }
+    // SAFETY: move_mount reads the two empty NUL-terminated strings; both fds are open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(SysError::new(
+            "attach the bind mount (move_mount)",
+            Some(what),
+            Errno::last(),
+        ));
+    }
+    Ok(())
+}

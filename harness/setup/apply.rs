@@ -89,19 +89,27 @@ fn apply_one(sys: &dyn Syscall, op: &SetupOp) -> Result<(), SysError> {
             upper,
             work,
             userxattr,
+            nosuid,
         } => {
+            let flags = match nosuid {
+                true => NOSUID_NODEV,
+                false => MsFlags::empty(),
+            };
             let data = match overlay_options(lowers, upper, work, *userxattr, false) {
                 Ok(data) => data,
                 // Too many layers for one option page: one `lowerdir+` per layer instead.
                 Err(OverlayOptionsError::TooLong { .. }) => {
                     sys.mount_overlay_layered(target, lowers, upper, work, *userxattr)?;
-                    return sys.mount(
-                        "make the overlay nosuid,nodev",
-                        None,
-                        target,
-                        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | NOSUID_NODEV,
-                        None,
-                    );
+                    return match nosuid {
+                        true => sys.mount(
+                            "make the overlay nosuid,nodev",
+                            None,
+                            target,
+                            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | NOSUID_NODEV,
+                            None,
+                        ),
+                        false => Ok(()),
+                    };
                 }
                 Err(_) => {
                     return Err(SysError::new(
@@ -111,13 +119,7 @@ fn apply_one(sys: &dyn Syscall, op: &SetupOp) -> Result<(), SysError> {
                     ))
                 }
             };
-            sys.mount(
-                "mount overlay",
-                Some("overlay"),
-                target,
-                NOSUID_NODEV,
-                Some(&data),
-            )
+            sys.mount("mount overlay", Some("overlay"), target, flags, Some(&data))
         }
         SetupOp::HostView {
             source,

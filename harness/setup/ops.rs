@@ -51,6 +51,8 @@ pub enum SetupOp {
         work: PathBuf,
         /// Use `user.overlay.*` xattrs (required inside a user namespace).
         userxattr: bool,
+        /// Mount `nosuid,nodev` (every container but a privileged one).
+        nosuid: bool,
     },
     /// Mount a read-only overlay of one host directory alone (`/` as root, the directory
     /// holding the store rootless): a view of it on its own superblock, so that layers
@@ -192,16 +194,18 @@ impl fmt::Display for SetupOp {
                 upper,
                 work,
                 userxattr,
+                nosuid,
             } => {
                 let lowers: Vec<_> = lowers.iter().map(|l| l.display().to_string()).collect();
                 write!(
                     f,
-                    "mount overlay {} (lower={} upper={} work={}{})",
+                    "mount overlay {} (lower={} upper={} work={}{}{})",
                     target.display(),
                     lowers.join(":"),
                     upper.display(),
                     work.display(),
-                    if *userxattr { " userxattr" } else { "" }
+                    if *userxattr { " userxattr" } else { "" },
+                    if *nosuid { " nosuid,nodev" } else { "" }
                 )
             }
             SetupOp::UnlessGone { source, op } => {

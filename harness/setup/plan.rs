@@ -86,6 +86,8 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
         // The base still holds the root mount point; it needs almost no space.
         UpperPlacement::Disk { upper, work } => (upper.clone(), work.clone(), "1m"),
     };
+    // A confined container honours no setuid bit and opens no device node outside /dev.
+    let nosuid = !input.privileges.privileged;
     let mut ops = Vec::new();
     if !input.cgroups.is_empty() {
         ops.push(SetupOp::JoinCgroups {
@@ -112,6 +114,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             upper: upper.clone(),
             work: work.clone(),
             userxattr: input.rootless,
+            nosuid,
         }),
         RootfsSource::LayersOverHost(layers) => {
             let (view, empty) = (base.join("host"), base.join("empty"));
@@ -132,6 +135,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 upper: upper.clone(),
                 work: work.clone(),
                 userxattr: input.rootless,
+                nosuid,
             });
         }
         RootfsSource::HostEntries { entries, layers } => {
@@ -161,6 +165,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 layers,
                 nested: &nested,
                 userxattr: input.rootless,
+                nosuid,
             };
             dirs.entry_ops(Path::new(""), entries, &mut ops);
         }
@@ -253,6 +258,8 @@ struct HostDirs<'a> {
     /// Directories no overlay lower may contain.
     nested: &'a [&'a Path],
     userxattr: bool,
+    /// Overlays are `nosuid,nodev` (all but privileged containers).
+    nosuid: bool,
 }
 
 impl HostDirs<'_> {
@@ -298,6 +305,7 @@ impl HostDirs<'_> {
                         upper: self.upper.join(&rel_name),
                         work: self.work.join(&rel_name),
                         userxattr: self.userxattr,
+                        nosuid: self.nosuid,
                     };
                     ops.push(guarded(host.join(&name), overlay));
                 }

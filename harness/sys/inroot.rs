@@ -98,7 +98,7 @@ impl Root {
                     make(
                         &parent,
                         name,
-                        last.then_some(kind).unwrap_or(Kind::Dir),
+                        if last { kind } else { Kind::Dir },
                         mode,
                         &full,
                     )?;

@@ -10,6 +10,9 @@
 //!     tmpfs → overlay of `/` → `pivot_root` → `/proc` → exec → wait);
 //!   - `pristine_true_tmpfs` / `pristine_true_disk_upper`: the library, upper on a tmpfs
 //!     or in the store on disk;
+//!   - `pristine_true_privileged`: the tmpfs case without confinement (no capability
+//!     drop, seccomp filter, `/proc` masking or new session): what hardening costs is
+//!     `pristine_true_tmpfs` minus this;
 //!   - `pristine_true_host_layer`: the library over the host image plus one stored layer;
 //!   - `pristine_cli_true`: the `pristine run` process, for a process-level comparison;
 //!   - `bwrap_true`: bubblewrap, when it is on `PATH` (no copy-on-write).
@@ -130,6 +133,20 @@ static HOST_LAYER: OnceLock<Image> = OnceLock::new();
 
 fn pristine_true(store: &Path, upper: Option<Upper>) {
     pristine_true_on(store, Image::host(), upper);
+}
+
+/// `/bin/true` in an unconfined (privileged) container, upper on a tmpfs.
+fn pristine_true_privileged(store: &Path) {
+    let out = Container::new(Image::host())
+        .store(store)
+        .privileged()
+        .run(["/bin/true"])
+        .unwrap_or_else(|e| panic!("pristine: {e}"));
+    assert!(
+        out.status.success(),
+        "pristine --privileged /bin/true: {}",
+        out.status
+    );
 }
 
 /// `/bin/true` over the host image plus one stored layer: one overlay over a read-only
@@ -412,6 +429,7 @@ fn check_everything_works<'a>(
 ) -> (Option<&'a Floor>, Option<PathBuf>) {
     plain_spawn_true();
     pristine_true(store, None);
+    pristine_true_privileged(store);
     pristine_true(store, Some(Upper::Disk));
     pristine_true_host_layer(store);
     pristine_cli_true(store);
@@ -464,6 +482,9 @@ fn bench_cycle(c: &mut Criterion, store: &Path, floor: Option<&Floor>, bwrap: Op
     }
     g.bench_function("pristine_true_tmpfs", |b| {
         b.iter(|| pristine_true(store, None))
+    });
+    g.bench_function("pristine_true_privileged", |b| {
+        b.iter(|| pristine_true_privileged(store))
     });
     g.bench_function("pristine_true_disk_upper", |b| {
         b.iter(|| pristine_true(store, Some(Upper::Disk)))
@@ -575,6 +596,10 @@ fn interleaved(
             Box::new(|| pristine_true(store, None)),
         ),
         (
+            "pristine_true_privileged",
+            Box::new(|| pristine_true_privileged(store)),
+        ),
+        (
             "pristine_true_disk_upper",
             Box::new(|| pristine_true(store, Some(Upper::Disk))),
         ),
@@ -653,6 +678,7 @@ fn print_summary(
         "plain_spawn_true",
         "kernel_floor_true",
         "pristine_true_tmpfs",
+        "pristine_true_privileged",
         "pristine_true_disk_upper",
         "pristine_true_host_layer",
         "pristine_cli_true",
@@ -676,6 +702,7 @@ fn print_summary(
     println!("{:<48} {:>9} {:>12}", "ratios", "criterion", "interleaved");
     for (a, b) in [
         ("pristine_true_tmpfs", "kernel_floor_true"),
+        ("pristine_true_tmpfs", "pristine_true_privileged"),
         ("pristine_cli_true", "bwrap_true"),
         ("pristine_true_disk_upper", "pristine_true_tmpfs"),
         ("pristine_true_host_layer", "pristine_true_tmpfs"),
@@ -689,6 +716,17 @@ fn print_summary(
             ratio(inter(a), inter(b))
         );
     }
+    let added = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:+.3} ms", (a - b) / 1e6),
+        _ => "(not run)".to_string(),
+    };
+    let (hard, soft) = ("pristine_true_tmpfs", "pristine_true_privileged");
+    println!(
+        "  {:<46} {:>9} {:>12}",
+        "confinement added per container",
+        added(crit(hard), crit(soft)),
+        added(inter(hard), inter(soft))
+    );
     println!();
     println!(
         "throughput ({WORKERS} workers, {THROUGHPUT_CONTAINERS} containers per iteration, median)"

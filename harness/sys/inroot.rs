@@ -95,13 +95,13 @@ impl Root {
                 Ok(fd) => parent = fd,
                 Err(Errno::ENOENT) => {
                     let full = self.path.join(&so_far);
-                    make(
-                        &parent,
-                        name,
-                        if last { kind } else { Kind::Dir },
-                        mode,
-                        &full,
-                    )?;
+                    // Directories on the way get the usual 0755; `mode` is the last entry's.
+                    let (kind, mode) = if last {
+                        (kind, mode)
+                    } else {
+                        (Kind::Dir, 0o755)
+                    };
+                    make(&parent, name, kind, mode, &full)?;
                     parent = openat2(self.fd.as_fd(), &so_far, how(flags, IN_ROOT))
                         .map_err(|e| SysError::new("open what was just created", Some(&full), e))?;
                 }
@@ -261,4 +261,43 @@ pub(crate) fn bind_onto(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn creation_follows_symlinks_only_inside_the_root_with_sane_modes() {
+        let outside = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let link = root.path().join("evil");
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        // The link's target as the root sees it (the host image has it, as a lower).
+        let inside = root.path().join(outside.path().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        let r = Root::open(root.path()).unwrap();
+        let old = crate::sys::umask(0);
+        let made = r.create(&link.join("x/y"), Kind::File, 0o644);
+        crate::sys::umask(old);
+        made.unwrap();
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&inside.join("x")), 0o755);
+        assert_eq!(mode(&inside.join("x/y")), 0o644);
+    }
+
+    #[test]
+    fn a_dangling_symlink_is_a_clear_error() {
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/nowhere", root.path().join("proc")).unwrap();
+        let r = Root::open(root.path()).unwrap();
+        let err = r
+            .create(&root.path().join("proc"), Kind::Dir, 0o755)
+            .unwrap_err();
+        assert!(err.op.contains("dangling symlink"), "{err}");
+        assert!(!root.path().join("nowhere").exists());
+    }
 }

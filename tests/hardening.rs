@@ -376,6 +376,16 @@ fn read_only_binds_stay_read_only() {
         std::fs::read_to_string(vol.path().join("f")).unwrap(),
         "host\n"
     );
+    // With CAP_SYS_ADMIN the filter lets a nested user namespace be made; the kernel still
+    // keeps the read-only flag it inherits locked there.
+    let nested =
+        "unshare -Urm sh -c 'mount -o remount,rw,bind /vol && echo c > /vol/f'; cat /vol/f";
+    let out = f.sh(c().cap_add("CAP_SYS_ADMIN"), nested);
+    assert_eq!(out.stdout_str(), "host\n", "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(vol.path().join("f")).unwrap(),
+        "host\n"
+    );
     // Privileged, the remount goes through (and writes this test's own file).
     let out = f.sh(c().privileged(), attack);
     assert_ne!(out.stdout_str(), "host\n", "{out:?}");

@@ -1056,12 +1056,6 @@ pub fn mount_overlay_layered(
 
 pub(crate) mod inroot;
 
-/// Starts a new session (`setsid`): the container loses the caller's controlling
-/// terminal, so it cannot push input into it (`TIOCSTI`).
-pub(crate) fn new_session() -> SysResult<()> {
-    no_path("setsid", nix::unistd::setsid().map(drop))
-}
-
 /// Sets `no_new_privs`: no `execve` grants privileges again (setuid bits and file
 /// capabilities are ignored), and a seccomp filter may be loaded without `CAP_SYS_ADMIN`.
 pub(crate) fn set_no_new_privs() -> SysResult<()> {

@@ -175,6 +175,7 @@ mod probes {
                 "syslog" => report(libc::syscall(libc::SYS_syslog, 10, 0, 0)),
                 "unshare-user" => report(libc::unshare(libc::CLONE_NEWUSER) as libc::c_long),
                 "euid" => format!("ok {}", libc::geteuid()),
+                "tiocsti" => report(libc::ioctl(0, libc::TIOCSTI, c"x".as_ptr()) as libc::c_long),
                 other => panic!("no probe {other}"),
             }
         }
@@ -209,11 +210,12 @@ fn confined_by_default_and_not_when_privileged() {
     let text = status(f.container(Image::host()).privileged());
     assert!(text.contains("NoNewPrivs:\t0"), "{text}");
     assert!(text.contains("Seccomp:\t0"), "{text}");
-    // A new session: the caller's terminal is not the container's.
-    let out = f.sh(f.container(Image::host()), "cat /proc/self/stat");
-    let stat = out.stdout_str();
-    let fields: Vec<&str> = stat.split_whitespace().collect();
-    assert_eq!(fields[5], "1", "session id is PID 1's: {fields:?}");
+    // No input pushed into a terminal (stdin is /dev/null here: ENOTTY once the call
+    // reaches the kernel).
+    let r = f.probe(f.container(Image::host()), "tiocsti");
+    assert_eq!(r, format!("errno {}", libc::EPERM));
+    let r = f.probe(f.container(Image::host()).privileged(), "tiocsti");
+    assert_eq!(r, format!("errno {}", libc::ENOTTY));
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The seccomp filter: Docker's default profile (moby `profiles/seccomp/default.json`) as an
 //! allow list compiled with `seccompiler`; everything else fails with `EPERM`.
 //!
-//! Departures, all stricter: `io_uring_*` are not allowed (newer Docker releases removed
+//! Departures, all stricter: `ioctl(TIOCSTI)` and `ioctl(TIOCLINUX)` are refused (as
+//! bubblewrap does), `io_uring_*` are not allowed (newer Docker releases removed
 //! them too: they bypass the filter), and system calls of other ABIs (i386, x32) are
 //! refused, since the filter only knows x86_64 numbers. System calls that Docker opens only
 //! with a capability (`mount` with `CAP_SYS_ADMIN`, `reboot` with `CAP_SYS_BOOT`…) are opened
@@ -121,7 +122,6 @@ const ALLOWED: &[libc::c_long] = nrs![
     SYS_inotify_init1,
     SYS_inotify_rm_watch,
     SYS_io_cancel,
-    SYS_ioctl,
     SYS_io_destroy,
     SYS_io_getevents,
     SYS_ioprio_get,
@@ -386,6 +386,10 @@ const BY_CAPABILITY: &[(&str, &[libc::c_long])] = &[
 /// The namespace flags `clone` may not carry without `CAP_SYS_ADMIN` (Docker's mask
 /// 0x7E020000: NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET).
 const CLONE_NAMESPACES: u64 = 0x7E02_0000;
+/// `ioctl` requests refused, as bubblewrap refuses them when it makes no new session:
+/// `TIOCSTI` pushes input into a terminal (the caller's, which the container shares), and
+/// `TIOCLINUX` can do the same on a virtual console.
+const TTY_INJECTION: &[u64] = &[0x5412, 0x541C];
 /// `AF_VSOCK`: the one socket family Docker refuses (it reaches the hypervisor's host).
 const AF_VSOCK: u64 = 40;
 /// The `personality` values Docker allows: PER_LINUX, UNAME26, ADDR_NO_RANDOMIZE
@@ -445,6 +449,14 @@ pub(crate) fn rules(keep: &[String]) -> BTreeMap<i64, Vec<SeccompRule>> {
         ))],
     };
     rules.insert(libc::SYS_clone, clone);
+    let ioctl = TTY_INJECTION
+        .iter()
+        .map(|&req| cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, req))
+        .collect();
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![SeccompRule::new(ioctl).expect("conditions")],
+    );
     let socket = rule(cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, AF_VSOCK));
     rules.insert(libc::SYS_socket, vec![socket]);
     let personality = PERSONALITIES
@@ -560,8 +572,9 @@ mod tests {
         ] {
             assert!(!r.contains_key(&nr), "syscall {nr} must not be allowed");
         }
-        // Conditional: clone only without namespace flags.
+        // Conditional: clone only without namespace flags, ioctl but not TIOCSTI.
         assert_eq!(r[&libc::SYS_clone].len(), 1);
+        assert_eq!(r[&libc::SYS_ioctl].len(), 1);
     }
 
     #[test]

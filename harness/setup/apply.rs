@@ -170,7 +170,6 @@ fn apply_one(sys: &dyn Syscall, op: &SetupOp) -> Result<(), SysError> {
         SetupOp::LoopbackUp => sys.loopback_up(),
         SetupOp::MaskPath { path } => sys.mask(path),
         SetupOp::ReadOnlyPath { path } => sys.read_only(path),
-        SetupOp::NewSession => sys.setsid(),
         SetupOp::LimitCapabilities { keep } => sys.limit_capabilities(keep),
         SetupOp::NoNewPrivileges => sys.set_no_new_privs(),
         SetupOp::Seccomp { caps } => sys.load_seccomp(caps),

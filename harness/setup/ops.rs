@@ -147,8 +147,6 @@ pub enum SetupOp {
         /// Path inside the container.
         path: PathBuf,
     },
-    /// `setsid`: a session of its own, without the caller's controlling terminal.
-    NewSession,
     /// Cut the capabilities to `keep` in the bounding, effective, permitted and inheritable
     /// sets, and clear the ambient set.
     LimitCapabilities {
@@ -258,7 +256,6 @@ impl fmt::Display for SetupOp {
             SetupOp::LoopbackUp => write!(f, "ip link set lo up"),
             SetupOp::MaskPath { path } => write!(f, "mask {}", path.display()),
             SetupOp::ReadOnlyPath { path } => write!(f, "read-only {}", path.display()),
-            SetupOp::NewSession => write!(f, "setsid"),
             SetupOp::LimitCapabilities { keep } => {
                 write!(f, "limit capabilities to {}", keep.join(","))
             }

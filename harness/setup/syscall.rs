@@ -55,7 +55,6 @@ pub(crate) trait Syscall {
     fn read_only(&self, path: &Path) -> SysResult<()>;
     fn sethostname(&self, name: &str) -> SysResult<()>;
     fn loopback_up(&self) -> SysResult<()>;
-    fn setsid(&self) -> SysResult<()>;
     fn limit_capabilities(&self, keep: &[String]) -> SysResult<()>;
     fn set_no_new_privs(&self) -> SysResult<()>;
     fn load_seccomp(&self, caps: &[String]) -> SysResult<()>;
@@ -252,10 +251,6 @@ impl Syscall for Linux {
         sys::loopback_up()
     }
 
-    fn setsid(&self) -> SysResult<()> {
-        sys::new_session()
-    }
-
     fn limit_capabilities(&self, keep: &[String]) -> SysResult<()> {
         crate::confine::caps::limit(keep)
     }
@@ -380,9 +375,6 @@ impl Syscall for Recorder {
     }
     fn loopback_up(&self) -> SysResult<()> {
         self.record("loopback_up".into())
-    }
-    fn setsid(&self) -> SysResult<()> {
-        self.record("setsid".into())
     }
     fn limit_capabilities(&self, keep: &[String]) -> SysResult<()> {
         self.record(format!("capabilities {}", keep.join(",")))

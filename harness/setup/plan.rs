@@ -391,6 +391,7 @@ impl HostDirs<'_> {
             upper: self.upper.join(rel),
             work: self.work.join(rel),
             userxattr: self.userxattr,
+            nosuid: self.nosuid,
         });
         // Not recursive: the store holds the container's own mounts (its base, under
         // `run/mnt`), which a recursive bind would copy in; the host's mounts below a stop

@@ -807,6 +807,7 @@ mod tests {
             workdir: None,
             carry: None,
             timeout: None,
+            privileges: Default::default(),
         };
         assert_eq!(group.image().map(Image::base), Ok(&Base::Host));
         assert!(

@@ -1,6 +1,6 @@
 //! Confinement of the container's processes once the mounts are in place: what the
-//! container's root may still do (capabilities, a seccomp filter, no new privileges, its
-//! own session) and which parts of `/proc` it cannot see or change.
+//! container's root may still do (capabilities, a seccomp filter, no new privileges) and
+//! which parts of `/proc` it cannot see or change.
 //!
 //! The defaults are Docker's, podman's and runc's: Docker's default capability set (less
 //! `CAP_MKNOD`, see [`caps::DEFAULT`]), Docker's default seccomp profile, `no_new_privs`,

@@ -6,6 +6,7 @@
 //! `CAP_MKNOD`, see [`caps::DEFAULT`]), Docker's default seccomp profile, `no_new_privs`,
 //! runc's masked and read-only `/proc` paths. [`Privileges`] is the opt-out.
 
+pub(crate) mod bpf;
 pub(crate) mod caps;
 pub(crate) mod procfs;
 pub(crate) mod seccomp;

@@ -11,11 +11,14 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use seccompiler::BpfProgram;
+#[cfg(test)]
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
 };
 
+use super::bpf::Verdict;
 use crate::sys::SysError;
 
 macro_rules! nrs {
@@ -389,22 +392,17 @@ const CLONE_NAMESPACES: u64 = 0x7E02_0000;
 /// `ioctl` requests refused, as bubblewrap refuses them when it makes no new session:
 /// `TIOCSTI` pushes input into a terminal (the caller's, which the container shares), and
 /// `TIOCLINUX` can do the same on a virtual console.
-const TTY_INJECTION: &[u64] = &[0x5412, 0x541C];
+const TTY_INJECTION: &[u32] = &[0x5412, 0x541C];
 /// `AF_VSOCK`: the one socket family Docker refuses (it reaches the hypervisor's host).
 const AF_VSOCK: u64 = 40;
 /// The `personality` values Docker allows: PER_LINUX, UNAME26, ADDR_NO_RANDOMIZE
 /// (alone and with UNAME26), and the query 0xffffffff.
-const PERSONALITIES: &[u64] = &[0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+const PERSONALITIES: &[u32] = &[0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
-/// A profile: the default, opened for the capabilities kept.
+/// A profile: the default, opened for the capabilities kept, as a BPF program.
 #[derive(Debug)]
 pub(crate) struct Filters {
-    /// The allow list (EPERM for the rest).
     pub main: BpfProgram,
-    /// `clone3` fails with ENOSYS (so that libc falls back to `clone`, whose flags the
-    /// main filter can inspect), unless `CAP_SYS_ADMIN` is kept. Installed after `main`:
-    /// of two errno results, the kernel returns the later filter's.
-    pub clone3: Option<BpfProgram>,
 }
 
 fn compile_error(e: impl std::fmt::Display) -> SysError {
@@ -416,16 +414,19 @@ fn compile_error(e: impl std::fmt::Display) -> SysError {
     )
 }
 
+#[cfg(test)]
 fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompCondition {
     SeccompCondition::new(arg, len, op, value).expect("argument index below 6")
 }
 
+#[cfg(test)]
 fn rule(c: SeccompCondition) -> SeccompRule {
     SeccompRule::new(vec![c]).expect("one condition")
 }
 
-/// The allow list's rules, opened for `keep` (canonical capability names).
-#[cfg(target_arch = "x86_64")]
+/// The allow list's rules as `seccompiler` takes them, opened for `keep` (canonical
+/// capability names): the reference for the tests.
+#[cfg(all(test, target_arch = "x86_64"))]
 pub(crate) fn rules(keep: &[String]) -> BTreeMap<i64, Vec<SeccompRule>> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &nr in ALLOWED.iter().chain(ALLOWED_UNNAMED) {
@@ -451,7 +452,7 @@ pub(crate) fn rules(keep: &[String]) -> BTreeMap<i64, Vec<SeccompRule>> {
     rules.insert(libc::SYS_clone, clone);
     let ioctl = TTY_INJECTION
         .iter()
-        .map(|&req| cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, req))
+        .map(|&req| cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, req as u64))
         .collect();
     rules.insert(
         libc::SYS_ioctl,
@@ -461,42 +462,70 @@ pub(crate) fn rules(keep: &[String]) -> BTreeMap<i64, Vec<SeccompRule>> {
     rules.insert(libc::SYS_socket, vec![socket]);
     let personality = PERSONALITIES
         .iter()
-        .map(|&v| rule(cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)))
+        .map(|&v| rule(cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v as u64)))
         .collect();
     rules.insert(libc::SYS_personality, personality);
     rules
 }
 
-/// Compiles the profile for `keep`.
+/// What the profile does with each system call it lets through, for `keep`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn verdicts(keep: &[String]) -> BTreeMap<u32, Verdict> {
+    let mut v: BTreeMap<u32, Verdict> = BTreeMap::new();
+    for &nr in ALLOWED.iter().chain(ALLOWED_UNNAMED) {
+        v.insert(nr as u32, Verdict::Allow);
+    }
+    for (cap, nrs) in BY_CAPABILITY {
+        if keep.iter().any(|k| k == cap) {
+            for &nr in *nrs {
+                v.insert(nr as u32, Verdict::Allow);
+            }
+        }
+    }
+    let admin = keep.iter().any(|k| k == "CAP_SYS_ADMIN");
+    if !admin {
+        v.insert(
+            libc::SYS_clone as u32,
+            Verdict::CloneWithout(CLONE_NAMESPACES as u32),
+        );
+        v.insert(libc::SYS_clone3 as u32, Verdict::Errno(libc::ENOSYS as u32));
+    } else {
+        v.insert(libc::SYS_clone as u32, Verdict::Allow);
+    }
+    v.insert(libc::SYS_ioctl as u32, Verdict::IoctlNot(TTY_INJECTION));
+    v.insert(libc::SYS_socket as u32, Verdict::SocketNot(AF_VSOCK as u32));
+    v.insert(
+        libc::SYS_personality as u32,
+        Verdict::Personality(PERSONALITIES),
+    );
+    v
+}
+
+/// Compiles the profile for `keep` (see [`super::bpf`] for why not with `seccompiler`).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn compile(keep: &[String]) -> Result<Filters, SysError> {
-    let arch = TargetArch::x86_64;
+    let main =
+        super::bpf::compile(&verdicts(keep)).ok_or_else(|| compile_error("jump too long"))?;
+    Ok(Filters { main })
+}
+
+/// `seccompiler`'s compilation of the same profile: the reference the tests hold the
+/// range program to. Its `clone3` rule needs a second filter (its actions are one per
+/// filter); returned as the errno to report for `clone3`, if any.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn compile_reference(keep: &[String]) -> (BpfProgram, Option<u32>) {
     let main = SeccompFilter::new(
         rules(keep),
         SeccompAction::Errno(libc::EPERM as u32),
         SeccompAction::Allow,
-        arch,
+        TargetArch::x86_64,
     )
-    .map_err(compile_error)?;
+    .unwrap();
     let admin = keep.iter().any(|k| k == "CAP_SYS_ADMIN");
-    let clone3 = match admin {
-        true => None,
-        false => {
-            let only = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-            let f = SeccompFilter::new(
-                only,
-                SeccompAction::Allow,
-                SeccompAction::Errno(libc::ENOSYS as u32),
-                arch,
-            )
-            .map_err(compile_error)?;
-            Some(f.try_into().map_err(compile_error)?)
-        }
-    };
-    Ok(Filters {
-        main: main.try_into().map_err(compile_error)?,
-        clone3,
-    })
+    (
+        main.try_into().unwrap(),
+        (!admin).then_some(libc::ENOSYS as u32),
+    )
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -533,11 +562,70 @@ pub(crate) fn prepare(keep: &[String]) {
 pub(crate) fn load(keep: &[String]) -> Result<(), SysError> {
     let f = filters(keep)?;
     let load_error = |_| SysError::new("load the seccomp filter", None, nix::errno::Errno::last());
-    seccompiler::apply_filter(&f.main).map_err(load_error)?;
-    if let Some(clone3) = &f.clone3 {
-        seccompiler::apply_filter(clone3).map_err(load_error)?;
+    seccompiler::apply_filter(&f.main).map_err(load_error)
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod equivalence {
+    use super::super::bpf::{run, RET_ERRNO, RET_KILL_PROCESS};
+    use super::*;
+
+    /// Arguments that reach every branch of the profile's conditions.
+    const ARGS: &[[u64; 6]] = &[
+        [0, 0, 0, 0, 0, 0],
+        [40, 0x5412, 0, 0, 0, 0],
+        [0x1000_0000, 0x541C, 0, 0, 0, 0],
+        [0x0002_0000, 0x5413, 0, 0, 0, 0],
+        [0x8, 0, 0, 0, 0, 0],
+        [0x20008, 1, 0, 0, 0, 0],
+        [0xffff_ffff, 0, 0, 0, 0, 0],
+        [0x1_0000_0000, 0x1_0000_5412, 0, 0, 0, 0],
+        [41, 0x541B, 0, 0, 0, 0],
+        [0x11, 0, 0, 0, 0, 0],
+    ];
+
+    #[test]
+    fn the_range_program_decides_as_seccompilers_does() {
+        let default: Vec<String> = super::super::caps::DEFAULT
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let mut admin = default.clone();
+        admin.extend(["CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYSLOG"].map(String::from));
+        for keep in [default, admin] {
+            let ours = compile(&keep).unwrap().main;
+            let (reference, clone3) = compile_reference(&keep);
+            for nr in (0..1100).chain([0x4000_0000, 0x4000_0001, 0x4000_0101]) {
+                for args in ARGS {
+                    let expected = match clone3 {
+                        Some(e) if nr == libc::SYS_clone3 as u32 => RET_ERRNO | e,
+                        _ => run(&reference, 0xc000_003e, nr, *args),
+                    };
+                    let got = run(&ours, 0xc000_003e, nr, *args);
+                    assert_eq!(got, expected, "syscall {nr} args {args:x?} keep {keep:?}");
+                }
+            }
+            // The verdicts themselves, not only their agreement.
+            let x86 = |nr: libc::c_long, args| run(&ours, 0xc000_003e, nr as u32, args);
+            assert_eq!(x86(libc::SYS_read, [0; 6]), super::super::bpf::RET_ALLOW);
+            let newuser = [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0];
+            let tiocsti = [0, 0x5412, 0, 0, 0, 0];
+            assert_eq!(
+                x86(libc::SYS_ioctl, tiocsti),
+                RET_ERRNO | libc::EPERM as u32
+            );
+            if !keep.iter().any(|k| k == "CAP_SYS_ADMIN") {
+                assert_eq!(x86(libc::SYS_mount, [0; 6]), RET_ERRNO | libc::EPERM as u32);
+                assert_eq!(
+                    x86(libc::SYS_clone, newuser),
+                    RET_ERRNO | libc::EPERM as u32
+                );
+            }
+            // Another architecture's system call kills the process, as with seccompiler.
+            assert_eq!(run(&ours, 0x4000_0003, 1, [0; 6]), RET_KILL_PROCESS);
+            assert_eq!(run(&reference, 0x4000_0003, 1, [0; 6]), RET_KILL_PROCESS);
+        }
     }
-    Ok(())
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -551,7 +639,7 @@ mod tests {
             .map(|c| c.to_string())
             .collect();
         let f = compile(&keep).unwrap();
-        assert!(f.clone3.is_some());
+        assert!(f.main.len() < 200, "{} instructions", f.main.len());
         let r = rules(&keep);
         for nr in [
             libc::SYS_mount,
@@ -584,6 +672,6 @@ mod tests {
         assert!(r.contains_key(&libc::SYS_mount));
         assert!(r.contains_key(&libc::SYS_reboot));
         assert!(r[&libc::SYS_clone].is_empty());
-        assert!(compile(&keep).unwrap().clone3.is_none());
+        assert_eq!(verdicts(&keep)[&(libc::SYS_clone3 as u32)], Verdict::Allow);
     }
 }

@@ -159,6 +159,17 @@ impl Syscall for Linux {
         if let Some(root) = self.root_for(path)? {
             return root.create(path, Kind::Dir, mode).map(drop);
         }
+        // Outside the new root, directories are pristine's own (its base, an upper layer and
+        // its work directory). An upper layer reused by a later container (a layer built in
+        // several steps) may hold a symlink an earlier container made where this one wants a
+        // directory, and an overlay over it would write wherever the link points.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(SysError::new(
+                "mkdir (a symlink is in the way, left in the upper layer by an earlier container)",
+                Some(path),
+                Errno::ELOOP,
+            ));
+        }
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), mode)
             .create(path)
             .map_err(|e| io_err("mkdir", path, e))
@@ -271,6 +282,24 @@ impl Syscall for Linux {
 impl Linux {
     fn same_link(&self, link: &Path, target: &Path) -> bool {
         std::fs::read_link(link).ok().as_deref() == Some(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_left_in_an_upper_layer_is_refused_not_followed() {
+        let upper = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let link = upper.path().join("srv");
+        std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+        let err = Linux { root: None }.mkdir(&link, 0o755).unwrap_err();
+        assert_eq!(err.errno, Errno::ELOOP, "{err}");
+        assert!(Linux { root: None }
+            .mkdir(&upper.path().join("etc"), 0o755)
+            .is_ok());
     }
 }
 

@@ -483,25 +483,25 @@ fn bind_targets_never_follow_symlinks_onto_the_host() {
 }
 
 #[test]
-fn an_image_whose_tmp_is_a_symlink_gets_a_tmpfs_inside_its_root() {
+fn an_image_whose_dev_proc_and_tmp_are_symlinks_gets_them_mounted_inside_its_root() {
     let f = Fixture::new();
-    let host = var_tmp_dir();
+    let hosts: Vec<tempfile::TempDir> = (0..3).map(|_| var_tmp_dir()).collect();
     let layer = var_tmp_dir();
-    std::os::unix::fs::symlink(host.path(), layer.path().join("tmp")).unwrap();
+    for (name, host) in ["tmp", "dev", "proc"].iter().zip(&hosts) {
+        std::os::unix::fs::symlink(host.path(), layer.path().join(name)).unwrap();
+    }
     let out = f.sh(
         f.container(Image::host().layer(layer.path())),
-        "echo x > /tmp/f && stat -f -c %T /tmp/ && ls /dev/null /proc/self/stat",
+        "echo x > /tmp/f && stat -f -c %T /tmp/ && echo y > /dev/null && cat /proc/self/comm",
     );
-    assert_eq!(
-        out.stdout_str(),
-        "tmpfs\n/dev/null\n/proc/self/stat\n",
-        "{out:?}"
-    );
-    assert_eq!(
-        entries(host.path()),
-        Vec::<PathBuf>::new(),
-        "nothing made on the host"
-    );
+    assert_eq!(out.stdout_str(), "tmpfs\ncat\n", "{out:?}");
+    for host in &hosts {
+        assert_eq!(
+            entries(host.path()),
+            Vec::<PathBuf>::new(),
+            "nothing made on the host"
+        );
+    }
 }
 
 #[test]

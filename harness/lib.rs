@@ -62,6 +62,10 @@
 //!   caller never runs anything between `clone` and `exec`.
 //! - PID 1 applies the plan inside the new namespaces, runs the command as its child, reaps
 //!   and reports back; [`main_if_requested`] lets a binary serve as init and zygote.
+//! - The plan ends with the confinement (Docker's default capabilities less `CAP_MKNOD`,
+//!   `no_new_privs`, Docker's default seccomp profile, `/proc` masked as runc masks it), so
+//!   the container's root is never the host's; [`Container::privileged`] and
+//!   [`Container::cap_add`] are the opt-outs.
 //! - Every mount lives in the container's own mount namespace, so it vanishes with the
 //!   container even if the caller is SIGKILLed; the only on-disk state is in the [`Store`].
 #![warn(missing_docs)]

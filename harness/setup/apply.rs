@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn root_mode_system_calls() {
         let text = recorded(RootfsSource::Lowers(vec!["/".into()]), false);
-        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+        insta::with_settings!({snapshot_path => crate::setup::snapshots_dir()}, {
             insta::assert_snapshot!(text);
         });
     }
@@ -223,7 +223,7 @@ mod tests {
             layers: vec![],
         };
         let text = recorded(rootfs, true);
-        insta::with_settings!({snapshot_path => "../../snapshots"}, {
+        insta::with_settings!({snapshot_path => crate::setup::snapshots_dir()}, {
             insta::assert_snapshot!(text);
         });
     }

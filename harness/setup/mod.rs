@@ -19,3 +19,13 @@ pub(crate) fn prepare(ops: &[SetupOp]) {
         }
     }
 }
+
+/// The insta snapshots, found at run time (`CARGO_MANIFEST_DIR` as cargo and nextest set it
+/// for the tests they run), so an archive of the tests runs where its sources are now.
+#[cfg(test)]
+pub(crate) fn snapshots_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default()
+        .join("snapshots")
+}

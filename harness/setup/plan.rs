@@ -465,15 +465,6 @@ fn with_layer_entries(entries: &[HostEntry], layers: &[PathBuf], rel: &Path) -> 
 mod tests {
     use super::*;
 
-    /// The snapshots, found at run time (`CARGO_MANIFEST_DIR` as cargo and nextest set it
-    /// for the tests they run), so an archive of the tests runs where its sources are now.
-    fn snapshots_dir() -> std::path::PathBuf {
-        std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_default()
-            .join("snapshots")
-    }
-
     /// The rendered plan for `rootfs` and `upper` (base `/store/run/mnt`, hostname `h`).
     fn plan_text(
         rootfs: RootfsSource,
@@ -556,7 +547,7 @@ mod tests {
             false,
             &binds,
         );
-        insta::with_settings!({snapshot_path => snapshots_dir()}, {
+        insta::with_settings!({snapshot_path => crate::setup::snapshots_dir()}, {
             insta::assert_snapshot!(text);
         });
     }
@@ -570,7 +561,7 @@ mod tests {
             false,
             &[],
         );
-        insta::with_settings!({snapshot_path => snapshots_dir()}, {
+        insta::with_settings!({snapshot_path => crate::setup::snapshots_dir()}, {
             insta::assert_snapshot!(text);
         });
     }
@@ -595,7 +586,7 @@ mod tests {
             layers: vec![],
         };
         let text = plan_text(rootfs, &tmpfs_upper(), true, &[]);
-        insta::with_settings!({snapshot_path => snapshots_dir()}, {
+        insta::with_settings!({snapshot_path => crate::setup::snapshots_dir()}, {
             insta::assert_snapshot!("rootless_plan_splits_the_way_to_the_store", host_part(&text));
         });
     }
@@ -625,7 +616,7 @@ mod tests {
             layers: vec![],
         };
         let text = plan_text(rootfs, &tmpfs_upper(), true, &[]);
-        insta::with_settings!({snapshot_path => snapshots_dir()}, {
+        insta::with_settings!({snapshot_path => crate::setup::snapshots_dir()}, {
             insta::assert_snapshot!(host_part(&text));
         });
     }
@@ -645,7 +636,7 @@ mod tests {
             work: "/store/containers/x/work".into(),
         };
         let text = plan_text(rootfs, &upper, true, &[]);
-        insta::with_settings!({snapshot_path => snapshots_dir()}, {
+        insta::with_settings!({snapshot_path => crate::setup::snapshots_dir()}, {
             insta::assert_snapshot!(text);
         });
     }

@@ -39,6 +39,19 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Show where the store keeps its data and whether copy-up there is a reflink.
+    Store {
+        /// Make and mount a reflink image for this store if its filesystem cannot reflink
+        /// (as root; the default store gets one on first use anyway).
+        #[arg(long, conflicts_with = "unmount")]
+        mount: bool,
+        /// Unmount the store's reflink image (e.g. before `cargo clean`); the next run
+        /// mounts it again.
+        #[arg(long)]
+        unmount: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// List stored layers.
     Layers {
         #[command(flatten)]
@@ -174,9 +187,10 @@ struct RunArgs {
     /// Keep the upper layer after the container ends and print what changed.
     #[arg(long)]
     keep: bool,
-    /// Size limit of the tmpfs upper layer (tmpfs syntax: 512m, 4g, 10%).
-    #[arg(long, value_name = "SIZE", default_value = "4g")]
-    upper_size: String,
+    /// Put the upper layer on a tmpfs of this size (tmpfs syntax: 512m, 4g, 10%). Default:
+    /// in the store when the image has stored layers and the store reflinks, else a 4g tmpfs.
+    #[arg(long, value_name = "SIZE")]
+    upper_size: Option<String>,
     /// Put the upper layer on disk in the store instead of on a tmpfs.
     #[arg(long)]
     upper_on_disk: bool,
@@ -253,10 +267,10 @@ fn run(args: RunArgs) -> ExitCode {
     let mut c = Container::new(image)
         .stdio(Stdio::Inherit)
         .workdir(args.workdir)
-        .upper(if args.upper_on_disk {
-            Upper::Disk
-        } else {
-            Upper::Tmpfs(args.upper_size)
+        .upper(match (args.upper_on_disk, args.upper_size) {
+            (true, _) => Upper::Disk,
+            (false, Some(size)) => Upper::Tmpfs(size),
+            (false, None) => Upper::Auto,
         });
     if args.clear_env {
         c = c.env_clear();
@@ -399,6 +413,37 @@ fn images(store: &Store) -> Result<(), BuildError> {
     Ok(())
 }
 
+fn store_command(arg: &StoreArg, mount: bool, unmount: bool) -> ExitCode {
+    let location = arg.dir.clone().unwrap_or_else(Store::default_location);
+    if unmount {
+        return match Store::unmount_image(&location) {
+            Ok(true) => {
+                println!("unmounted {}", location.join("reflink").display());
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                println!("no reflink image of {} is mounted", location.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let opened = match (mount, &arg.dir) {
+        (true, _) => Store::open_with_image(&location),
+        (false, _) => arg.open(),
+    };
+    match opened {
+        Ok(s) => {
+            print!("{}", pristine::store::describe(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&BuildError::from(e), 1),
+    }
+}
+
 fn layers(store: &Store) -> Result<(), BuildError> {
     let catalog = Catalog::new(store)?;
     let now = std::time::SystemTime::now();
@@ -449,6 +494,11 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e, 1),
         },
+        Command::Store {
+            mount,
+            unmount,
+            store,
+        } => store_command(&store, mount, unmount),
         Command::Layers { store } => match store
             .open()
             .map_err(BuildError::from)
@@ -507,7 +557,7 @@ fn main() -> ExitCode {
                 privileged: false,
                 cap_add: Vec::new(),
                 keep: false,
-                upper_size: "4g".into(),
+                upper_size: None,
                 upper_on_disk: false,
                 store: store.dir,
                 command: vec![shell.into(), "-i".into()],

@@ -16,6 +16,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::Pid;
 
+pub mod blockdev;
+
 /// A failed system call: which operation, on which path, and the kernel's error number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{op}{}: {errno}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
@@ -66,6 +68,11 @@ pub fn mount(
         target,
         nix::mount::mount(source, target, fstype, flags, data),
     )
+}
+
+/// `umount2(target, 0)`: fails with `EBUSY` while anything uses the mount.
+pub fn umount(op: &'static str, target: &Path) -> SysResult<()> {
+    at(op, target, nix::mount::umount2(target, MntFlags::empty()))
 }
 
 /// Makes `new_root` the root of this mount namespace and detaches the old root.

@@ -22,8 +22,12 @@ pub enum Keep {
 /// Where the writable upper layer lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upper {
-    /// A tmpfs of at most this size (tmpfs syntax: `512m`, `4g`, `10%`). Fastest; the
-    /// default, with `4g`.
+    /// The default: on disk in the store when the image has layers there and the store's
+    /// filesystem reflinks (a first write to a stored file then clones it instead of
+    /// copying it whole into memory); else a tmpfs of at most 4 GiB.
+    Auto,
+    /// A tmpfs of at most this size (tmpfs syntax: `512m`, `4g`, `10%`). Fastest for
+    /// small writes, but a first write to a lower file copies the whole file into memory.
     Tmpfs(String),
     /// A directory in the store, on disk (also used whenever the layer may be kept).
     Disk,
@@ -35,7 +39,7 @@ pub enum Upper {
 
 impl Default for Upper {
     fn default() -> Self {
-        Upper::Tmpfs("4g".into())
+        Upper::Auto
     }
 }
 
@@ -93,7 +97,8 @@ pub enum User {
 
 impl Container {
     /// A container of `image`, with the defaults: environment inherited from the caller,
-    /// working directory `/`, no timeout, upper layer on a 4 GiB tmpfs, output captured.
+    /// working directory `/`, no timeout, upper layer placed by [`Upper::Auto`], output
+    /// captured.
     pub fn new(image: Image) -> Self {
         Container {
             image,

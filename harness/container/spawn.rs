@@ -235,7 +235,10 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
         Upper::Dir(dir) => Some(OwnUpper::new(dir, &v.id)?),
         _ => None,
     };
-    let on_disk = own_upper.is_none() && (c.keep != Keep::Never || c.upper == Upper::Disk);
+    let on_disk = own_upper.is_none()
+        && (c.keep != Keep::Never
+            || c.upper == Upper::Disk
+            || (c.upper == Upper::Auto && upper_on_store(&store, &image)));
     let cdir = match on_disk {
         true => Some(store.container_dir(&v.id)?),
         false => None,
@@ -250,6 +253,7 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
             work: own.work.clone(),
         },
         (None, None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: size.clone() },
+        (None, None, Upper::Auto) => UpperPlacement::Tmpfs { size: "4g".into() },
         (None, None, _) => unreachable!("an on-disk upper always has a directory"),
     };
     // After the upper: a rootless host root is laid out around where the upper is.
@@ -619,6 +623,15 @@ fn lookup_user(image: &crate::Image, name: &str) -> Result<(u32, u32), Error> {
         .unwrap_or_default();
     userns::lookup_passwd(&passwd, name)
         .ok_or_else(|| ConfigError::UnknownUser(name.to_string()).into())
+}
+
+/// Whether [`Upper::Auto`] puts the upper in the store: when copy-up from the image's
+/// stored layers into it is a reflink (`PRISTINE_UPPER=tmpfs` keeps it in memory).
+fn upper_on_store(store: &Store, image: &crate::Image) -> bool {
+    let forced_tmpfs = std::env::var_os("PRISTINE_UPPER").is_some_and(|v| v == "tmpfs");
+    !forced_tmpfs
+        && store.reflink().works()
+        && image.layers().iter().any(|l| l.starts_with(store.root()))
 }
 
 /// A caller-provided upper directory and the work directory made beside it for one run.

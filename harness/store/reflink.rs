@@ -1,0 +1,400 @@
+//! Where the store keeps its data: on a filesystem that can reflink, so that overlayfs's
+//! copy-up of a stored layer's file into a container's upper layer is a clone (no bytes
+//! copied) instead of a copy of the whole file.
+//!
+//! ```text
+//! STORE/reflink.img    a sparse XFS image (made as root when STORE's filesystem cannot reflink)
+//! STORE/reflink.lock   held while the image is made, found or mounted
+//! STORE/reflink/       the image's mount point, and then the store's data root: layers,
+//!                      images, container uppers all live there, on one filesystem
+//! ```
+//!
+//! The image stays mounted in the host's mount namespace once mounted (every later run and
+//! every test process finds it again in `/proc/self/mountinfo`, checks that its loop device
+//! is backed by this image, and uses it); `pristine store --unmount` unmounts it, and the
+//! loop device detaches itself then. Whether a filesystem reflinks is probed with `FICLONE`,
+//! never guessed from its name.
+//!
+//! The image is made for the default store ([`Store::open_default`](super::Store::open_default),
+//! which is what tests and `pristine` use unless told otherwise). A store opened at an
+//! explicit directory uses an image that is already there, and makes one only with
+//! `PRISTINE_REFLINK=image` (or `pristine store --mount`), so that throwaway stores (in a
+//! temporary directory) never leave a mount behind. `PRISTINE_REFLINK=off` keeps everything
+//! on STORE's own filesystem.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::mount::MsFlags;
+
+use crate::sys;
+use crate::sys::blockdev::{attach_loop, ficlone, loop_backing_file};
+
+/// Largest image made by default (it is sparse: only what is written takes space).
+const MAX_IMAGE: u64 = 1 << 40;
+/// Smallest image made by default.
+const MIN_IMAGE: u64 = 16 << 30;
+
+/// How the store's data root shares blocks between layers and uppers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reflink {
+    /// The store's own filesystem reflinks (btrfs, XFS with `reflink=1`, …).
+    Native {
+        /// Its filesystem type, as `/proc/self/mountinfo` names it.
+        fstype: String,
+    },
+    /// A loop-mounted image file in the store, made by pristine.
+    Image {
+        /// The image file.
+        image: PathBuf,
+        /// Its loop device.
+        device: PathBuf,
+        /// Its filesystem type.
+        fstype: String,
+    },
+    /// No reflinks: a write to a stored file copies the whole file into the upper layer.
+    Unavailable {
+        /// The store filesystem's type.
+        fstype: String,
+        /// Why no image is used.
+        reason: String,
+    },
+}
+
+impl Reflink {
+    /// Whether copy-up is a clone.
+    pub fn works(&self) -> bool {
+        !matches!(self, Reflink::Unavailable { .. })
+    }
+}
+
+/// Whether a store may get a reflink image made and mounted for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Policy {
+    /// Make and mount one (as root) if the store's filesystem cannot reflink.
+    Make,
+    /// Use one that is already there; make none.
+    FindOnly,
+}
+
+impl Policy {
+    /// `policy`, as `PRISTINE_REFLINK` overrides it: `off` (none), `image` (make one).
+    fn from_env(policy: Policy) -> Option<Policy> {
+        match std::env::var("PRISTINE_REFLINK").as_deref() {
+            Ok("off") => None,
+            Ok("image") => Some(Policy::Make),
+            _ => Some(policy),
+        }
+    }
+}
+
+/// Decides (and if allowed and needed makes and mounts) the data root of the store at
+/// `root`. Returns the data root and how it reflinks. Never fails: without reflinks the
+/// data root is `root` itself and the reason is returned.
+pub(crate) fn data_root(root: &Path, policy: Policy) -> (PathBuf, Reflink) {
+    let fstype = fs_type(root).unwrap_or_else(|| "unknown".into());
+    if probe(root) {
+        return (root.to_path_buf(), Reflink::Native { fstype });
+    }
+    let unavailable = |reason: String| {
+        (
+            root.to_path_buf(),
+            Reflink::Unavailable {
+                fstype: fstype.clone(),
+                reason,
+            },
+        )
+    };
+    let Some(policy) = Policy::from_env(policy) else {
+        return unavailable("PRISTINE_REFLINK=off".into());
+    };
+    let mnt = root.join("reflink");
+    let image = root.join("reflink.img");
+    // Found again, as any user: mounted earlier (by root) and backed by our image.
+    if let Some((device, fs)) = mounted_image(&mnt, &image) {
+        if probe(&mnt) {
+            return (
+                mnt,
+                Reflink::Image {
+                    image,
+                    device,
+                    fstype: fs,
+                },
+            );
+        }
+    }
+    if policy == Policy::FindOnly {
+        if image.exists() {
+            // Made earlier, not mounted now: mounting it again is what it is there for.
+            if let Ok(found) = mount_image(root, &mnt, &image) {
+                return (
+                    mnt,
+                    Reflink::Image {
+                        image,
+                        device: found.0,
+                        fstype: found.1,
+                    },
+                );
+            }
+        }
+        return unavailable(format!(
+            "{fstype} cannot reflink; this store is not the default one, so no reflink image \
+             is made for it (PRISTINE_REFLINK=image or `pristine store --mount` makes one)"
+        ));
+    }
+    if sys::effective_ids().0 != 0 {
+        return unavailable(format!(
+            "{fstype} cannot reflink, and only root can mount a reflink image for the store; \
+             put PRISTINE_STORE on a btrfs or XFS (reflink=1) filesystem"
+        ));
+    }
+    match mount_image(root, &mnt, &image) {
+        Ok((device, fs)) => (
+            mnt,
+            Reflink::Image {
+                image,
+                device,
+                fstype: fs,
+            },
+        ),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+/// Unmounts the store's image, if it is mounted (the loop device then detaches itself).
+/// Returns whether it was mounted.
+pub(crate) fn unmount(root: &Path) -> Result<bool, String> {
+    let mnt = root.join("reflink");
+    let image = root.join("reflink.img");
+    let _lock = lock(root)?;
+    if mounted_image(&mnt, &image).is_none() {
+        return Ok(false);
+    }
+    sys::umount("unmount the store image at", &mnt).map_err(|e| {
+        format!("{e} (containers still running on it? they end first; then run this again)")
+    })?;
+    Ok(true)
+}
+
+/// Whether `dir`'s filesystem clones a file with `FICLONE`.
+pub(crate) fn probe(dir: &Path) -> bool {
+    let tmp = match tempfile::Builder::new()
+        .prefix(".reflink-probe-")
+        .tempdir_in(dir)
+    {
+        Ok(t) => t,
+        Err(_) => return false,
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let Ok(()) = std::fs::write(&a, [0u8; 4096]) else {
+        return false;
+    };
+    match (File::open(&a), File::create(&b)) {
+        (Ok(src), Ok(dest)) => ficlone(&dest, &src).is_ok(),
+        _ => false,
+    }
+}
+
+fn lock(root: &Path) -> Result<Flock<File>, String> {
+    let path = root.join("reflink.lock");
+    let file = File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("lock {}: {e}", path.display()))
+}
+
+/// Makes the image (once) and mounts it at `mnt`, under the store's lock.
+fn mount_image(root: &Path, mnt: &Path, image: &Path) -> Result<(PathBuf, String), String> {
+    let _lock = lock(root)?;
+    // Another process may have mounted it while we waited for the lock.
+    if let Some(found) = mounted_image(mnt, image) {
+        return Ok(found);
+    }
+    if !image.exists() {
+        make_image(root, image)?;
+    }
+    std::fs::create_dir_all(mnt).map_err(|e| format!("create {}: {e}", mnt.display()))?;
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(image)
+        .map_err(|e| format!("open {}: {e}", image.display()))?;
+    let (device, _attached) = attach_loop(&file, image).map_err(|e| e.to_string())?;
+    let mut last = String::new();
+    for fstype in ["xfs", "btrfs"] {
+        match sys::mount(
+            "mount the store image at",
+            Some(&device),
+            mnt,
+            Some(fstype),
+            MsFlags::MS_NOATIME,
+            None,
+        ) {
+            Ok(()) => {
+                if !probe(mnt) {
+                    let _ = sys::umount("unmount the store image at", mnt);
+                    return Err(format!(
+                        "{} mounted as {fstype} but cannot reflink (made without reflink=1?); \
+                         remove it to have it made again",
+                        image.display()
+                    ));
+                }
+                return Ok((device, fstype.into()));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!(
+        "{last} (is {} an XFS or btrfs image?)",
+        image.display()
+    ))
+}
+
+/// Makes a sparse XFS (reflink=1) image, or btrfs when only mkfs.btrfs is installed; the
+/// file appears under its name only once complete.
+fn make_image(root: &Path, image: &Path) -> Result<(), String> {
+    let size = image_size(root);
+    let tmp = root.join(format!(".reflink.img.{}", std::process::id()));
+    let made = (|| {
+        let f = File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+        f.set_len(size)
+            .map_err(|e| format!("size {}: {e}", tmp.display()))?;
+        drop(f);
+        let tools: [(&str, &[&str]); 2] = [
+            ("mkfs.xfs", &["-q", "-m", "reflink=1"]),
+            ("mkfs.btrfs", &["-q"]),
+        ];
+        for (tool, args) in tools {
+            match Command::new(tool).args(args).arg(&tmp).output() {
+                Ok(out) if out.status.success() => return Ok(()),
+                Ok(out) => {
+                    return Err(format!(
+                        "{tool} {} failed: {}",
+                        tmp.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("run {tool}: {e}")),
+            }
+        }
+        Err("neither mkfs.xfs nor mkfs.btrfs is installed (apt-get install xfsprogs)".into())
+    })();
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "{} cannot reflink and no reflink image could be made for it: {e}",
+            root.display()
+        ));
+    }
+    std::fs::rename(&tmp, image).map_err(|e| format!("rename to {}: {e}", image.display()))
+}
+
+/// The image's (sparse) size: the store filesystem's size, between 16 GiB and 1 TiB.
+fn image_size(root: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(root)
+        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .unwrap_or(MIN_IMAGE)
+        .clamp(MIN_IMAGE, MAX_IMAGE)
+}
+
+/// The loop device and filesystem type of the mount at `mnt`, if it is our image.
+fn mounted_image(mnt: &Path, image: &Path) -> Option<(PathBuf, String)> {
+    let mnt = std::fs::canonicalize(mnt).ok()?;
+    let image = std::fs::canonicalize(image).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // The last mount at a mount point is the visible one.
+    let m = info
+        .lines()
+        .filter_map(parse_mountinfo)
+        .filter(|m| m.point == mnt)
+        .last()?;
+    let device = PathBuf::from(&m.source);
+    let backing = loop_backing_file(&device)?;
+    (std::fs::canonicalize(&backing).ok()? == image).then_some((device, m.fstype))
+}
+
+/// The filesystem type of the mount that holds `path`.
+pub(crate) fn fs_type(path: &Path) -> Option<String> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter_map(parse_mountinfo)
+        .filter(|m| path.starts_with(&m.point))
+        .max_by_key(|m| m.point.as_os_str().len())
+        .map(|m| m.fstype)
+}
+
+struct MountEntry {
+    point: PathBuf,
+    fstype: String,
+    source: String,
+}
+
+/// One `/proc/self/mountinfo` line: `ID PARENT MAJ:MIN ROOT POINT OPTS [TAGS…] - TYPE SRC …`.
+fn parse_mountinfo(line: &str) -> Option<MountEntry> {
+    let (left, right) = line.split_once(" - ")?;
+    let point = left.split(' ').nth(4)?;
+    let mut right = right.split(' ');
+    Some(MountEntry {
+        point: PathBuf::from(unescape(point)),
+        fstype: right.next()?.to_string(),
+        source: unescape(right.next()?),
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (b[i], oct) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_lines_with_escapes_and_tags() {
+        let m = parse_mountinfo(
+            "36 35 7:0 / /srv/a\\040b rw,noatime shared:1 master:2 - xfs /dev/loop0 rw,attr2",
+        )
+        .unwrap();
+        assert_eq!(m.point, Path::new("/srv/a b"));
+        assert_eq!(m.fstype, "xfs");
+        assert_eq!(m.source, "/dev/loop0");
+        assert!(parse_mountinfo("garbage").is_none());
+    }
+
+    #[test]
+    fn tmpfs_does_not_reflink() {
+        // /dev/shm is a tmpfs on every Linux system with glibc.
+        if fs_type(Path::new("/dev/shm")).as_deref() == Some("tmpfs") {
+            assert!(!probe(Path::new("/dev/shm")));
+        }
+    }
+
+    #[test]
+    fn a_missing_directory_does_not_reflink() {
+        assert!(!probe(Path::new("/nonexistent/pristine")));
+    }
+}

@@ -1,154 +1,268 @@
-//! PostgreSQL benchmark: what a test pays for a private, seeded, ready database, measured
-//! side by side in one criterion run.
+//! PostgreSQL benchmark: what a test pays for a private, seeded, ready database, pristine
+//! against the peers, measured side by side in one run (interleaved rounds, medians).
 //!
-//! - `pg/pristine_ready_25mb`: one container over the seeded layer (`examples/postgres/`),
-//!   in which PostgreSQL starts as the `postgres` user, becomes ready (polled every 1 ms,
-//!   the way `pg_ctl -w` does: the postmaster.pid status line), accepts a connection over
-//!   TCP 127.0.0.1:5432 in the container's own network namespace and answers `SELECT 1`;
-//!   then the container is torn down.
-//! - `pg/template_clone_25mb`: what users do today. One long-running PostgreSQL on the host
-//!   (same tuning, port 54329), per iteration `CREATE DATABASE x TEMPLATE seeded STRATEGY
-//!   FILE_COPY`, connect to `x`, `SELECT 1`, `DROP DATABASE x`.
-//! - `pg/pristine_ready_1gb`: the first measurement over a ~1 GiB seed (should not grow with
-//!   the seed's size: nothing is copied until written).
+//! ```sh
+//! cargo bench --bench postgres                    # both parts (as root, PostgreSQL 15)
+//! cargo bench --bench postgres -- pertest         # one test at 30 MB and at ~1 GiB
+//! cargo bench --bench postgres -- suite           # the demo's 60-test suite vs the peers
+//! cargo bench --bench postgres -- --rounds 5      # more rounds (default 3)
+//! ```
 //!
-//! `cargo bench --bench postgres` (as root, PostgreSQL 15 installed). The seeded layers are
-//! built on first use and cached in `target/pristine` (the 1 GiB one takes a few minutes).
-//! `PRISTINE_BENCH_QUICK=1` takes fewer samples; `PRISTINE_PG_BIG_SCALE=N` changes the big
-//! seed's scale (default 46: a database of about 1 GiB).
+//! `pertest`: one test that reads one row and updates one row of `pgbench_accounts`, on a
+//! `pgbench -i -s 2` seed (30 MB) and a `pgbench -i -s 70` seed (~1 GiB; scales from
+//! `PRISTINE_PG_SMALL_SCALE` / `PRISTINE_PG_BIG_SCALE`):
+//! - pristine: a container over the seeded layer (upper placed by default, i.e. on the
+//!   store's reflink filesystem when there is one); PostgreSQL starts, becomes ready, the
+//!   test connects, reads, updates; the container is torn down;
+//! - pristine with a tmpfs upper (the old default) for comparison;
+//! - template clone: one PostgreSQL on the host, `CREATE DATABASE x TEMPLATE … STRATEGY
+//!   FILE_COPY`, connect, the same read and update, `DROP DATABASE x`.
+//!
+//! Then, once each, what a pristine test holds while it runs (measured at the end of the
+//! test, PostgreSQL still running): the page cache and shared memory charged to it (its own
+//! memory cgroup) and the bytes its upper layer took on disk.
+//!
+//! `suite`: the demo's 60 tests (`examples/postgres/demo.rs`, 30 MB seed, 2 at a time):
+//! pristine (the demo itself) against one shared PostgreSQL with a clone per test (WAL_LOG,
+//! PostgreSQL 15's default, and FILE_COPY) and with all 60 clones made up front (FILE_COPY;
+//! their time counted, IntegreSQL's way).
+//!
+//! Runs from any checkout path: the container runs this binary bound read-only at
+//! `/.pristine/bin`, the layer's files are compiled in, and this binary serves as the
+//! containers' init. Layers are cached in the default store (the ~1 GiB one takes minutes
+//! to build once).
 
-#[path = "../examples/postgres/layer.rs"]
+#[path = "../examples/postgres/demo.rs"]
 #[allow(dead_code)]
+mod demo;
+#[path = "../examples/postgres/layer.rs"]
 mod layer;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::Criterion;
 use postgres::{Client, NoTls};
-use pristine::{Container, Image};
+use pristine::{Bind, Container, Image, Store, Upper};
 
-/// Set in the container: this process is the command inside it.
+/// Set in the container: this process is the test inside it.
 const INNER_ENV: &str = "PRISTINE_PG_BENCH_INNER";
+/// Set in the container when the host measures the test's memory at its end.
+const MEASURE_ENV: &str = "PRISTINE_PG_BENCH_MEASURE";
+/// Set for a child of the bench that runs the demo's suite.
+const DEMO_ENV: &str = "PRISTINE_PG_BENCH_DEMO";
 /// Port of the host's template server.
 const TEMPLATE_PORT: u16 = 54329;
+/// Where the bench binary appears in the container.
+const EXE_IN: &str = "/.pristine/bin";
+/// The host directory for the measurement handshake, in the container.
+const MEASURE_IN: &str = "/.pristine/measure";
+/// The test's read and update.
+const READ_SQL: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 1";
+const UPDATE_SQL: &str = "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1";
 
 fn main() {
+    pristine::main_if_requested();
+    if std::env::var_os(DEMO_ENV).is_some()
+        || std::env::var_os(pristine::testing::INSIDE_ENV).is_some()
+    {
+        demo::main(demo::Config {
+            per_kind: 12,
+            scale: 1,
+            skip_if_unable: false,
+        });
+    }
     if std::env::var_os(INNER_ENV).is_some() {
         inner();
     }
-    // Before any thread exists: the container init is pristine's own binary.
-    std::env::set_var("PRISTINE_INIT", env!("CARGO_BIN_EXE_pristine"));
     if let Err(why) = layer::preflight() {
         eprintln!("postgres benchmark skipped: {why}");
         return;
     }
-    let quick = std::env::var_os("PRISTINE_BENCH_QUICK").is_some();
-    let big_scale: u32 = std::env::var("PRISTINE_PG_BIG_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(46);
-    let mut c = Criterion::default()
-        .configure_from_args()
-        .sample_size(if quick { 10 } else { 60 })
-        .warm_up_time(Duration::from_secs(if quick { 1 } else { 2 }))
-        .measurement_time(Duration::from_secs(if quick { 3 } else { 8 }));
-
-    let small = build_layer(1);
-    let big = build_layer(big_scale);
-    let template = TemplateServer::start().unwrap_or_else(|e| panic!("template server: {e}"));
-
-    let exe = std::env::current_exe().expect("locate the bench binary");
-    let ready_in_container = |image: &Image| {
-        let out = Container::new(image.clone())
-            .env(INNER_ENV, "1")
-            .timeout(Duration::from_secs(30))
-            .run([&exe])
-            .expect("run a container");
-        assert!(
-            out.status.success(),
-            "inside the container: {} {}",
-            out.stdout_str(),
-            out.stderr_str()
-        );
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rounds = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(3);
+    let want = |part: &str| {
+        let parts = ["pertest", "suite"];
+        !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part)
     };
-
-    let mut g = c.benchmark_group("pg");
-    g.bench_function("pristine_ready_25mb", |b| {
-        b.iter(|| ready_in_container(&small.image))
-    });
-    g.bench_function("template_clone_25mb", |b| b.iter(|| template.clone_cycle()));
-    g.bench_function("pristine_ready_1gb", |b| {
-        b.iter(|| ready_in_container(&big.image))
-    });
-    g.finish();
-    c.final_summary();
-    drop(template);
-
-    let median = |name: &str| -> Option<f64> {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/criterion/pg")
-            .join(name)
-            .join("new/estimates.json");
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
-        v["median"]["point_estimate"].as_f64()
-    };
-    if let (Some(p), Some(t), Some(b)) = (
-        median("pristine_ready_25mb"),
-        median("template_clone_25mb"),
-        median("pristine_ready_1gb"),
-    ) {
-        println!("\npostgres summary (medians):");
-        println!(
-            "  pristine container + PostgreSQL ready, {:>7} seed : {:>7.2} ms",
-            small.db_size,
-            p / 1e6
-        );
-        println!(
-            "  CREATE DATABASE TEMPLATE clone,       {:>7} seed : {:>7.2} ms",
-            small.db_size,
-            t / 1e6
-        );
-        println!(
-            "  pristine container + PostgreSQL ready, {:>7} seed : {:>7.2} ms",
-            big.db_size,
-            b / 1e6
-        );
-        println!(
-            "  pristine / template clone : {:>5.2}x  (target <= 0.5x)",
-            p / t
-        );
-        println!(
-            "  {} / {} seed         : {:>5.2}x  (target <= 1.2x)",
-            big.db_size,
-            small.db_size,
-            b / p
-        );
+    if want("pertest") {
+        per_test(rounds);
+    }
+    if want("suite") {
+        suite(rounds);
     }
 }
 
-fn build_layer(scale: u32) -> layer::Layer {
-    eprintln!("seeded layer, scale {scale}: looking it up (built once, then cached)...");
-    let l = layer::build(scale).unwrap_or_else(|e| panic!("{e}"));
-    if l.cached {
-        eprintln!(
-            "seeded layer, scale {scale}: {} database, cached (lookup {:.1} ms)",
-            l.db_size,
-            l.took.as_secs_f64() * 1e3
-        );
-    } else {
-        eprintln!(
-            "seeded layer, scale {scale}: {} database, built in {:.1} s",
-            l.db_size,
-            l.took.as_secs_f64()
-        );
-    }
+fn scale(var: &str, default: u32) -> u32 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn build_layer(seed: layer::Seed) -> layer::Layer {
+    eprintln!("seeded layer {seed:?}: looking it up (built once, then cached)...");
+    let l = layer::build_seed(seed).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "seeded layer {seed:?}: {} database, {} in {:.1} s",
+        l.db_size,
+        if l.cached { "cached" } else { "built" },
+        l.took.as_secs_f64()
+    );
     l
 }
 
-/// Inside the container: start PostgreSQL, wait until it is ready, connect, `SELECT 1`.
+// ---------------------------------------------------------------------------------------
+// One test at two sizes
+
+fn per_test(rounds: usize) {
+    let (small_scale, big_scale) = (
+        scale("PRISTINE_PG_SMALL_SCALE", 2),
+        scale("PRISTINE_PG_BIG_SCALE", 70),
+    );
+    let small = build_layer(layer::Seed::Pgbench(small_scale));
+    let big = build_layer(layer::Seed::Pgbench(big_scale));
+    let store = Store::open_default().expect("open the default store");
+    println!("\nstore:\n{}", pristine::store::describe(&store));
+    let server = TemplateServer::start(&[
+        ("small", Seed::Pgbench(small_scale)),
+        ("big", Seed::Pgbench(big_scale)),
+    ])
+    .unwrap_or_else(|e| panic!("template server: {e}"));
+
+    let tmpfs = Upper::Tmpfs("4g".into());
+    let cases: Vec<Case<'_>> = vec![
+        (
+            format!("pristine, {}", small.db_size),
+            Box::new(|| pristine_test(&small.image, Upper::Auto, None)),
+        ),
+        (
+            format!("pristine, {}", big.db_size),
+            Box::new(|| pristine_test(&big.image, Upper::Auto, None)),
+        ),
+        (
+            format!("pristine, tmpfs upper, {}", small.db_size),
+            Box::new(|| pristine_test(&small.image, tmpfs.clone(), None)),
+        ),
+        (
+            format!("pristine, tmpfs upper, {}", big.db_size),
+            Box::new(|| pristine_test(&big.image, tmpfs.clone(), None)),
+        ),
+        (
+            format!("template clone FILE_COPY, {}", small.db_size),
+            Box::new(|| server.clone_test("small")),
+        ),
+        (
+            format!("template clone FILE_COPY, {}", big.db_size),
+            Box::new(|| server.clone_test("big")),
+        ),
+    ];
+    let medians = interleaved(&cases, rounds);
+    println!("\none test (connect, read one row, update one row), median of {rounds} interleaved rounds:");
+    for ((name, _), m) in cases.iter().zip(&medians) {
+        println!("  {name:<44} {:>8.1} ms", m * 1e3);
+    }
+    println!(
+        "  pristine {} / {}                         {:>8.2}x  (target <= 1.2x)",
+        big.db_size,
+        small.db_size,
+        medians[1] / medians[0]
+    );
+    println!(
+        "  pristine / template clone, {:<8}         {:>8.2}x",
+        big.db_size,
+        medians[1] / medians[5]
+    );
+    println!(
+        "  pristine / template clone, {:<8}         {:>8.2}x",
+        small.db_size,
+        medians[0] / medians[4]
+    );
+    println!("\nwhat one pristine test holds at its end (PostgreSQL still running):");
+    for (label, image, upper) in [
+        (&small.db_size, &small.image, Upper::Auto),
+        (&big.db_size, &big.image, Upper::Auto),
+        (&small.db_size, &small.image, tmpfs.clone()),
+        (&big.db_size, &big.image, tmpfs.clone()),
+    ] {
+        let how = if upper == Upper::Auto {
+            "default upper"
+        } else {
+            "tmpfs upper  "
+        };
+        match measure(image, upper, &store) {
+            Ok(m) => println!("  {how}, {label:<8}: {m}"),
+            Err(e) => println!("  {how}, {label:<8}: not measured: {e}"),
+        }
+    }
+}
+
+/// A named thing to time.
+type Case<'a> = (String, Box<dyn Fn() + 'a>);
+
+/// Runs each case once per round, in order, `rounds` times; the median seconds of each.
+fn interleaved(cases: &[Case<'_>], rounds: usize) -> Vec<f64> {
+    // One warm-up round: builds, first page cache reads, connections.
+    for (_, f) in cases {
+        f();
+    }
+    let mut times = vec![Vec::new(); cases.len()];
+    for r in 0..rounds {
+        for (i, (name, f)) in cases.iter().enumerate() {
+            let t = Instant::now();
+            f();
+            let s = t.elapsed().as_secs_f64();
+            eprintln!("round {r}: {name}: {:.1} ms", s * 1e3);
+            times[i].push(s);
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect()
+}
+
+fn bench_container(image: &Image, upper: Upper) -> Container {
+    let exe = std::env::current_exe().expect("locate the bench binary");
+    Container::new(image.clone())
+        .upper(upper)
+        .env(INNER_ENV, "1")
+        .bind(Bind {
+            source: exe,
+            target: EXE_IN.into(),
+            readonly: true,
+        })
+        .timeout(Duration::from_secs(120))
+}
+
+fn pristine_test(image: &Image, upper: Upper, measure_dir: Option<&Path>) {
+    let mut c = bench_container(image, upper);
+    if let Some(dir) = measure_dir {
+        c = c.env(MEASURE_ENV, "1").bind(Bind {
+            source: dir.to_path_buf(),
+            target: MEASURE_IN.into(),
+            readonly: false,
+        });
+    }
+    let out = c.run([EXE_IN]).expect("run a container");
+    assert!(
+        out.status.success(),
+        "inside the container: {} {}",
+        out.stdout_str(),
+        out.stderr_str()
+    );
+}
+
+/// Inside the container: start PostgreSQL, wait until it is ready, connect, read, update.
 fn inner() -> ! {
     let fail = |msg: String| -> ! {
         eprintln!("{msg}");
@@ -171,9 +285,8 @@ fn inner() -> ! {
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| fail(format!("start postgres: {e}")));
-    let spawned = Instant::now();
     let pid_file = PathBuf::from(layer::DATA_DIR).join("postmaster.pid");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     // What `pg_ctl -w` waits for: the postmaster writes "ready" as the 8th line of its pid
     // file once it accepts connections. We poll every millisecond, not every 100.
     loop {
@@ -187,37 +300,280 @@ fn inner() -> ! {
             fail(format!("postgres exited with {status}"));
         }
         if Instant::now() > deadline {
-            fail("postgres was not ready after 20 s".into());
+            fail("postgres was not ready after 60 s".into());
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let ready_after = spawned.elapsed();
     let mut db = Client::connect(
         "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
         NoTls,
     )
     .unwrap_or_else(|e| fail(format!("connect: {e}")));
-    let one: i32 = db
-        .query_one("SELECT 1", &[])
-        .map(|r| r.get(0))
-        .unwrap_or_else(|e| fail(format!("SELECT 1: {e}")));
-    assert_eq!(one, 1);
-    // For a person running the command by hand.
-    println!(
-        "ready after {:.1} ms, connected and queried after {:.1} ms",
-        ready_after.as_secs_f64() * 1e3,
-        spawned.elapsed().as_secs_f64() * 1e3
-    );
+    read_and_update(&mut db).unwrap_or_else(|e| fail(e));
+    if std::env::var_os(MEASURE_ENV).is_some() {
+        handshake();
+    }
     // PostgreSQL is killed with the container.
     std::process::exit(0)
 }
 
-/// A PostgreSQL server on the host with the seed in database `seeded`, the template of
-/// every clone. Stopped (immediately) when dropped.
+/// The test: read one row, update it, read it back.
+fn read_and_update(db: &mut Client) -> Result<(), String> {
+    let before: i32 = db
+        .query_one(READ_SQL, &[])
+        .map_err(|e| format!("read: {e}"))?
+        .get(0);
+    db.batch_execute(UPDATE_SQL)
+        .map_err(|e| format!("update: {e}"))?;
+    let after: i32 = db
+        .query_one(READ_SQL, &[])
+        .map_err(|e| format!("read back: {e}"))?
+        .get(0);
+    if after != before + 1 {
+        return Err(format!("the update did not take: {before} then {after}"));
+    }
+    Ok(())
+}
+
+/// Tells the host the test is done and waits (at most 60 s) until it has measured.
+fn handshake() {
+    let dir = Path::new(MEASURE_IN);
+    let _ = std::fs::write(dir.join("done"), "");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("go").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A test's memory and disk
+
+/// What a test held at its end.
+struct Held {
+    /// Page cache and shared memory (tmpfs files included) charged to the test.
+    cache: i64,
+    /// Of which shared memory (tmpfs upper, PostgreSQL's shared buffers).
+    shmem: i64,
+    /// Anonymous memory of its processes.
+    rss: i64,
+    /// Bytes newly allocated on the store's filesystem (its upper layer on disk).
+    disk: i64,
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = |b: i64| b as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "page cache + shmem {:>7.1} MB (shmem {:>6.1} MB), process memory {:>5.1} MB, \
+             upper on disk {:>7.1} MB",
+            mb(self.cache),
+            mb(self.shmem),
+            mb(self.rss),
+            mb(self.disk)
+        )
+    }
+}
+
+/// A memory cgroup (v1) this process moves into while measuring; its children (the
+/// container) are charged there.
+struct MemoryCgroup {
+    dir: PathBuf,
+    parent_procs: PathBuf,
+}
+
+impl MemoryCgroup {
+    fn enter() -> Result<Self, String> {
+        let root = Path::new("/sys/fs/cgroup/memory");
+        if !root.join("memory.stat").exists() {
+            return Err("no cgroup v1 memory controller at /sys/fs/cgroup/memory".into());
+        }
+        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let rel = own
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let _ = f.next();
+                f.next()?
+                    .split(',')
+                    .any(|c| c == "memory")
+                    .then(|| f.next())?
+            })
+            .ok_or("this process is in no memory cgroup")?;
+        let parent = root.join(rel.trim_start_matches('/'));
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = parent.join(format!("pristine-bench-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let me = std::process::id().to_string();
+        std::fs::write(dir.join("cgroup.procs"), &me).map_err(|e| e.to_string())?;
+        Ok(MemoryCgroup {
+            dir,
+            parent_procs: parent.join("cgroup.procs"),
+        })
+    }
+
+    fn stat(&self) -> Result<(i64, i64, i64), String> {
+        let s = std::fs::read_to_string(self.dir.join("memory.stat")).map_err(|e| e.to_string())?;
+        let get = |k: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        Ok((get("cache"), get("shmem"), get("rss")))
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.parent_procs, std::process::id().to_string());
+        // The container's last processes may still be exiting.
+        for _ in 0..500 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("warning: could not remove {}", self.dir.display());
+    }
+}
+
+fn used_bytes(dir: &Path) -> i64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| ((s.blocks() - s.blocks_free()) as u64 * s.fragment_size() as u64) as i64)
+        .unwrap_or(0)
+}
+
+/// Runs one test (after a warm run, so that the seed's shared page cache is not charged to
+/// it) and measures, at its end, what its cgroup holds beyond what this process held.
+fn measure(image: &Image, upper: Upper, store: &Store) -> Result<Held, String> {
+    pristine_test(image, upper.clone(), None);
+    let cg = MemoryCgroup::enter()?;
+    let dir = tempfile::Builder::new()
+        .prefix("pristine-pg-measure-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let (cache0, shmem0, rss0) = cg.stat()?;
+    let disk0 = used_bytes(store.root());
+    let done = dir.path().join("done");
+    let go = dir.path().join("go");
+    let at_end = std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !done.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let r = cg.stat().map(|st| (st, used_bytes(store.root())));
+            let _ = std::fs::write(&go, "");
+            r
+        });
+        pristine_test(image, upper, Some(dir.path()));
+        waiter.join().expect("the measuring thread")
+    })?;
+    let ((cache, shmem, rss), disk) = at_end;
+    Ok(Held {
+        cache: cache - cache0,
+        shmem: shmem - shmem0,
+        rss: rss - rss0,
+        disk: disk - disk0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The demo's suite against the peers
+
+/// The peers' ways of giving each test its own database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// `CREATE DATABASE … TEMPLATE seeded STRATEGY WAL_LOG` per test.
+    WalLog,
+    /// The same with `STRATEGY FILE_COPY`.
+    FileCopy,
+    /// All clones made up front with FILE_COPY, then the tests (clone time counted).
+    Pool,
+}
+
+fn suite(rounds: usize) {
+    let tests: Vec<(String, &'static str)> = demo::KINDS
+        .iter()
+        .flat_map(|(kind, sql)| (0..12).map(move |i| (format!("{kind}_{i:02}"), *sql)))
+        .collect();
+    let server = TemplateServer::start(&[("seeded", Seed::Demo(1))])
+        .unwrap_or_else(|e| panic!("template server: {e}"));
+    let expected = {
+        let mut db = server.connect("seeded");
+        demo::fingerprint(&mut db).expect("fingerprint of the template")
+    };
+    // The demo's layer, built before the timed runs.
+    build_layer(layer::Seed::Demo(1));
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "pristine demo (examples/postgres)".into(),
+            Box::new(run_demo),
+        ),
+        (
+            "shared server, clone per test, WAL_LOG".into(),
+            Box::new(|| server.peer_suite(Peer::WalLog, &tests, &expected)),
+        ),
+        (
+            "shared server, clone per test, FILE_COPY".into(),
+            Box::new(|| server.peer_suite(Peer::FileCopy, &tests, &expected)),
+        ),
+        (
+            "shared server, 60 clones up front, FILE_COPY".into(),
+            Box::new(|| server.peer_suite(Peer::Pool, &tests, &expected)),
+        ),
+    ];
+    let medians = interleaved(&cases, rounds);
+    println!(
+        "\nthe demo's {} tests, 2 at a time, median wall of {rounds} interleaved rounds:",
+        tests.len()
+    );
+    for ((name, _), m) in cases.iter().zip(&medians) {
+        println!("  {name:<46} {m:>7.2} s");
+    }
+    let best = medians[1..].iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "  pristine / best peer                           {:>7.2}x  (target <= 0.8x, aim 0.5x)",
+        medians[0] / best
+    );
+}
+
+/// The demo's suite in a child process (its harness re-runs this binary in containers).
+fn run_demo() {
+    let exe = std::env::current_exe().expect("locate the bench binary");
+    let out = Command::new(exe)
+        .env(DEMO_ENV, "1")
+        .args(["--test-threads", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the demo");
+    assert!(
+        out.status.success(),
+        "the demo failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The peers' server
+
+/// What a template database holds.
+#[derive(Debug, Clone, Copy)]
+enum Seed {
+    /// The demo's `seed.sql` at this scale.
+    Demo(u32),
+    /// `pgbench -i -s SCALE`.
+    Pgbench(u32),
+}
+
+/// A PostgreSQL server on the host with the seeds in template databases. Stopped
+/// (immediately) when dropped.
 struct TemplateServer {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     data: PathBuf,
-    admin: std::cell::RefCell<Client>,
+    admin: std::sync::Mutex<Client>,
 }
 
 fn as_postgres(program: &str) -> Command {
@@ -243,10 +599,12 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
 }
 
 impl TemplateServer {
-    fn start() -> Result<Self, String> {
+    fn start(seeds: &[(&str, Seed)]) -> Result<Self, String> {
+        // Not in /tmp (a tmpfs on some machines): the peers' databases live on disk, as
+        // a real server's do.
         let dir = tempfile::Builder::new()
             .prefix("pristine-pg-template-")
-            .tempdir()
+            .tempdir_in("/var/tmp")
             .map_err(|e| e.to_string())?;
         let user = nix::unistd::User::from_name(layer::PG_USER)
             .ok()
@@ -255,9 +613,8 @@ impl TemplateServer {
         nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid))
             .map_err(|e| format!("chown {}: {e}", dir.path().display()))?;
         let data = dir.path().join("data");
-        let assets = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/postgres"));
         eprintln!(
-            "template server: initdb + seed in {}...",
+            "template server: initdb + seeds in {}...",
             dir.path().display()
         );
         run(
@@ -274,15 +631,14 @@ impl TemplateServer {
         )?;
         // The same tuning as the containers' servers, on its own port and socket directory.
         let mut conf =
-            std::fs::read_to_string(assets.join("postgresql.conf")).map_err(|e| e.to_string())?;
+            std::fs::read_to_string(data.join("postgresql.conf")).map_err(|e| e.to_string())?;
+        conf.push_str(layer::asset("postgresql.conf"));
         conf.push_str(&format!(
-            "\nport = {TEMPLATE_PORT}\nunix_socket_directories = '{}'\n",
+            "\nport = {TEMPLATE_PORT}\nunix_socket_directories = '{}'\n\
+             max_connections = 100\n",
             dir.path().display()
         ));
-        let mut all =
-            std::fs::read_to_string(data.join("postgresql.conf")).map_err(|e| e.to_string())?;
-        all.push_str(&conf);
-        std::fs::write(data.join("postgresql.conf"), all).map_err(|e| e.to_string())?;
+        std::fs::write(data.join("postgresql.conf"), conf).map_err(|e| e.to_string())?;
         run(
             as_postgres("pg_ctl")
                 .arg("-D")
@@ -293,59 +649,133 @@ impl TemplateServer {
                 .stdout(Stdio::null()),
             "pg_ctl start (is port 54329 free?)",
         )?;
+        let admin = Client::connect(
+            &format!("host=127.0.0.1 port={TEMPLATE_PORT} user=postgres dbname=postgres"),
+            NoTls,
+        )
+        .map_err(|e| format!("connect: {e}"))?;
         let server = TemplateServer {
             data,
-            admin: std::cell::RefCell::new(
-                Client::connect(
-                    &format!("host=127.0.0.1 port={TEMPLATE_PORT} user=postgres dbname=postgres"),
-                    NoTls,
-                )
-                .map_err(|e| format!("connect: {e}"))?,
-            ),
-            _dir: dir,
+            admin: std::sync::Mutex::new(admin),
+            dir,
         };
+        for (name, seed) in seeds {
+            server.seed(name, *seed)?;
+        }
         server
-            .admin
-            .borrow_mut()
-            .batch_execute("CREATE DATABASE seeded")
-            .map_err(|e| e.to_string())?;
-        run(
-            as_postgres("psql")
-                .args(["-h", "127.0.0.1", "-p", &TEMPLATE_PORT.to_string()])
-                .args(["-U", "postgres", "-X", "-q", "-v", "ON_ERROR_STOP=1"])
-                .args(["-v", "scale=1", "-f"])
-                .arg(assets.join("seed.sql"))
-                .arg("seeded"),
-            "seeding the template",
-        )?;
-        server
-            .admin
-            .borrow_mut()
+            .admin()
             .batch_execute("CHECKPOINT")
             .map_err(|e| e.to_string())?;
         Ok(server)
     }
 
-    /// Clone the seed, connect to the clone, `SELECT 1`, drop it.
-    fn clone_cycle(&self) {
-        let mut admin = self.admin.borrow_mut();
-        admin
-            .batch_execute("CREATE DATABASE x TEMPLATE seeded STRATEGY FILE_COPY")
-            .expect("CREATE DATABASE");
-        {
-            let mut db = Client::connect(
-                &format!("host=127.0.0.1 port={TEMPLATE_PORT} user=postgres dbname=x"),
-                NoTls,
-            )
-            .expect("connect to the clone");
-            let one: i32 = db.query_one("SELECT 1", &[]).expect("SELECT 1").get(0);
-            assert_eq!(one, 1);
+    fn seed(&self, name: &str, seed: Seed) -> Result<(), String> {
+        self.admin()
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .map_err(|e| e.to_string())?;
+        let port = TEMPLATE_PORT.to_string();
+        match seed {
+            Seed::Demo(scale) => {
+                let sql = self.dir.path().join("seed.sql");
+                std::fs::write(&sql, layer::asset("seed.sql")).map_err(|e| e.to_string())?;
+                run(
+                    as_postgres("psql")
+                        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+                        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+                        .args(["-v", &format!("scale={scale}"), "-f"])
+                        .arg(&sql)
+                        .arg(name),
+                    "seeding a template",
+                )
+            }
+            Seed::Pgbench(scale) => run(
+                as_postgres("pgbench")
+                    .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+                    .args(["-i", "-q", "-s", &scale.to_string(), name]),
+                "pgbench -i",
+            ),
         }
-        // FORCE: the clone's backend may not have exited yet after the disconnect.
-        admin
-            .batch_execute("DROP DATABASE x WITH (FORCE)")
-            .expect("DROP DATABASE");
     }
+
+    fn admin(&self) -> std::sync::MutexGuard<'_, Client> {
+        self.admin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connect(&self, db: &str) -> Client {
+        Client::connect(
+            &format!("host=127.0.0.1 port={TEMPLATE_PORT} user=postgres dbname={db}"),
+            NoTls,
+        )
+        .unwrap_or_else(|e| panic!("connect to {db}: {e}"))
+    }
+
+    fn create(&self, db: &str, template: &str, strategy: &str) {
+        create(&mut self.admin(), db, template, strategy)
+    }
+
+    fn drop_db(&self, db: &str) {
+        drop_db(&mut self.admin(), db)
+    }
+    /// Clone `template`, connect, read one row and update it, drop the clone.
+    fn clone_test(&self, template: &str) {
+        self.create("x", template, "FILE_COPY");
+        {
+            let mut db = self.connect("x");
+            read_and_update(&mut db).unwrap_or_else(|e| panic!("{e}"));
+        }
+        self.drop_db("x");
+    }
+
+    /// The demo's tests, two at a time, each on its own clone of `seeded`.
+    fn peer_suite(&self, peer: Peer, tests: &[(String, &'static str)], expected: &str) {
+        let db = |i: usize| format!("t{i}");
+        if peer == Peer::Pool {
+            for i in 0..tests.len() {
+                self.create(&db(i), "seeded", "FILE_COPY");
+            }
+        }
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                // Each worker has its own admin connection, as a pool of test processes has.
+                s.spawn(|| {
+                    let mut admin = self.connect("postgres");
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((name, sql)) = tests.get(i) else {
+                            return;
+                        };
+                        match peer {
+                            Peer::WalLog => create(&mut admin, &db(i), "seeded", "WAL_LOG"),
+                            Peer::FileCopy => create(&mut admin, &db(i), "seeded", "FILE_COPY"),
+                            Peer::Pool => {}
+                        }
+                        {
+                            let mut c = self.connect(&db(i));
+                            demo::body(&mut c, expected, name, sql)
+                                .unwrap_or_else(|e| panic!("peer test {name}: {e}"));
+                        }
+                        drop_db(&mut admin, &db(i));
+                    }
+                });
+            }
+        });
+    }
+}
+
+fn create(admin: &mut Client, db: &str, template: &str, strategy: &str) {
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {db} TEMPLATE {template} STRATEGY {strategy}"
+        ))
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {db}: {e}"));
+}
+
+fn drop_db(admin: &mut Client, db: &str) {
+    // FORCE: the test's backend may not have exited yet after the disconnect.
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .unwrap_or_else(|e| panic!("DROP DATABASE {db}: {e}"));
 }
 
 impl Drop for TemplateServer {

@@ -34,7 +34,7 @@ pub struct Config {
 static LAYER: OnceLock<Layer> = OnceLock::new();
 
 /// What each kind of test does to its own copy of the database after checking the seed.
-const KINDS: &[(&str, &str)] = &[
+pub const KINDS: &[(&str, &str)] = &[
     (
         "inserts_accounts",
         "INSERT INTO accounts SELECT 1000000 + i, 'mine ' || i, 'mine' || i || '@test', 0, now() \
@@ -61,7 +61,7 @@ fn connect() -> Result<Client, postgres::Error> {
 }
 
 /// `TABLE ROWS CHECKSUM` lines, as `build.sh` recorded them with psql.
-fn fingerprint(db: &mut Client) -> Result<String, postgres::Error> {
+pub fn fingerprint(db: &mut Client) -> Result<String, postgres::Error> {
     let mut out = String::new();
     for msg in db.simple_query(layer::FINGERPRINT_SQL)? {
         if let SimpleQueryMessage::Row(row) = msg {
@@ -76,8 +76,15 @@ fn fingerprint(db: &mut Client) -> Result<String, postgres::Error> {
 /// The body of every test (inside its container, PostgreSQL ready).
 fn check_seed_then_write(name: &str, write_sql: &str) -> TestResult {
     let expected = layer::recorded_fingerprint()?;
-    let mut db = connect()?;
-    let seen = fingerprint(&mut db)?;
+    body(&mut connect()?, &expected, name, write_sql)
+}
+
+/// What every test does to its database `db` (its own): check that it is exactly the seed
+/// (`expected` fingerprint), write, check the writes took. Also the peers' test body in
+/// `benches/postgres.rs`.
+pub fn body(db: &mut Client, expected: &str, name: &str, write_sql: &str) -> TestResult {
+    let db = &mut *db;
+    let seen = fingerprint(db)?;
     if seen.trim() != expected.trim() {
         return Err(format!(
             "this test's database is not the seed: another test's writes leaked in?\n\
@@ -104,7 +111,7 @@ fn check_seed_then_write(name: &str, write_sql: &str) -> TestResult {
     if markers != [name] {
         return Err(format!("expected only this test's marker row, found {markers:?}").into());
     }
-    let after = match fingerprint(&mut db) {
+    let after = match fingerprint(db) {
         Ok(f) => f,
         // Without the events table the fingerprint query fails: that is the change.
         Err(e) if e.as_db_error().is_some() => String::from("(events dropped)"),

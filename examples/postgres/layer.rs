@@ -8,7 +8,10 @@
 //! `seed.sql`, `postgresql.conf`, `fingerprint.sql` or `build.sh` and the next run rebuilds
 //! it.
 
-use std::path::{Path, PathBuf};
+// Shared by an example, a test and a benchmark, each using part of it.
+#![allow(dead_code)]
+
+use std::path::Path;
 use std::time::Duration;
 
 use pristine::{Image, LayerSpec, Recipe, Store};
@@ -26,25 +29,63 @@ pub const READY_LINE: &str = "database system is ready to accept connections";
 /// The checksum query, also run by `build.sh`; see `fingerprint.sql`.
 pub const FINGERPRINT_SQL: &str = include_str!("fingerprint.sql");
 
-/// This directory, found at run time: cargo (`cargo run`, `cargo test`, `cargo bench`) and
-/// nextest set `CARGO_MANIFEST_DIR` for what they run, and nextest points it at the
-/// remapped sources when it runs an archive on another machine. A path fixed at compile
-/// time would not exist there.
-fn assets_dir() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("examples/postgres")
+/// The files copied into the layer, compiled into the program (so that it runs from any
+/// directory, without the source tree).
+pub const ASSET_FILES: &[(&str, &str)] = &[
+    ("build.sh", include_str!("build.sh")),
+    ("seed.sql", include_str!("seed.sql")),
+    ("fingerprint.sql", include_str!("fingerprint.sql")),
+    ("postgresql.conf", include_str!("postgresql.conf")),
+];
+
+/// The content of asset `name`.
+pub fn asset(name: &str) -> &'static str {
+    ASSET_FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| *c)
+        .unwrap_or_else(|| panic!("no asset {name}"))
 }
 
-/// The recipe: host root + one layer with the seeded data directory. Scale 1 is about 25 MB
-/// of tables (30 MB database), scale 46 about 1 GiB.
-pub fn recipe(scale: u32) -> Recipe {
-    let dir = assets_dir();
-    let mut layer = LayerSpec::new(format!("postgres-15-seed-x{scale}"))
+/// What the seed is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seed {
+    /// The demo's tables (`seed.sql`): scale 1 is about 25 MB of tables (30 MB database),
+    /// scale 46 about 1 GiB.
+    Demo(u32),
+    /// `pgbench -i -s SCALE`: scale 2 is a 30 MB database, 70 about 1 GiB.
+    Pgbench(u32),
+}
+
+impl Seed {
+    fn tag(self) -> String {
+        match self {
+            Seed::Demo(s) => format!("x{s}"),
+            Seed::Pgbench(s) => format!("pgbench-x{s}"),
+        }
+    }
+}
+
+/// Writes the assets to a temporary directory for the recipe to copy from.
+fn write_assets() -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("pristine-pg-assets-")
+        .tempdir()
+        .map_err(|e| format!("create a directory for the layer's files: {e}"))?;
+    for (name, content) in ASSET_FILES {
+        std::fs::write(dir.path().join(name), content).map_err(|e| format!("write {name}: {e}"))?;
+    }
+    Ok(dir)
+}
+
+/// The recipe: host root + one layer with the seeded data directory; its files come from
+/// `dir`.
+fn recipe_in(seed: Seed, dir: &Path) -> Recipe {
+    let tag = seed.tag();
+    let mut layer = LayerSpec::new(format!("postgres-15-seed-{tag}"))
         // A big seed takes a while to generate; a 25 MB one takes a few seconds.
         .timeout(Duration::from_secs(3600));
-    for file in ["build.sh", "seed.sql", "fingerprint.sql", "postgresql.conf"] {
+    for (file, _) in ASSET_FILES {
         layer = layer.copy(dir.join(file), format!("{ASSETS}/{file}"));
     }
     // As root: the data directory, and the assets directory the seed step writes to.
@@ -59,9 +100,18 @@ pub fn recipe(scale: u32) -> Recipe {
         ),
     ]);
     // As postgres (PostgreSQL refuses to run as root): initdb, seed, checkpoint, stop.
+    let (scale, kind) = match seed {
+        Seed::Demo(s) => (s, "demo"),
+        Seed::Pgbench(s) => (s, "pgbench"),
+    };
     layer = layer
         .run_with(
-            ["sh", &format!("{ASSETS}/build.sh"), &scale.to_string()],
+            [
+                "sh",
+                &format!("{ASSETS}/build.sh"),
+                &scale.to_string(),
+                kind,
+            ],
             [("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")],
             "/",
         )
@@ -71,7 +121,7 @@ pub fn recipe(scale: u32) -> Recipe {
     // unrelated package install or user leaves it cached.
     Recipe::host()
         .host_inputs(["pkg:postgresql-15"])
-        .name(format!("postgres-seed-x{scale}"))
+        .name(format!("postgres-seed-{tag}"))
         .layer(layer)
 }
 
@@ -90,9 +140,14 @@ pub struct Layer {
     pub db_size: String,
 }
 
-/// Builds the layer unless it is cached, in the default store (`target/pristine` under
-/// cargo, shared by the demo, its test and the benchmark).
+/// Builds the demo's layer unless it is cached, in the default store (`target/pristine`
+/// under cargo, shared by the demo, its test and the benchmark).
 pub fn build(scale: u32) -> Result<Layer, String> {
+    build_seed(Seed::Demo(scale))
+}
+
+/// Builds the layer of `seed` unless it is cached, in the default store.
+pub fn build_seed(seed: Seed) -> Result<Layer, String> {
     let store = Store::open_default().map_err(|e| format!("cannot open pristine's store: {e}"))?;
     // The layer adds files under /var and /opt. A top-level directory of the host that holds
     // the store itself is bound into containers as it is (overlayfs refuses a layer inside
@@ -107,16 +162,9 @@ pub fn build(scale: u32) -> Result<Layer, String> {
             store.root().display()
         ));
     }
-    let assets = assets_dir();
-    if !assets.join("build.sh").is_file() {
-        return Err(format!(
-            "the demo's build files are not in {}: run it through cargo from the checkout \
-             (cargo and nextest say where it is in CARGO_MANIFEST_DIR)",
-            assets.display()
-        ));
-    }
     let started = std::time::Instant::now();
-    let built = recipe(scale)
+    let assets = write_assets()?;
+    let built = recipe_in(seed, assets.path())
         .build_report(&store)
         .map_err(|e| format!("building the seeded PostgreSQL layer failed: {e}"))?;
     let took = started.elapsed();

@@ -999,6 +999,7 @@ pub fn mount_overlay_layered(
     upper: &Path,
     work: &Path,
     userxattr: bool,
+    volatile: bool,
 ) -> SysResult<()> {
     // SAFETY: fsopen reads a NUL-terminated filesystem name.
     let fs = fd_result("fsopen overlay", Some(target), unsafe {
@@ -1029,6 +1030,9 @@ pub fn mount_overlay_layered(
     )?;
     if userxattr {
         fsconfig(&fs, FSCONFIG_SET_FLAG, Some(c"userxattr"), None, target)?;
+    }
+    if volatile {
+        fsconfig(&fs, FSCONFIG_SET_FLAG, Some(c"volatile"), None, target)?;
     }
     fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None, target)?;
     // SAFETY: fsmount takes an fs context fd that has been created above.

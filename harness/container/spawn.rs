@@ -247,10 +247,12 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
         (Some(d), _, _) => UpperPlacement::Disk {
             upper: d.upper(),
             work: d.work(),
+            volatile: true,
         },
         (None, Some(own), _) => UpperPlacement::Disk {
             upper: own.upper.clone(),
             work: own.work.clone(),
+            volatile: false,
         },
         (None, None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: size.clone() },
         (None, None, Upper::Auto) => UpperPlacement::Tmpfs { size: "4g".into() },
@@ -704,7 +706,7 @@ fn keep_upper(
 /// `/var`).
 fn split_stops(store: &Path, layers: &[PathBuf], upper: &UpperPlacement) -> Vec<PathBuf> {
     let on_disk = match upper {
-        UpperPlacement::Disk { upper, work } => vec![upper, work],
+        UpperPlacement::Disk { upper, work, .. } => vec![upper, work],
         UpperPlacement::Tmpfs { .. } => Vec::new(),
     };
     let mut stops: Vec<PathBuf> = Vec::new();

@@ -90,16 +90,17 @@ fn apply_one(sys: &dyn Syscall, op: &SetupOp) -> Result<(), SysError> {
             work,
             userxattr,
             nosuid,
+            volatile,
         } => {
             let flags = match nosuid {
                 true => NOSUID_NODEV,
                 false => MsFlags::empty(),
             };
-            let data = match overlay_options(lowers, upper, work, *userxattr, false) {
+            let data = match overlay_options(lowers, upper, work, *userxattr, *volatile) {
                 Ok(data) => data,
                 // Too many layers for one option page: one `lowerdir+` per layer instead.
                 Err(OverlayOptionsError::TooLong { .. }) => {
-                    sys.mount_overlay_layered(target, lowers, upper, work, *userxattr)?;
+                    sys.mount_overlay_layered(target, lowers, upper, work, *userxattr, *volatile)?;
                     return match nosuid {
                         true => sys.mount(
                             "make the overlay nosuid,nodev",

@@ -53,6 +53,9 @@ pub enum SetupOp {
         userxattr: bool,
         /// Mount `nosuid,nodev` (every container but a privileged one).
         nosuid: bool,
+        /// Skip overlayfs's syncs (`volatile`): for a throwaway upper on disk, where each
+        /// copy-up would otherwise flush the file and the filesystem's journal.
+        volatile: bool,
     },
     /// Mount a read-only overlay of one host directory alone (`/` as root, the directory
     /// holding the store rootless): a view of it on its own superblock, so that layers
@@ -193,17 +196,19 @@ impl fmt::Display for SetupOp {
                 work,
                 userxattr,
                 nosuid,
+                volatile,
             } => {
                 let lowers: Vec<_> = lowers.iter().map(|l| l.display().to_string()).collect();
                 write!(
                     f,
-                    "mount overlay {} (lower={} upper={} work={}{}{})",
+                    "mount overlay {} (lower={} upper={} work={}{}{}{})",
                     target.display(),
                     lowers.join(":"),
                     upper.display(),
                     work.display(),
                     if *userxattr { " userxattr" } else { "" },
-                    if *nosuid { " nosuid,nodev" } else { "" }
+                    if *nosuid { " nosuid,nodev" } else { "" },
+                    if *volatile { " volatile" } else { "" }
                 )
             }
             SetupOp::UnlessGone { source, op } => {

@@ -58,6 +58,9 @@ pub(crate) enum UpperPlacement {
         upper: PathBuf,
         /// Work directory (same filesystem as `upper`).
         work: PathBuf,
+        /// Thrown away or only kept for inspection, never mounted again: overlayfs need
+        /// not sync it (`volatile`).
+        volatile: bool,
     },
 }
 
@@ -84,10 +87,11 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
     let (upper, work, size) = match input.upper {
         UpperPlacement::Tmpfs { size } => (base.join("upper"), base.join("work"), size.as_str()),
         // The base still holds the root mount point; it needs almost no space.
-        UpperPlacement::Disk { upper, work } => (upper.clone(), work.clone(), "1m"),
+        UpperPlacement::Disk { upper, work, .. } => (upper.clone(), work.clone(), "1m"),
     };
     // A confined container honours no setuid bit and opens no device node outside /dev.
     let nosuid = !input.privileges.privileged;
+    let volatile = matches!(input.upper, UpperPlacement::Disk { volatile: true, .. });
     let mut ops = Vec::new();
     if !input.cgroups.is_empty() {
         ops.push(SetupOp::JoinCgroups {
@@ -115,6 +119,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             work: work.clone(),
             userxattr: input.rootless,
             nosuid,
+            volatile,
         }),
         RootfsSource::LayersOverHost(layers) => {
             let (view, empty) = (base.join("host"), base.join("empty"));
@@ -136,6 +141,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 work: work.clone(),
                 userxattr: input.rootless,
                 nosuid,
+                volatile,
             });
         }
         RootfsSource::HostEntries { entries, layers } => {
@@ -154,7 +160,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             // directories that hold one (`HostEntry::Viewed`, or `Split` on the way to it);
             // any directory that still contains one is bound read-only instead of overlaid.
             let mut nested: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
-            if let UpperPlacement::Disk { upper, work } = input.upper {
+            if let UpperPlacement::Disk { upper, work, .. } = input.upper {
                 nested.extend([upper.as_path(), work.as_path()]);
             }
             let dirs = HostDirs {
@@ -166,6 +172,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 nested: &nested,
                 userxattr: input.rootless,
                 nosuid,
+                volatile,
             };
             dirs.entry_ops(Path::new(""), entries, &mut ops);
         }
@@ -208,10 +215,11 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             upper,
             work,
             userxattr,
+            volatile,
             ..
         } = op
         {
-            match overlay_options(lowers, upper, work, *userxattr, false) {
+            match overlay_options(lowers, upper, work, *userxattr, *volatile) {
                 // Applied through the new mount API's `lowerdir+`, one layer at a time.
                 Err(OverlayOptionsError::TooLong { .. }) if layered_mount_supported() => {}
                 Err(e) => return Err(e),
@@ -263,6 +271,7 @@ struct HostDirs<'a> {
     userxattr: bool,
     /// Overlays are `nosuid,nodev` (all but privileged containers).
     nosuid: bool,
+    volatile: bool,
 }
 
 impl HostDirs<'_> {
@@ -309,6 +318,7 @@ impl HostDirs<'_> {
                         work: self.work.join(&rel_name),
                         userxattr: self.userxattr,
                         nosuid: self.nosuid,
+                        volatile: self.volatile,
                     };
                     ops.push(guarded(host.join(&name), overlay));
                 }
@@ -392,6 +402,7 @@ impl HostDirs<'_> {
             work: self.work.join(rel),
             userxattr: self.userxattr,
             nosuid: self.nosuid,
+            volatile: self.volatile,
         });
         // Not recursive: the store holds the container's own mounts (its base, under
         // `run/mnt`), which a recursive bind would copy in; the host's mounts below a stop
@@ -634,6 +645,7 @@ mod tests {
         let upper = UpperPlacement::Disk {
             upper: "/store/containers/x/upper".into(),
             work: "/store/containers/x/work".into(),
+            volatile: false,
         };
         let text = plan_text(rootfs, &upper, true, &[]);
         insta::with_settings!({snapshot_path => crate::setup::snapshots_dir()}, {

@@ -37,6 +37,7 @@ pub(crate) trait Syscall {
         upper: &Path,
         work: &Path,
         userxattr: bool,
+        volatile: bool,
     ) -> SysResult<()>;
     /// Creates a directory and its parents, with `mode`.
     fn mkdir(&self, path: &Path, mode: u32) -> SysResult<()>;
@@ -151,8 +152,9 @@ impl Syscall for Linux {
         upper: &Path,
         work: &Path,
         userxattr: bool,
+        volatile: bool,
     ) -> SysResult<()> {
-        sys::mount_overlay_layered(target, lowers, upper, work, userxattr)
+        sys::mount_overlay_layered(target, lowers, upper, work, userxattr, volatile)
     }
 
     fn mkdir(&self, path: &Path, mode: u32) -> SysResult<()> {
@@ -361,6 +363,7 @@ impl Syscall for Recorder {
         _upper: &Path,
         _work: &Path,
         _userxattr: bool,
+        _volatile: bool,
     ) -> SysResult<()> {
         self.record(format!(
             "fsmount overlay {} ({} lowers)",

@@ -1,0 +1,116 @@
+//! The store's reflink filesystem: as root, a store on a filesystem that cannot reflink gets
+//! a loop-mounted XFS image, where a container's first write to a big stored file clones it
+//! instead of copying it; the image is found again by the next process and unmounted on
+//! request, leaving the mount table as it was.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use pristine::{Container, Keep, LayerSpec, Recipe, Store};
+
+fn mount_points() -> BTreeSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect()
+}
+
+fn used_bytes(dir: &Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(dir).unwrap();
+    (s.blocks() - s.blocks_free()) as u64 * s.fragment_size() as u64
+}
+
+fn pristine_store(dir: &Path, extra: &[&str]) -> String {
+    let out = Command::new(common::pristine_bin())
+        .arg("store")
+        .args(extra)
+        .arg("--store")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A store opened at an explicit directory on a filesystem without reflinks gets no image
+/// (nothing mounted) and says what a copy-up costs there.
+#[test]
+fn an_explicit_store_without_reflinks_mounts_nothing_and_says_so() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let before = mount_points();
+    let store = Store::open(dir.path()).unwrap();
+    if store.reflink().works() {
+        return; // /var/tmp is on btrfs or XFS here: nothing to fall back from.
+    }
+    assert_eq!(store.root(), dir.path());
+    assert_eq!(mount_points(), before);
+    let shown = pristine_store(dir.path(), &[]);
+    assert!(shown.contains("no reflinks"), "{shown}");
+    assert!(shown.contains("copies the whole file"), "{shown}");
+    assert!(!dir.path().join("reflink.img").exists());
+}
+
+/// As root: the image is made and mounted, a copy-up there is a clone, the next process
+/// finds the image again, and `pristine store --unmount` restores the mount table.
+#[test]
+fn as_root_a_reflink_image_makes_copy_up_a_clone() {
+    if !common::is_root() {
+        return; // only root mounts the image; the rootless case is the test above.
+    }
+    if common::which("mkfs.xfs").is_none() && common::which("mkfs.btrfs").is_none() {
+        panic!("needs mkfs.xfs (xfsprogs) or mkfs.btrfs (btrfs-progs)");
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let before = mount_points();
+    let store = Store::open_with_image(dir.path()).unwrap();
+    if !matches!(store.reflink(), pristine::store::Reflink::Image { .. }) {
+        // /var/tmp reflinks by itself: no image is needed (and none was made).
+        assert!(store.reflink().works());
+        assert!(!dir.path().join("reflink.img").exists());
+        return;
+    }
+    assert_eq!(store.root(), dir.path().join("reflink"));
+    // Another process finds it again (and says so) without making anything.
+    let shown = pristine_store(dir.path(), &[]);
+    assert!(shown.contains("reflink.img via /dev/loop"), "{shown}");
+
+    // A 64 MiB stored file, appended to by a container whose upper is kept: the kept upper
+    // holds a whole 64 MiB file, but the filesystem grew by far less (shared blocks).
+    let image = Recipe::host()
+        .layer(LayerSpec::new("big").run([
+            "sh",
+            "-c",
+            "head -c 67108864 /dev/urandom > /srv/pristine-big",
+        ]))
+        .build(&store)
+        .unwrap();
+    let used = used_bytes(store.root());
+    let out = Container::new(image)
+        .store(dir.path())
+        .keep(Keep::Always)
+        .run([
+            "sh",
+            "-c",
+            "echo x >> /srv/pristine-big && wc -c < /srv/pristine-big",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{}", out.stderr_str());
+    assert_eq!(out.stdout_str().trim(), "67108866");
+    let kept = out.kept.expect("the upper was kept");
+    let copied = kept.dir.join("upper/srv/pristine-big");
+    assert_eq!(std::fs::metadata(&copied).unwrap().len(), 67108866);
+    let grew = used_bytes(store.root()).saturating_sub(used);
+    assert!(grew < 8 << 20, "copy-up took {grew} bytes: not a clone");
+
+    assert!(pristine_store(dir.path(), &["--unmount"]).contains("unmounted"));
+    assert_eq!(mount_points(), before);
+    assert!(pristine_store(dir.path(), &["--unmount"]).contains("no reflink image"));
+}

@@ -122,6 +122,9 @@ fn build_layer(seed: layer::Seed) -> layer::Layer {
 // One test at two sizes
 
 fn per_test(rounds: usize) {
+    // Before any container: every process of this part (pristine's zygote included) is
+    // then charged to this cgroup, where a test's memory is read.
+    let cgroup = MemoryCgroup::enter();
     let (small_scale, big_scale) = (
         scale("PRISTINE_PG_SMALL_SCALE", 2),
         scale("PRISTINE_PG_BIG_SCALE", 70),
@@ -196,7 +199,8 @@ fn per_test(rounds: usize) {
         } else {
             "tmpfs upper  "
         };
-        match measure(image, upper, &store) {
+        let cg = cgroup.as_ref().map_err(String::clone);
+        match cg.and_then(|cg| measure(image, upper, &store, cg)) {
             Ok(m) => println!("  {how}, {label:<8}: {m}"),
             Err(e) => println!("  {how}, {label:<8}: not measured: {e}"),
         }
@@ -358,6 +362,9 @@ struct Held {
     rss: i64,
     /// Bytes newly allocated on the store's filesystem (its upper layer on disk).
     disk: i64,
+    /// The whole system's `Shmem` (tmpfs files included) grew by this much: a cross-check
+    /// that does not depend on cgroup accounting (other processes add noise).
+    system_shmem: i64,
 }
 
 impl std::fmt::Display for Held {
@@ -366,11 +373,12 @@ impl std::fmt::Display for Held {
         write!(
             f,
             "page cache + shmem {:>7.1} MB (shmem {:>6.1} MB), process memory {:>5.1} MB, \
-             upper on disk {:>7.1} MB",
+             upper on disk {:>7.1} MB; system-wide Shmem {:>+7.1} MB",
             mb(self.cache),
             mb(self.shmem),
             mb(self.rss),
-            mb(self.disk)
+            mb(self.disk),
+            mb(self.system_shmem)
         )
     }
 }
@@ -401,9 +409,7 @@ impl MemoryCgroup {
             })
             .ok_or("this process is in no memory cgroup")?;
         let parent = root.join(rel.trim_start_matches('/'));
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = parent.join(format!("pristine-bench-{}-{n}", std::process::id()));
+        let dir = parent.join(format!("pristine-bench-{}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let me = std::process::id().to_string();
         std::fs::write(dir.join("cgroup.procs"), &me).map_err(|e| e.to_string())?;
@@ -427,15 +433,23 @@ impl MemoryCgroup {
 impl Drop for MemoryCgroup {
     fn drop(&mut self) {
         let _ = std::fs::write(&self.parent_procs, std::process::id().to_string());
-        // The container's last processes may still be exiting.
-        for _ in 0..500 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!("warning: could not remove {}", self.dir.display());
+        // pristine's zygote lives there until this process exits: the cgroup is then empty,
+        // and the next container with limits removes it (a `pristine-` leftover).
+        let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// `Shmem` of /proc/meminfo, in bytes.
+fn system_shmem() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Shmem:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<i64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 fn used_bytes(dir: &Path) -> i64 {
@@ -446,15 +460,15 @@ fn used_bytes(dir: &Path) -> i64 {
 
 /// Runs one test (after a warm run, so that the seed's shared page cache is not charged to
 /// it) and measures, at its end, what its cgroup holds beyond what this process held.
-fn measure(image: &Image, upper: Upper, store: &Store) -> Result<Held, String> {
+fn measure(image: &Image, upper: Upper, store: &Store, cg: &MemoryCgroup) -> Result<Held, String> {
     pristine_test(image, upper.clone(), None);
-    let cg = MemoryCgroup::enter()?;
     let dir = tempfile::Builder::new()
         .prefix("pristine-pg-measure-")
         .tempdir()
         .map_err(|e| e.to_string())?;
     let (cache0, shmem0, rss0) = cg.stat()?;
     let disk0 = used_bytes(store.root());
+    let sys0 = system_shmem();
     let done = dir.path().join("done");
     let go = dir.path().join("go");
     let at_end = std::thread::scope(|s| {
@@ -463,19 +477,22 @@ fn measure(image: &Image, upper: Upper, store: &Store) -> Result<Held, String> {
             while !done.exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
             }
-            let r = cg.stat().map(|st| (st, used_bytes(store.root())));
+            let r = cg
+                .stat()
+                .map(|st| (st, used_bytes(store.root()), system_shmem()));
             let _ = std::fs::write(&go, "");
             r
         });
         pristine_test(image, upper, Some(dir.path()));
         waiter.join().expect("the measuring thread")
     })?;
-    let ((cache, shmem, rss), disk) = at_end;
+    let ((cache, shmem, rss), disk, sys) = at_end;
     Ok(Held {
         cache: cache - cache0,
         shmem: shmem - shmem0,
         rss: rss - rss0,
         disk: disk - disk0,
+        system_shmem: sys - sys0,
     })
 }
 

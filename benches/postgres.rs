@@ -25,7 +25,8 @@
 //! `suite`: the demo's 60 tests (`examples/postgres/demo.rs`, 30 MB seed, 2 at a time):
 //! pristine (the demo itself) against one shared PostgreSQL with a clone per test (WAL_LOG,
 //! PostgreSQL 15's default, and FILE_COPY) and with all 60 clones made up front (FILE_COPY;
-//! their time counted, IntegreSQL's way).
+//! their time counted, IntegreSQL's way). The peers' server keeps its data in /var/tmp
+//! (`PRISTINE_PG_PEER_DIR` elsewhere, e.g. `/dev/shm` for a server in memory).
 //!
 //! Runs from any checkout path: the container runs this binary bound read-only at
 //! `/.pristine/bin`, the layer's files are compiled in, and this binary serves as the
@@ -454,7 +455,7 @@ fn system_shmem() -> i64 {
 
 fn used_bytes(dir: &Path) -> i64 {
     nix::sys::statvfs::statvfs(dir)
-        .map(|s| ((s.blocks() - s.blocks_free()) as u64 * s.fragment_size() as u64) as i64)
+        .map(|s| ((s.blocks() - s.blocks_free()) * s.fragment_size()) as i64)
         .unwrap_or(0)
 }
 
@@ -617,11 +618,12 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
 
 impl TemplateServer {
     fn start(seeds: &[(&str, Seed)]) -> Result<Self, String> {
-        // Not in /tmp (a tmpfs on some machines): the peers' databases live on disk, as
-        // a real server's do.
+        // On disk by default, as a real server's data is (`PRISTINE_PG_PEER_DIR=/dev/shm`
+        // puts the peers' databases in memory instead).
+        let parent = std::env::var_os("PRISTINE_PG_PEER_DIR").unwrap_or("/var/tmp".into());
         let dir = tempfile::Builder::new()
             .prefix("pristine-pg-template-")
-            .tempdir_in("/var/tmp")
+            .tempdir_in(parent)
             .map_err(|e| e.to_string())?;
         let user = nix::unistd::User::from_name(layer::PG_USER)
             .ok()

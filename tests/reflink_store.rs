@@ -21,7 +21,7 @@ fn mount_points() -> BTreeSet<String> {
 
 fn used_bytes(dir: &Path) -> u64 {
     let s = nix::sys::statvfs::statvfs(dir).unwrap();
-    (s.blocks() - s.blocks_free()) as u64 * s.fragment_size() as u64
+    (s.blocks() - s.blocks_free()) * s.fragment_size()
 }
 
 fn pristine_store(dir: &Path, extra: &[&str]) -> String {

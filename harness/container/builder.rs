@@ -20,11 +20,12 @@ pub enum Keep {
 }
 
 /// Where the writable upper layer lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Upper {
     /// The default: on disk in the store when the image has layers there and the store's
     /// filesystem reflinks (a first write to a stored file then clones it instead of
     /// copying it whole into memory); else a tmpfs of at most 4 GiB.
+    #[default]
     Auto,
     /// A tmpfs of at most this size (tmpfs syntax: `512m`, `4g`, `10%`). Fastest for
     /// small writes, but a first write to a lower file copies the whole file into memory.
@@ -35,12 +36,6 @@ pub enum Upper {
     /// container (as when building a layer). The overlay work directory is created beside
     /// it and removed afterwards. Not combined with keeping.
     Dir(PathBuf),
-}
-
-impl Default for Upper {
-    fn default() -> Self {
-        Upper::Auto
-    }
 }
 
 /// What the command's standard streams are connected to.

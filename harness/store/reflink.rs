@@ -294,7 +294,7 @@ fn make_image(root: &Path, image: &Path) -> Result<(), String> {
 /// The image's (sparse) size: the store filesystem's size, between 16 GiB and 1 TiB.
 fn image_size(root: &Path) -> u64 {
     nix::sys::statvfs::statvfs(root)
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks() * s.fragment_size())
         .unwrap_or(MIN_IMAGE)
         .clamp(MIN_IMAGE, MAX_IMAGE)
 }
@@ -308,8 +308,7 @@ fn mounted_image(mnt: &Path, image: &Path) -> Option<(PathBuf, String)> {
     let m = info
         .lines()
         .filter_map(parse_mountinfo)
-        .filter(|m| m.point == mnt)
-        .last()?;
+        .rfind(|m| m.point == mnt)?;
     let device = PathBuf::from(&m.source);
     let backing = loop_backing_file(&device)?;
     (std::fs::canonicalize(&backing).ok()? == image).then_some((device, m.fstype))

@@ -167,26 +167,34 @@ fn per_test(rounds: usize) {
             Box::new(|| server.clone_test("big")),
         ),
     ];
-    let medians = interleaved(&cases, rounds);
-    println!("\none test (connect, read one row, update one row), median of {rounds} interleaved rounds:");
-    for ((name, _), m) in cases.iter().zip(&medians) {
-        println!("  {name:<44} {:>8.1} ms", m * 1e3);
+    let t = interleaved(&cases, rounds);
+    println!(
+        "\none test (connect, read one row, update one row), {rounds} interleaved rounds:\n  \
+         {:<44} {:>8} {:>9}",
+        "", "median", "quietest"
+    );
+    for (i, (name, _)) in cases.iter().enumerate() {
+        println!(
+            "  {name:<44} {:>6.1} ms {:>6.1} ms",
+            t.median(i) * 1e3,
+            t.min(i) * 1e3
+        );
     }
     println!(
-        "  pristine {} / {}                         {:>8.2}x  (target <= 1.2x)",
+        "  pristine {} / {}: {}  (target <= 1.2x)",
         big.db_size,
         small.db_size,
-        medians[1] / medians[0]
+        t.ratio(1, 0)
     );
     println!(
-        "  pristine / template clone, {:<8}         {:>8.2}x",
+        "  pristine / template clone, {}: {}",
         big.db_size,
-        medians[1] / medians[5]
+        t.ratio(1, 5)
     );
     println!(
-        "  pristine / template clone, {:<8}         {:>8.2}x",
+        "  pristine / template clone, {}: {}",
         small.db_size,
-        medians[0] / medians[4]
+        t.ratio(0, 4)
     );
     println!("\nwhat one pristine test holds at its end (PostgreSQL still running):");
     for (label, image, upper) in [
@@ -212,7 +220,7 @@ fn per_test(rounds: usize) {
 type Case<'a> = (String, Box<dyn Fn() + 'a>);
 
 /// Runs each case once per round, in order, `rounds` times; the median seconds of each.
-fn interleaved(cases: &[Case<'_>], rounds: usize) -> Vec<f64> {
+fn interleaved(cases: &[Case<'_>], rounds: usize) -> Timings {
     // One warm-up round: builds, first page cache reads, connections.
     for (_, f) in cases {
         f();
@@ -227,13 +235,47 @@ fn interleaved(cases: &[Case<'_>], rounds: usize) -> Vec<f64> {
             times[i].push(s);
         }
     }
-    times
-        .into_iter()
-        .map(|mut v| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        })
-        .collect()
+    Timings(times)
+}
+
+/// Seconds per case and round.
+struct Timings(Vec<Vec<f64>>);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+impl Timings {
+    fn median(&self, i: usize) -> f64 {
+        median(self.0[i].clone())
+    }
+
+    /// The quietest round's time.
+    fn min(&self, i: usize) -> f64 {
+        self.0[i].iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    /// The median over rounds of case `i`'s time over case `j`'s in the same round.
+    fn paired(&self, i: usize, j: usize) -> f64 {
+        median(
+            self.0[i]
+                .iter()
+                .zip(&self.0[j])
+                .map(|(a, b)| a / b)
+                .collect(),
+        )
+    }
+
+    /// `i / j` three ways: medians, quietest rounds, and round by round.
+    fn ratio(&self, i: usize, j: usize) -> String {
+        format!(
+            "{:>5.2}x (medians), {:.2}x (quietest), {:.2}x (median of rounds)",
+            self.median(i) / self.median(j),
+            self.min(i) / self.min(j),
+            self.paired(i, j)
+        )
+    }
 }
 
 fn bench_container(image: &Image, upper: Upper) -> Container {
@@ -459,10 +501,16 @@ fn used_bytes(dir: &Path) -> i64 {
         .unwrap_or(0)
 }
 
+/// How long memory figures take to settle: the kernel frees a finished container's tmpfs
+/// shortly after its last process is gone, and flushes a cgroup's `memory.stat` counters
+/// every 2 s.
+const SETTLE: Duration = Duration::from_millis(2500);
+
 /// Runs one test (after a warm run, so that the seed's shared page cache is not charged to
 /// it) and measures, at its end, what its cgroup holds beyond what this process held.
 fn measure(image: &Image, upper: Upper, store: &Store, cg: &MemoryCgroup) -> Result<Held, String> {
     pristine_test(image, upper.clone(), None);
+    std::thread::sleep(SETTLE);
     let dir = tempfile::Builder::new()
         .prefix("pristine-pg-measure-")
         .tempdir()
@@ -478,6 +526,7 @@ fn measure(image: &Image, upper: Upper, store: &Store, cg: &MemoryCgroup) -> Res
             while !done.exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
             }
+            std::thread::sleep(SETTLE);
             let r = cg
                 .stat()
                 .map(|st| (st, used_bytes(store.root()), system_shmem()));
@@ -542,18 +591,25 @@ fn suite(rounds: usize) {
             Box::new(|| server.peer_suite(Peer::Pool, &tests, &expected)),
         ),
     ];
-    let medians = interleaved(&cases, rounds);
+    let t = interleaved(&cases, rounds);
     println!(
-        "\nthe demo's {} tests, 2 at a time, median wall of {rounds} interleaved rounds:",
-        tests.len()
+        "\nthe demo's {} tests, 2 at a time, wall time over {rounds} interleaved rounds:\n  \
+         {:<46} {:>7} {:>9}",
+        tests.len(),
+        "",
+        "median",
+        "quietest"
     );
-    for ((name, _), m) in cases.iter().zip(&medians) {
-        println!("  {name:<46} {m:>7.2} s");
+    for (i, (name, _)) in cases.iter().enumerate() {
+        println!("  {name:<46} {:>5.2} s {:>7.2} s", t.median(i), t.min(i));
     }
-    let best = medians[1..].iter().copied().fold(f64::INFINITY, f64::min);
+    let best = (1..cases.len())
+        .min_by(|a, b| t.median(*a).total_cmp(&t.median(*b)))
+        .expect("peers");
     println!(
-        "  pristine / best peer                           {:>7.2}x  (target <= 0.8x, aim 0.5x)",
-        medians[0] / best
+        "  pristine / best peer ({}): {}  (target <= 0.8x, aim 0.5x)",
+        cases[best].0,
+        t.ratio(0, best)
     );
 }
 

@@ -121,10 +121,15 @@ impl Store {
     }
 
     /// Opens the store at its default location (see [`Store::default_location`]).
-    /// As root, a store whose filesystem cannot reflink gets a reflink image (see
-    /// [`reflink`]).
+    /// As root, the implicit default store (`target/pristine` under cargo,
+    /// `~/.cache/pristine`) gets a reflink image if its filesystem cannot reflink (see
+    /// [`reflink`]); a store named by `PRISTINE_STORE` is treated like one opened with
+    /// [`Store::open`] (tests point it at throwaway directories).
     pub fn open_default() -> Result<Self, StoreError> {
-        Self::open_with_image(Self::default_location())
+        match std::env::var_os("PRISTINE_STORE") {
+            Some(_) => Self::open(Self::default_location()),
+            None => Self::open_with_image(Self::default_location()),
+        }
     }
 
     /// `PRISTINE_STORE`; else `pristine/` in cargo's target directory when run from one

@@ -11,11 +11,22 @@ use std::process::Command;
 
 use pristine::{Container, Keep, LayerSpec, Recipe, Store};
 
-fn mount_points() -> BTreeSet<String> {
+/// Unmounts a store's reflink image when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Store::unmount_image(&self.0);
+    }
+}
+
+/// Mount points at or under `dir` (other tests may mount elsewhere meanwhile).
+fn mount_points(dir: &Path) -> BTreeSet<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| Path::new(m).starts_with(dir))
         .collect()
 }
 
@@ -45,13 +56,12 @@ fn pristine_store(dir: &Path, extra: &[&str]) -> String {
 #[test]
 fn an_explicit_store_without_reflinks_mounts_nothing_and_says_so() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let before = mount_points();
     let store = Store::open(dir.path()).unwrap();
     if store.reflink().works() {
         return; // /var/tmp is on btrfs or XFS here: nothing to fall back from.
     }
     assert_eq!(store.root(), dir.path());
-    assert_eq!(mount_points(), before);
+    assert!(mount_points(dir.path()).is_empty());
     let shown = pristine_store(dir.path(), &[]);
     assert!(shown.contains("no reflinks"), "{shown}");
     assert!(shown.contains("copies the whole file"), "{shown}");
@@ -69,8 +79,9 @@ fn as_root_a_reflink_image_makes_copy_up_a_clone() {
         panic!("needs mkfs.xfs (xfsprogs) or mkfs.btrfs (btrfs-progs)");
     }
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let before = mount_points();
     let store = Store::open_with_image(dir.path()).unwrap();
+    // Unmounted even if an assertion fails (dropped before `dir`).
+    let _unmount = Unmount(dir.path().to_path_buf());
     if !matches!(store.reflink(), pristine::store::Reflink::Image { .. }) {
         // /var/tmp reflinks by itself: no image is needed (and none was made).
         assert!(store.reflink().works());
@@ -110,7 +121,8 @@ fn as_root_a_reflink_image_makes_copy_up_a_clone() {
     let grew = used_bytes(store.root()).saturating_sub(used);
     assert!(grew < 8 << 20, "copy-up took {grew} bytes: not a clone");
 
+    assert_eq!(mount_points(dir.path()).len(), 1);
     assert!(pristine_store(dir.path(), &["--unmount"]).contains("unmounted"));
-    assert_eq!(mount_points(), before);
+    assert!(mount_points(dir.path()).is_empty());
     assert!(pristine_store(dir.path(), &["--unmount"]).contains("no reflink image"));
 }

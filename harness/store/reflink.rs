@@ -15,9 +15,10 @@
 //! loop device detaches itself then. Whether a filesystem reflinks is probed with `FICLONE`,
 //! never guessed from its name.
 //!
-//! The image is made for the default store ([`Store::open_default`](super::Store::open_default),
-//! which is what tests and `pristine` use unless told otherwise). A store opened at an
-//! explicit directory uses an image that is already there, and makes one only with
+//! The image is made for the implicit default store
+//! ([`Store::open_default`](super::Store::open_default) without `PRISTINE_STORE`: what tests
+//! and `pristine` use unless told otherwise). A store opened at an explicit directory
+//! (`PRISTINE_STORE` included) uses an image that is already there, and makes one only with
 //! `PRISTINE_REFLINK=image` (or `pristine store --mount`), so that throwaway stores (in a
 //! temporary directory) never leave a mount behind. `PRISTINE_REFLINK=off` keeps everything
 //! on STORE's own filesystem.

@@ -223,7 +223,13 @@ fn mount_image(root: &Path, mnt: &Path, image: &Path) -> Result<(PathBuf, String
         .map_err(|e| format!("open {}: {e}", image.display()))?;
     let (device, _attached) = attach_loop(&file, image).map_err(|e| e.to_string())?;
     let mut last = String::new();
-    for fstype in ["xfs", "btrfs"] {
+    // Right after an unmount the image's previous loop device and superblock go away
+    // asynchronously; until then the same filesystem cannot be mounted again: retry briefly.
+    let attempts = ["xfs", "btrfs"].into_iter().cycle().take(2 * 10);
+    for (i, fstype) in attempts.enumerate() {
+        if i >= 2 && i % 2 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         match sys::mount(
             "mount the store image at",
             Some(&device),

@@ -96,6 +96,12 @@ pub fn rerun_as_nobody_skipping(skip: &[&str], extra: &[PathBuf]) {
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
     nix::unistd::chown(&home, Some(65534.into()), Some(65534.into())).unwrap();
+    // What the tests read of the sources at run time, where `nobody` can read it: the
+    // checkout may be in a directory only root can enter (/root, a mktemp directory).
+    let sources = dir.path().join("sources");
+    for part in ["snapshots", "tests/data"] {
+        copy_tree(&manifest_dir().join(part), &sources.join(part));
+    }
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&test_bin)
@@ -103,7 +109,8 @@ pub fn rerun_as_nobody_skipping(skip: &[&str], extra: &[PathBuf]) {
         .args(["--test-threads", "2"])
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("CARGO_MANIFEST_DIR", manifest_dir())
+        .env("CARGO_MANIFEST_DIR", &sources)
+        .env("INSTA_WORKSPACE_ROOT", &sources)
         .env("HOME", &home)
         .env("TMPDIR", &home)
         .env("PRISTINE_STORE", home.join("store"))
@@ -124,4 +131,19 @@ pub fn rerun_as_nobody_skipping(skip: &[&str], extra: &[PathBuf]) {
             .filter(|l| l.starts_with("test result"))
             .collect::<String>()
     );
+}
+
+/// Copies the files and directories below `from` to `to` (made if missing).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).into_iter().flatten().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        match e.file_type().unwrap() {
+            t if t.is_dir() => copy_tree(&src, &dst),
+            t if t.is_file() => {
+                std::fs::copy(&src, &dst).unwrap();
+            }
+            _ => {}
+        }
+    }
 }

@@ -317,6 +317,9 @@ fn run(args: RunArgs) -> ExitCode {
                     out.duration
                 );
             }
+            if let Some(n) = out.pids_limit_hit {
+                eprintln!("pristine: the container reached its pids limit ({n}): a fork or clone failed with EAGAIN");
+            }
             if let Some(kept) = &out.kept {
                 eprintln!("pristine: kept upper layer: {}", kept.dir.display());
                 match kept.diff() {

@@ -21,12 +21,13 @@ fn have_cgroup_ns() -> bool {
     *HAVE.get_or_init(|| std::path::Path::new("/proc/self/ns/cgroup").exists())
 }
 
-/// `clone` flags for a container; the user namespace only when `rootless`.
-pub fn clone_flags(rootless: bool) -> CloneFlags {
+/// `clone` flags for a container; the user namespace only when `rootless`. A container that
+/// `joins_cgroup` enters its cgroup namespace after joining (see `SetupOp::JoinCgroups`).
+pub fn clone_flags(rootless: bool, joins_cgroup: bool) -> CloneFlags {
     ORDERED
         .iter()
         .filter(|(f, _)| rootless || *f != CloneFlags::CLONE_NEWUSER)
-        .filter(|(f, _)| have_cgroup_ns() || *f != CloneFlags::CLONE_NEWCGROUP)
+        .filter(|(f, _)| (have_cgroup_ns() && !joins_cgroup) || *f != CloneFlags::CLONE_NEWCGROUP)
         .fold(CloneFlags::empty(), |acc, (f, _)| acc | *f)
 }
 
@@ -36,14 +37,18 @@ mod tests {
 
     #[test]
     fn user_namespace_only_when_rootless() {
-        assert!(clone_flags(true).contains(CloneFlags::CLONE_NEWUSER));
-        assert!(!clone_flags(false).contains(CloneFlags::CLONE_NEWUSER));
+        assert!(clone_flags(true, false).contains(CloneFlags::CLONE_NEWUSER));
+        assert!(!clone_flags(false, false).contains(CloneFlags::CLONE_NEWUSER));
         for f in [
             CloneFlags::CLONE_NEWNS,
             CloneFlags::CLONE_NEWPID,
             CloneFlags::CLONE_NEWNET,
         ] {
-            assert!(clone_flags(false).contains(f));
+            assert!(clone_flags(false, false).contains(f));
         }
+        assert!(
+            clone_flags(false, false).contains(CloneFlags::CLONE_NEWCGROUP) || !have_cgroup_ns()
+        );
+        assert!(!clone_flags(false, true).contains(CloneFlags::CLONE_NEWCGROUP));
     }
 }

@@ -107,6 +107,18 @@ pub fn mknod(path: &Path, kind: SFlag, perm: u32, major: u64, minor: u64) -> Sys
     )
 }
 
+/// Moves the calling process into a new cgroup namespace, rooted at its cgroup now; a
+/// no-op on kernels without cgroup namespaces (Linux < 4.6).
+pub fn unshare_cgroup_namespace() -> SysResult<()> {
+    if !Path::new("/proc/self/ns/cgroup").exists() {
+        return Ok(());
+    }
+    no_path(
+        "unshare cgroup namespace",
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP),
+    )
+}
+
 /// Sets the process umask, returning the previous one.
 pub fn umask(mask: u32) -> u32 {
     nix::sys::stat::umask(Mode::from_bits_truncate(mask)).bits()

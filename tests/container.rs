@@ -284,19 +284,60 @@ fn cgroups_named(id: &str) -> Vec<PathBuf> {
     out
 }
 
+/// The caller's cgroup v2 (`None` on v1 or hybrid hosts), skipping the leaf pristine may
+/// have moved it into.
+fn own_cgroup_v2() -> Option<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if !root.join("cgroup.controllers").exists() {
+        return None;
+    }
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let own = root.join(rel.trim_start_matches('/'));
+    Some(match own.ends_with("pristine.leaf") {
+        true => own.parent().unwrap().to_path_buf(),
+        false => own,
+    })
+}
+
+/// Whether this process may have limits: root, or an ordinary user in a cgroup v2 subtree
+/// delegated to it.
+fn limits_allowed() -> bool {
+    let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+    common::is_root()
+        || own_cgroup_v2().is_some_and(|c| {
+            writable(&c.join("cgroup.procs")) && writable(&c.join("cgroup.subtree_control"))
+        })
+}
+
 #[test]
 fn limits_cap_memory_and_processes() {
     let store = TestStore::new();
     let forks = "import os, time\nn = 0\ntry:\n    while n < 100:\n        if os.fork() == 0:\n            time.sleep(2); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print(n, e.errno)\n";
     let limited = store.container(Image::host()).pids_limit(12);
-    if !common::is_root() {
+    if !limits_allowed() {
         let err = limited.run(["python3", "-c", forks]).unwrap_err();
-        assert!(err.to_string().contains("cgroups"), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("Delegate=yes") || msg.contains("cgroup v2"),
+            "{msg}"
+        );
         return;
     }
+    let control = own_cgroup_v2().map(|c| c.join("cgroup.subtree_control"));
+    let read = |p: &Option<PathBuf>| p.as_ref().map(|p| std::fs::read_to_string(p).unwrap());
+    let (control_before, cgroup_before) = (
+        read(&control),
+        std::fs::read_to_string("/proc/self/cgroup").unwrap(),
+    );
     let out = limited.run(["python3", "-c", forks]).unwrap();
     // PID 1 and python itself count: ten more processes, then EAGAIN.
     assert_eq!(out.stdout_str(), "10 11\n", "{}", out.stderr_str());
+    assert_eq!(
+        out.pids_limit_hit,
+        Some(12),
+        "the pids limit hit is reported"
+    );
     assert!(cgroups_named(&out.id).is_empty(), "the cgroup is removed");
     let out = store
         .container(Image::host())
@@ -313,7 +354,15 @@ fn limits_cap_memory_and_processes() {
         "OOM-killed: {}",
         out.stdout_str()
     );
+    assert_eq!(out.pids_limit_hit, None);
     assert!(cgroups_named(&out.id).is_empty(), "the cgroup is removed");
+    // cgroup v2: the controllers pristine turned on for its containers are off again, and
+    // this process is back where it was.
+    assert_eq!(read(&control), control_before);
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/cgroup").unwrap(),
+        cgroup_before
+    );
 }
 
 #[test]

@@ -17,9 +17,27 @@ pub use limits::{parse_size, Limits};
 /// Why a container's cgroup could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    /// Limits were asked for in rootless mode.
-    #[error("resource limits need cgroups, which an unprivileged user cannot write here; run as root, or run pristine inside a delegated cgroup v2 subtree (e.g. `systemd-run --user --scope -p Delegate=yes`)")]
+    /// Limits were asked for in rootless mode on cgroup v1, which cannot be delegated.
+    #[error("resource limits as an ordinary user need cgroup v2 (this host has cgroup v1, which cannot be delegated to a user); run as root, or boot with cgroup v2 only (kernel command line `systemd.unified_cgroup_hierarchy=1`)")]
     Rootless,
+    /// The caller may not write its own cgroup (an ordinary user outside a delegated
+    /// subtree, or a read-only `/sys/fs/cgroup` in a container).
+    #[error("resource limits need a cgroup v2 subtree delegated to this user, and {cgroup} is not writable ({source}); run the tests under `systemd-run --user --scope -p Delegate=yes -- COMMAND` (systemd's user manager delegates memory and pids), or as root; in a container, mount /sys/fs/cgroup writable (podman/docker: `--cgroupns=private` with `--privileged`, or `--security-opt unmask=/sys/fs/cgroup`)")]
+    NotWritable {
+        /// The caller's cgroup.
+        cgroup: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The controller is not enabled for the caller's cgroup by its parent.
+    #[error("the {controller} controller is not delegated to {cgroup} (it is missing from its cgroup.controllers); enable it in the parent's cgroup.subtree_control as root, or run under `systemd-run --user --scope -p Delegate=yes -- COMMAND`, or for a systemd service set `Delegate=yes`")]
+    NotDelegated {
+        /// `memory` or `pids`.
+        controller: String,
+        /// The caller's cgroup.
+        cgroup: PathBuf,
+    },
     /// A controller is not available.
     #[error("the {controller} cgroup controller is not available on this host ({detail})")]
     NoController {
@@ -58,12 +76,47 @@ pub struct ContainerCgroup {
     /// Files PID 1 writes `0` to, to join (one `cgroup.procs` per hierarchy).
     pub(crate) join: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
+    /// With a pids limit: the cgroup's `pids.events` and the limit.
+    pids: Option<(PathBuf, u64)>,
+    /// v2: the cgroup the container's was created under, released after it.
+    v2_base: Option<PathBuf>,
+}
+
+impl ContainerCgroup {
+    fn new(dirs: Vec<PathBuf>) -> Self {
+        ContainerCgroup {
+            join: dirs.iter().map(|d| d.join("cgroup.procs")).collect(),
+            dirs,
+            pids: None,
+            v2_base: None,
+        }
+    }
+
+    /// The pids limit, if a `fork` or `clone` in the container failed because of it
+    /// (`pids.events`: `max N`, counted on v1 and v2 since Linux 4.3).
+    pub(crate) fn pids_limit_hit(&self) -> Option<u64> {
+        let (events, limit) = self.pids.as_ref()?;
+        let text = std::fs::read_to_string(events).ok()?;
+        let hits = event_count(&text, "max")?;
+        (hits > 0).then_some(*limit)
+    }
+}
+
+/// The value of the `key N` line of an events file.
+fn event_count(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
 }
 
 impl Drop for ContainerCgroup {
     fn drop(&mut self) {
         for dir in &self.dirs {
             remove_cgroup(dir);
+        }
+        if let Some(base) = &self.v2_base {
+            v2::release(base);
         }
     }
 }
@@ -80,11 +133,19 @@ fn remove_cgroup(dir: &Path) {
     }
 }
 
-/// Removes the empty `pristine-*` cgroups in `parent` (left by killed callers; a live
-/// container's cgroup has processes, so removing it fails and it stays).
+/// Removes the empty `pristine-*` cgroups in `parent` left by killed callers: a live
+/// container's cgroup has processes, so removing it fails and it stays; one that another
+/// process has just created and its PID 1 not yet joined is empty but young, and stays too.
 fn remove_leftovers(parent: &Path) {
+    let old = |e: &std::fs::DirEntry| {
+        e.metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60))
+    };
     for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with("pristine-") {
+        if e.file_name().to_string_lossy().starts_with("pristine-") && old(&e) {
             let _ = std::fs::remove_dir(e.path());
         }
     }
@@ -100,7 +161,8 @@ pub trait CgroupManager: Send + Sync {
 pub fn manager() -> Result<&'static dyn CgroupManager, CgroupError> {
     use std::sync::OnceLock;
     static MANAGER: OnceLock<Result<Box<dyn CgroupManager>, String>> = OnceLock::new();
-    if !nix::unistd::geteuid().is_root() {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if !v2 && !nix::unistd::geteuid().is_root() {
         return Err(CgroupError::Rootless);
     }
     let m = MANAGER.get_or_init(|| {
@@ -108,7 +170,7 @@ pub fn manager() -> Result<&'static dyn CgroupManager, CgroupError> {
             std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
         let mountinfo =
             std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        if v2 {
             Ok(Box::new(v2::V2::new(&self_cgroup)) as Box<dyn CgroupManager>)
         } else {
             Ok(Box::new(v1::V1::new(&self_cgroup, &mountinfo)) as Box<dyn CgroupManager>)
@@ -120,6 +182,17 @@ pub fn manager() -> Result<&'static dyn CgroupManager, CgroupError> {
             controller: "memory",
             detail: e.clone(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn event_counts_are_read_by_key() {
+        let text = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n";
+        assert_eq!(super::event_count(text, "max"), Some(3));
+        assert_eq!(super::event_count(text, "oom_kill"), Some(1));
+        assert_eq!(super::event_count(text, "oom_group_kill"), None);
     }
 }
 

@@ -55,10 +55,8 @@ impl CgroupManager for V1 {
                 remove_leftovers(d);
             }
         });
-        let mut cg = ContainerCgroup {
-            join: Vec::new(),
-            dirs: Vec::new(),
-        };
+        let mut cg = ContainerCgroup::new(Vec::new());
+        let mut pids = None;
         let mut make = |parent: &Option<PathBuf>, controller: &'static str| {
             let parent = parent.as_ref().ok_or(CgroupError::NoController {
                 controller,
@@ -82,7 +80,9 @@ impl CgroupManager for V1 {
         if let Some(n) = limits.pids {
             let dir = make(&self.pids, "pids")?;
             write(&dir.join("pids.max"), &n.to_string())?;
+            pids = Some((dir.join("pids.events"), n));
         }
+        cg.pids = pids;
         Ok(cg)
     }
 }

@@ -80,6 +80,9 @@ pub struct Outcome {
     pub timed_out: bool,
     /// The kept upper layer, if keeping was asked for and applied.
     pub kept: Option<Kept>,
+    /// `Some(limit)` if a `fork` or `clone` in the container failed because it had as many
+    /// processes as its pids limit allows (the kernel's `pids.events`).
+    pub pids_limit_hit: Option<u64>,
 }
 
 impl Outcome {

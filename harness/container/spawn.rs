@@ -166,6 +166,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
     drop(forwarding);
     let kept = keep_if_asked(c, &v, &layout, &spec.ops, &base, &end)?;
     drop(layout);
+    let pids_limit_hit = cgroup.as_ref().and_then(|cg| cg.pids_limit_hit());
     drop(cgroup);
     Ok(Outcome {
         id: v.id,
@@ -175,6 +176,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         duration: end.duration,
         timed_out: end.timed_out,
         kept,
+        pids_limit_hit,
     })
 }
 
@@ -409,7 +411,11 @@ fn start(
         None => userns::own_ids_as_root(uid, gid),
     });
     let started = Instant::now();
-    let flags = namespaces::clone_flags(v.rootless);
+    let joins_cgroup = spec
+        .ops
+        .iter()
+        .any(|op| matches!(op, SetupOp::JoinCgroups { .. }));
+    let flags = namespaces::clone_flags(v.rootless, joins_cgroup);
     let err = |e| start_error(e, v.rootless);
     // The seccomp filter is compiled once in a process that forks containers, before the
     // fork, so each container only loads it.

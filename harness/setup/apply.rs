@@ -62,7 +62,12 @@ fn apply_one(sys: &dyn Syscall, op: &SetupOp) -> Result<(), SysError> {
             Err(_) if !sys.exists(source) => Ok(()),
             result => result,
         },
-        SetupOp::JoinCgroups { procs } => procs.iter().try_for_each(|p| sys.join_cgroup(p)),
+        // Joined before the cgroup namespace exists: a container cgroup beside the
+        // caller's (cgroup v2) is outside the namespace the caller's cgroup would root.
+        SetupOp::JoinCgroups { procs } => {
+            procs.iter().try_for_each(|p| sys.join_cgroup(p))?;
+            sys.enter_cgroup_namespace()
+        }
         SetupOp::MakeRootPrivate => sys.mount(
             "make / rprivate",
             None,

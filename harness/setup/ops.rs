@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 /// One step of container setup, executed in order by the init process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetupOp {
-    /// Join the container's cgroups (write `0` to each `cgroup.procs`): first, so that every
-    /// process PID 1 starts, and the setup itself, is limited.
+    /// Join the container's cgroups (write `0` to each `cgroup.procs`), then enter a new
+    /// cgroup namespace rooted there (the clone made none): first, so that every process
+    /// PID 1 starts, and the setup itself, is limited.
     JoinCgroups {
         /// One `cgroup.procs` per hierarchy.
         procs: Vec<PathBuf>,
@@ -180,7 +181,11 @@ impl fmt::Display for SetupOp {
         match self {
             SetupOp::JoinCgroups { procs } => {
                 let p: Vec<_> = procs.iter().map(|p| p.display().to_string()).collect();
-                write!(f, "join cgroups {}", p.join(" "))
+                write!(
+                    f,
+                    "join cgroups {}, then a new cgroup namespace",
+                    p.join(" ")
+                )
             }
             SetupOp::MakeRootPrivate => write!(f, "make / rprivate"),
             SetupOp::Tmpfs {

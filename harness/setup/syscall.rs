@@ -20,6 +20,8 @@ pub(crate) use crate::sys::inroot::{ATTR_NODEV, ATTR_NOSUID, ATTR_RDONLY};
 pub(crate) trait Syscall {
     /// Writes `0` to a `cgroup.procs`.
     fn join_cgroup(&self, procs: &Path) -> SysResult<()>;
+    /// `unshare(CLONE_NEWCGROUP)`, where the kernel has cgroup namespaces.
+    fn enter_cgroup_namespace(&self) -> SysResult<()>;
     /// `mount(2)` of a filesystem (or a propagation change with `fstype` `None`).
     fn mount(
         &self,
@@ -124,6 +126,10 @@ pub(crate) fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> SysErr
 impl Syscall for Linux {
     fn join_cgroup(&self, procs: &Path) -> SysResult<()> {
         std::fs::write(procs, "0").map_err(|e| io_err("join cgroup", procs, e))
+    }
+
+    fn enter_cgroup_namespace(&self) -> SysResult<()> {
+        crate::sys::unshare_cgroup_namespace()
     }
 
     fn mount(
@@ -339,6 +345,9 @@ fn attrs_str(attrs: u64) -> String {
 impl Syscall for Recorder {
     fn join_cgroup(&self, procs: &Path) -> SysResult<()> {
         self.record(format!("join_cgroup {}", procs.display()))
+    }
+    fn enter_cgroup_namespace(&self) -> SysResult<()> {
+        self.record("unshare CLONE_NEWCGROUP".to_string())
     }
     fn mount(
         &self,

@@ -185,6 +185,10 @@ pub fn manager() -> Result<&'static dyn CgroupManager, CgroupError> {
     }
 }
 
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(io("write", path))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -194,8 +198,4 @@ mod tests {
         assert_eq!(super::event_count(text, "oom_kill"), Some(1));
         assert_eq!(super::event_count(text, "oom_group_kill"), None);
     }
-}
-
-fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
-    std::fs::write(path, value).map_err(io("write", path))
 }

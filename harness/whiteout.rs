@@ -79,6 +79,20 @@ pub fn is_opaque_fd(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(false)
 }
 
+/// EOPNOTSUPP from setting a `user.` xattr, with what to do: tmpfs has user xattrs only from
+/// Linux 6.6 (Debian 12's 6.1 and Ubuntu 22.04's 5.15 lack them).
+fn no_user_xattrs(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this filesystem does not support user xattrs, which opaque directories need \
+             (tmpfs has them from Linux 6.6); keep pristine's store on a disk filesystem \
+             such as ext4, xfs or btrfs (set PRISTINE_STORE)",
+        ),
+        _ => e,
+    }
+}
+
 /// Marks the directory at `path` opaque: always sets `user.overlay.opaque=y`,
 /// and also `trusted.overlay.opaque=y` when the process is allowed to (root).
 ///
@@ -95,7 +109,7 @@ pub fn make_opaque(path: &Path) -> io::Result<()> {
             ),
         ));
     }
-    xattr::lset(path, OPAQUE_XATTR_USER, b"y")?;
+    xattr::lset(path, OPAQUE_XATTR_USER, b"y").map_err(no_user_xattrs)?;
     match xattr::lset(path, OPAQUE_XATTR_TRUSTED, b"y") {
         Ok(()) => Ok(()),
         Err(e) if is_permission_error(&e) => Ok(()),
@@ -105,7 +119,7 @@ pub fn make_opaque(path: &Path) -> io::Result<()> {
 
 /// Like [`make_opaque`], for an open directory (`fd` must not be an `O_PATH` fd).
 pub fn make_opaque_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
-    xattr::fset(fd, OPAQUE_XATTR_USER, b"y")?;
+    xattr::fset(fd, OPAQUE_XATTR_USER, b"y").map_err(no_user_xattrs)?;
     match xattr::fset(fd, OPAQUE_XATTR_TRUSTED, b"y") {
         Ok(()) => Ok(()),
         Err(e) if is_permission_error(&e) => Ok(()),

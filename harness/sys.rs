@@ -672,8 +672,14 @@ pub fn single_threaded() -> bool {
 /// `child` and `on_error`, ordinary code that may allocate or take locks, which would
 /// deadlock on a lock another thread held at the moment of the clone. The descriptors in
 /// `fds` must be open.
+///
+/// With `cgroup` (a cgroup v2 directory), the child is created in that cgroup
+/// (`clone3` with `CLONE_INTO_CGROUP`, Linux 5.7), so it never runs outside it; where the
+/// kernel cannot (older, cgroup v1, `clone3` filtered), it starts in the caller's cgroup
+/// and its setup joins (`SetupOp::JoinCgroups`).
 pub(crate) unsafe fn clone_fork(
     flags: CloneFlags,
+    cgroup: Option<std::os::fd::BorrowedFd<'_>>,
     id_maps: Option<&IdMaps>,
     fds: &[(RawFd, RawFd)],
     child: &mut dyn FnMut(),
@@ -722,6 +728,18 @@ pub(crate) unsafe fn clone_fork(
         // SAFETY: as above; `child` is not expected to return.
         unsafe { libc::_exit(127) }
     };
+    if let Some(cgroup) = cgroup {
+        // SAFETY: as for `clone` below: no CLONE_VM, and the caller is single-threaded.
+        match unsafe { clone3_into_cgroup(flags, cgroup) } {
+            Some(0) => {
+                body();
+                // SAFETY: ends the child without running the parent's destructors.
+                unsafe { libc::_exit(127) }
+            }
+            Some(pid) => return Ok(Pid::from_raw(pid)),
+            None => {}
+        }
+    }
     // SAFETY: without CLONE_VM the child gets its own copy of memory, like fork; it runs
     // `body` on its copy of `stack`. The caller guarantees it is single-threaded, so the
     // child inherits no lock held by another thread and may run ordinary code.
@@ -734,6 +752,55 @@ pub(crate) unsafe fn clone_fork(
         )
     }
     .map_err(|e| SysError::new("clone", None, e))
+}
+
+/// `struct clone_args` of `clone3(2)` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// A fork-style `clone3` that creates the child in `cgroup`: `Some(0)` in the child,
+/// `Some(pid)` in the parent, `None` if it failed (a kernel before 5.7, a cgroup v1
+/// directory, `clone3` filtered by seccomp, …): the caller then clones the old way.
+///
+/// # Safety
+/// As for `fork`: the caller must be single-threaded, and the child may only do what is
+/// safe after a fork.
+unsafe fn clone3_into_cgroup(
+    flags: CloneFlags,
+    cgroup: std::os::fd::BorrowedFd<'_>,
+) -> Option<i32> {
+    let args = CloneArgs {
+        flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid `clone_args` of the size passed, alive for the call; with
+    // no stack and no CLONE_VM the child continues here on its own copy of this stack.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    (r >= 0).then_some(r as i32)
 }
 
 /// Writes `data` to a procfs file in a single `write(2)`, as the id-map files require.

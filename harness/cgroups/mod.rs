@@ -151,6 +151,23 @@ fn remove_leftovers(parent: &Path) {
     }
 }
 
+/// The container's cgroup v2 directory, opened for `CLONE_INTO_CGROUP`, if its setup joins
+/// exactly one cgroup and that is on the unified hierarchy (`None` on v1: the setup joins).
+pub(crate) fn open_v2_dir(ops: &[crate::setup::SetupOp]) -> Option<std::os::fd::OwnedFd> {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+    let procs = ops.iter().find_map(|op| match op {
+        crate::setup::SetupOp::JoinCgroups { procs } if procs.len() == 1 => procs.first(),
+        _ => None,
+    })?;
+    let dir = procs.parent()?;
+    statfs(dir)
+        .ok()
+        .filter(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC)?;
+    std::fs::File::open(dir)
+        .ok()
+        .map(std::os::fd::OwnedFd::from)
+}
+
 /// A cgroup hierarchy pristine can create container cgroups in.
 pub trait CgroupManager: Send + Sync {
     /// Creates the cgroup(s) of container `name` with `limits`.
@@ -197,5 +214,23 @@ mod tests {
         assert_eq!(super::event_count(text, "max"), Some(3));
         assert_eq!(super::event_count(text, "oom_kill"), Some(1));
         assert_eq!(super::event_count(text, "oom_group_kill"), None);
+    }
+
+    #[test]
+    fn clone_into_cgroup_only_for_one_cgroup_v2_directory() {
+        use crate::setup::SetupOp;
+        let join = |procs: &[&str]| {
+            vec![SetupOp::JoinCgroups {
+                procs: procs.iter().map(std::path::PathBuf::from).collect(),
+            }]
+        };
+        // Not a cgroup filesystem, or more than one hierarchy (v1): the setup joins.
+        assert!(super::open_v2_dir(&join(&["/tmp/cgroup.procs"])).is_none());
+        let two = join(&["/sys/fs/cgroup/cgroup.procs", "/sys/fs/cgroup/cgroup.procs"]);
+        assert!(super::open_v2_dir(&two).is_none());
+        assert!(super::open_v2_dir(&[]).is_none());
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let one = join(&["/sys/fs/cgroup/cgroup.procs"]);
+        assert_eq!(super::open_v2_dir(&one).is_some(), v2);
     }
 }

@@ -466,8 +466,19 @@ fn fork_init(
     let mut on_error = |step: &'static str, errno: nix::errno::Errno| {
         crate::init::report_start_failure(report_fd, step, errno)
     };
+    let cgroup = crate::cgroups::open_v2_dir(&spec.ops);
+    let cgroup = cgroup.as_ref().map(std::os::fd::AsFd::as_fd);
     // SAFETY: `sys::single_threaded()` held just before this call.
-    unsafe { sys::clone_fork(flags, id_maps, &pipes.fds, &mut child, &mut on_error) }
+    unsafe {
+        sys::clone_fork(
+            flags,
+            cgroup,
+            id_maps,
+            &pipes.fds,
+            &mut child,
+            &mut on_error,
+        )
+    }
 }
 
 /// A multithreaded caller must not run anything but exec in its child: its zygote

@@ -144,9 +144,11 @@ fn start(req: &ZygoteRequest, fds: &[OwnedFd]) -> ZygoteReply {
     crate::setup::prepare(&req.spec.ops);
     // SAFETY: the zygote is single-threaded (it starts no thread), and `stdio` holds the
     // descriptors received with this request, open until it is answered.
+    let cgroup = crate::cgroups::open_v2_dir(&req.spec.ops);
     let started = unsafe {
         sys::clone_fork(
             CloneFlags::from_bits_truncate(req.flags),
+            cgroup.as_ref().map(std::os::fd::AsFd::as_fd),
             maps.as_ref(),
             &stdio,
             &mut child,

@@ -1,10 +1,11 @@
 //! Resource limits for containers, through cgroups: v1 (one hierarchy per controller) and
 //! v2 (the unified hierarchy) behind one trait, as youki's libcgroups does.
 //!
-//! Each limited container gets its own cgroup under the caller's, per controller; the
-//! container's PID 1 joins it as the first setup step, so every process it starts is
-//! limited. The cgroup is removed when the container has ended, or by the next container
-//! of a later process if the caller was killed.
+//! Each limited container gets its own cgroup under the caller's, per controller (on v2
+//! beside a leaf the caller's processes move into: see `v2`). The container's PID 1 is
+//! created in it (`CLONE_INTO_CGROUP`, v2, Linux 5.7) or joins it as its first setup step,
+//! so every process it starts is limited. The cgroup is removed when the container has
+//! ended, or by the next container of a later process if the caller was killed.
 
 mod limits;
 mod v1;

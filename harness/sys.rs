@@ -17,6 +17,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::Pid;
 
 pub mod blockdev;
+pub mod tree;
 
 /// A failed system call: which operation, on which path, and the kernel's error number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -323,6 +324,19 @@ pub(crate) unsafe fn exec_command(
         }
     }
     Errno::last()
+}
+
+/// Fills `buf` from the kernel's random pool (`getrandom(2)`, retried on EINTR).
+pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::rand::getrandom(&mut buf[done..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: shared by all containers (they have no time

@@ -2,6 +2,7 @@
 
 mod bind;
 mod builder;
+mod id;
 mod outcome;
 mod spawn;
 mod supervise;
@@ -9,5 +10,6 @@ mod zygote;
 
 pub use bind::Bind;
 pub use builder::{Container, Keep, Stdio, Upper, User};
+pub(crate) use id::random_id;
 pub use outcome::{ExitStatus, Kept, Outcome};
 pub use spawn::forward_signals_to_foreground;

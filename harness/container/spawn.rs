@@ -4,7 +4,6 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -26,15 +25,6 @@ use crate::sys::{self, ExecRequest};
 use crate::userns;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn next_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// The rootless host root, classified once per process (reads `/` and the mount table).
 fn host_entries() -> Result<(&'static [HostEntry], &'static [PathBuf]), Error> {
@@ -109,6 +99,8 @@ struct Layout {
     cdir: Option<crate::store::ContainerDir>,
     upper: UpperPlacement,
     rootfs: RootfsSource,
+    /// Held for their `Drop`: the leases on the store layers the container mounts.
+    _leases: Vec<nix::fcntl::Flock<std::fs::File>>,
 }
 
 /// The container's PID 1, once started.
@@ -194,7 +186,7 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
         .map(|b| b.resolved())
         .collect::<Result<Vec<_>, _>>()?;
     let env = environment(c)?;
-    let id = next_id();
+    let id = super::random_id();
     let hostname = c
         .hostname
         .clone()
@@ -231,6 +223,9 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
         op: "squash a deep stack of layers",
         source: std::io::Error::other(e.to_string()),
     })?;
+    // Leases on the store layers it mounts, held (in the layout) until the container is
+    // gone: `gc` leaves them alone meanwhile.
+    let leases = store.lease(image.layers())?;
     let own_upper = match &c.upper {
         Upper::Dir(dir) => Some(OwnUpper::new(dir, &v.id)?),
         _ => None,
@@ -267,6 +262,7 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
         cdir,
         upper,
         rootfs,
+        _leases: leases,
     })
 }
 
@@ -679,10 +675,8 @@ fn keep_upper(
 ) -> Result<Kept, Error> {
     let dir = store.kept_dir().join(id);
     let io = |op| move |source| Error::Io { op, source };
-    if dir.exists() {
-        crate::store::remove_tree(&dir).map_err(io("remove an old kept directory"))?;
-    }
-    std::fs::create_dir_all(&dir).map_err(io("create the kept directory"))?;
+    // Ids are random: an existing directory of that name is not ours to replace.
+    std::fs::create_dir(&dir).map_err(io("create the kept directory"))?;
     std::fs::rename(upper, dir.join("upper"))
         .map_err(io("move the upper layer to the kept directory"))?;
     let lowers = image.lowers();

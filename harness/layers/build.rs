@@ -67,6 +67,7 @@ impl Recipe {
         let catalog = Catalog::new(store)?;
         let (mut image, mut parent, base_record, mut keys) = self.base(store, &catalog)?;
         let mut built = Vec::new();
+        let mut leases = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let started = Instant::now();
             let key = layer_key(store.root(), &parent, self, layer)?;
@@ -76,7 +77,7 @@ impl Recipe {
                 index: i + 1,
                 total: self.layers.len(),
             };
-            let cached = catalog.publish_once(&key, |staging| {
+            let (cached, lease) = catalog.publish_once(&key, |staging| {
                 progress.event(&BuildEvent::Building(pos, layer.steps.len()));
                 let ctx = LayerCtx {
                     store,
@@ -88,6 +89,9 @@ impl Recipe {
                 };
                 self.build_layer(&ctx, staging, &mut *progress)
             })?;
+            // Held until the image is recorded: `gc` must not take a layer from under the
+            // build (an unnamed image's layers are leased by its containers later).
+            leases.push(lease);
             progress.event(&match cached {
                 true => BuildEvent::Cached(pos),
                 false => BuildEvent::Built(pos, started.elapsed()),

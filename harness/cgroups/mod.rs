@@ -58,6 +58,39 @@ pub struct ContainerCgroup {
     /// Files PID 1 writes `0` to, to join (one `cgroup.procs` per hierarchy).
     pub(crate) join: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
+    /// With a memory limit: where the kernel counts OOM kills, and the limit.
+    memory: Option<MemoryWatch>,
+}
+
+/// Where a memory cgroup's OOM kills are counted: v1 `memory.oom_control` and v2
+/// `memory.events` both have an `oom_kill N` line (v1 since Linux 4.13; before that, v1's
+/// `memory.failcnt` says the limit was hit at all).
+#[derive(Debug)]
+struct MemoryWatch {
+    events: PathBuf,
+    failcnt: Option<PathBuf>,
+    limit: u64,
+}
+
+impl ContainerCgroup {
+    /// The memory limit, if the kernel's OOM killer killed a process of this cgroup.
+    pub(crate) fn oom_killed(&self) -> Option<u64> {
+        let m = self.memory.as_ref()?;
+        let events = std::fs::read_to_string(&m.events).ok()?;
+        let kills = events.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == "oom_kill").then(|| v.trim().parse::<u64>().ok())?
+        });
+        let hit = match (kills, &m.failcnt) {
+            (Some(n), _) => n > 0,
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0),
+            (None, None) => false,
+        };
+        hit.then_some(m.limit)
+    }
 }
 
 impl Drop for ContainerCgroup {

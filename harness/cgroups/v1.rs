@@ -58,7 +58,9 @@ impl CgroupManager for V1 {
         let mut cg = ContainerCgroup {
             join: Vec::new(),
             dirs: Vec::new(),
+            memory: None,
         };
+        let mut memory = None;
         let mut make = |parent: &Option<PathBuf>, controller: &'static str| {
             let parent = parent.as_ref().ok_or(CgroupError::NoController {
                 controller,
@@ -78,11 +80,17 @@ impl CgroupManager for V1 {
             if memsw.exists() {
                 write(&memsw, &bytes.to_string())?;
             }
+            memory = Some(super::MemoryWatch {
+                events: dir.join("memory.oom_control"),
+                failcnt: Some(dir.join("memory.failcnt")),
+                limit: bytes,
+            });
         }
         if let Some(n) = limits.pids {
             let dir = make(&self.pids, "pids")?;
             write(&dir.join("pids.max"), &n.to_string())?;
         }
+        cg.memory = memory;
         Ok(cg)
     }
 }

@@ -47,9 +47,10 @@ impl CgroupManager for V2 {
         })?;
         let dir = self.parent.join(format!("pristine-{name}"));
         std::fs::create_dir(&dir).map_err(io("create cgroup", &dir))?;
-        let cg = ContainerCgroup {
+        let mut cg = ContainerCgroup {
             join: vec![dir.join("cgroup.procs")],
             dirs: vec![dir.clone()],
+            memory: None,
         };
         if let Some(bytes) = limits.memory_bytes {
             write(&dir.join("memory.max"), &bytes.to_string())?;
@@ -57,6 +58,11 @@ impl CgroupManager for V2 {
             if swap.exists() {
                 write(&swap, "0")?;
             }
+            cg.memory = Some(super::MemoryWatch {
+                events: dir.join("memory.events"),
+                failcnt: None,
+                limit: bytes,
+            });
         }
         if let Some(n) = limits.pids {
             write(&dir.join("pids.max"), &n.to_string())?;

@@ -80,6 +80,9 @@ pub struct Outcome {
     pub timed_out: bool,
     /// The kept upper layer, if keeping was asked for and applied.
     pub kept: Option<Kept>,
+    /// `Some(limit in bytes)` if the container hit its memory limit and the kernel killed
+    /// one of its processes for it (the command itself, if `status` is `Signaled(9)`).
+    pub oom_killed: Option<u64>,
 }
 
 impl Outcome {

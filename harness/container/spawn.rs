@@ -133,6 +133,8 @@ struct Finished {
     stderr: Vec<u8>,
     duration: std::time::Duration,
     timed_out: bool,
+    /// The memory limit, if the kernel OOM-killed a process of the container.
+    oom_killed: Option<u64>,
 }
 
 /// Runs one container, stage by stage: validate, lay out the layers, plan, start PID 1,
@@ -154,7 +156,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         false => Some(Forwarding::hold().map_err(|e| start_error(e, v.rootless))?),
     };
     let started = start(&v, &spec, &mut pipes, forwarding.as_mut())?;
-    let end = wait_for(c, &v, started, pipes)?;
+    let end = wait_for(c, &v, started, pipes, cgroup.as_ref())?;
     drop(forwarding);
     let kept = keep_if_asked(c, &v, &layout, &spec.ops, &base, &end)?;
     drop(layout);
@@ -167,6 +169,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         duration: end.duration,
         timed_out: end.timed_out,
         kept,
+        oom_killed: end.oom_killed,
     })
 }
 
@@ -191,9 +194,7 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
         .hostname
         .clone()
         .unwrap_or_else(|| format!("pristine-{id}"));
-    if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0']) {
-        return Err(ConfigError::BadHostname(hostname).into());
-    }
+    check_limits(c, &hostname)?;
     let mut privileges = c.privileges.clone();
     for cap in &mut privileges.cap_add {
         *cap = crate::confine::parse_capability(cap)
@@ -249,8 +250,10 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
             work: own.work.clone(),
             volatile: false,
         },
-        (None, None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: size.clone() },
-        (None, None, Upper::Auto) => UpperPlacement::Tmpfs { size: "4g".into() },
+        (None, None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: *size },
+        (None, None, Upper::Auto) => UpperPlacement::Tmpfs {
+            size: super::DEFAULT_UPPER_SIZE,
+        },
         (None, None, _) => unreachable!("an on-disk upper always has a directory"),
     };
     // After the upper: a rootless host root is laid out around where the upper is.
@@ -318,6 +321,8 @@ fn init_spec(
         hostname: &v.hostname,
         cgroups: cgroup.map(|c| c.join.as_slice()).unwrap_or(&[]),
         privileges: &v.privileges,
+        tmp_size: c.tmp_size,
+        shm_size: c.shm_size,
     })
     .map_err(ConfigError::from)?;
     let user = match &c.user {
@@ -508,7 +513,13 @@ fn exec_init(
 }
 
 /// Stage 5: wait for the end (or the timeout), collecting output and the init's report.
-fn wait_for(c: &Container, v: &Validated, s: Started, pipes: Pipes) -> Result<Finished, Error> {
+fn wait_for(
+    c: &Container,
+    v: &Validated,
+    s: Started,
+    pipes: Pipes,
+    cgroup: Option<&crate::cgroups::ContainerCgroup>,
+) -> Result<Finished, Error> {
     let Pipes {
         report_r,
         report_w,
@@ -516,7 +527,9 @@ fn wait_for(c: &Container, v: &Validated, s: Started, pipes: Pipes) -> Result<Fi
         ..
     } = pipes;
     drop(report_w);
-    let deadline = c.timeout.map(|t| s.started + t);
+    let deadline = c
+        .timeout
+        .map(|t| s.started + t.min(crate::duration::MAX_DURATION));
     let Supervised {
         stdout,
         stderr,
@@ -526,6 +539,7 @@ fn wait_for(c: &Container, v: &Validated, s: Started, pipes: Pipes) -> Result<Fi
     } = supervise(s.pid, s.is_child, report_r, out, deadline);
     let duration = s.started.elapsed();
     let report: Option<InitReport> = serde_json::from_slice(&report).ok();
+    let oom_killed = cgroup.and_then(|cg| cg.oom_killed());
     let status = match (report, timed_out) {
         (_, true) => ExitStatus::Signaled(libc::SIGKILL),
         (Some(InitReport::Exited(code)), _) => ExitStatus::Exited(code),
@@ -543,6 +557,9 @@ fn wait_for(c: &Container, v: &Validated, s: Started, pipes: Pipes) -> Result<Fi
             return Err(Error::Exec { program, errno })
         }
         (None, false) => {
+            if let Some(limit) = oom_killed {
+                return Err(Error::OutOfMemory { limit });
+            }
             let how = match s.spec_sent {
                 true => wait,
                 false => format!("could not send it the spec; it ended with {wait}"),
@@ -559,6 +576,7 @@ fn wait_for(c: &Container, v: &Validated, s: Started, pipes: Pipes) -> Result<Fi
         stderr,
         duration,
         timed_out,
+        oom_killed,
     })
 }
 
@@ -586,6 +604,19 @@ fn keep_if_asked(
     };
     let scaffold = scaffold(ops, &base.join("root"), upper_dir);
     keep_upper(&layout.store, &v.id, &d.upper(), &layout.image, &scaffold).map(Some)
+}
+
+/// Checks the hostname and the limits before anything is created.
+fn check_limits(c: &Container, hostname: &str) -> Result<(), ConfigError> {
+    let printable = hostname.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+    if hostname.is_empty() || hostname.len() > 64 || !printable {
+        return Err(ConfigError::BadHostname(hostname.to_string()));
+    }
+    match (c.limits.pids, c.limits.memory_bytes) {
+        (Some(n), _) if n < crate::error::MIN_PIDS => Err(ConfigError::PidsTooLow(n)),
+        (_, Some(m)) if m < crate::error::MIN_MEMORY => Err(ConfigError::MemoryTooLow(m)),
+        _ => Ok(()),
+    }
 }
 
 /// What the setup steps made under the new root (mount points, symlinks, and directories of

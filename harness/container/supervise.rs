@@ -47,8 +47,9 @@ pub(super) fn supervise(
                     timed_out = true;
                     continue;
                 }
-                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
-                    .unwrap_or(PollTimeout::MAX)
+                // One more millisecond than left, so the deadline has passed on waking.
+                let ms = left.as_millis().saturating_add(1).min(i32::MAX as u128);
+                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
             }
             _ => PollTimeout::NONE,
         };

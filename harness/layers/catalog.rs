@@ -428,10 +428,8 @@ impl Catalog {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let gate = if let Some(owner) = name.strip_prefix(".staging-") {
                     let lock = format!("{lock_prefix}{owner}");
-                    match self.try_exclusive(&lock, dry_run)? {
-                        Some(gate) => Some((gate, Some(lock))),
-                        None => None,
-                    }
+                    self.try_exclusive(&lock, dry_run)?
+                        .map(|gate| (gate, Some(lock)))
                 } else if name.starts_with(".trash-") {
                     Some((Gate::Look, None))
                 } else {

@@ -74,7 +74,7 @@ mod humantime_serde_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
+        crate::duration::parse_duration(&s)
             .map(Some)
             .map_err(serde::de::Error::custom)
     }

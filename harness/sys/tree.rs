@@ -51,8 +51,7 @@ pub fn remove_at(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
         return not_found_ok(rustix::fs::unlinkat(dir, name, AtFlags::empty()));
     }
     let sub = open_writable_dir(dir, name)?;
-    let mut entries = Dir::read_from(&sub)?;
-    while let Some(entry) = entries.next() {
+    for entry in Dir::read_from(&sub)? {
         let entry = entry?;
         let child = entry.file_name();
         if child == c"." || child == c".." {
@@ -198,8 +197,8 @@ mod tests {
         std::fs::create_dir_all(tree.join("a/work/work")).unwrap();
         std::os::unix::fs::symlink(&victim, tree.join("a/link")).unwrap();
         std::os::unix::fs::symlink(&victim, tree.join("top-link")).unwrap();
-        std::fs::set_permissions(tree.join("a/work/work"), PermissionsExt::from_mode(0)).unwrap();
-        std::fs::set_permissions(tree.join("a/work"), PermissionsExt::from_mode(0)).unwrap();
+        std::fs::set_permissions(tree.join("a/work/work"), PermissionsExt::from_mode(0o0)).unwrap();
+        std::fs::set_permissions(tree.join("a/work"), PermissionsExt::from_mode(0o0)).unwrap();
         remove_tree(&tree).unwrap();
         assert!(!tree.exists());
         // A symlink given as the path itself is removed, not followed.

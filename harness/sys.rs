@@ -175,6 +175,36 @@ pub fn kill(pid: i32, sig: Signal) -> SysResult<()> {
     no_path("kill", nix::sys::signal::kill(Pid::from_raw(pid), sig))
 }
 
+/// A pidfd for `pid` if it is (still) a child of `parent`: `pidfd_open`, then the parent
+/// checked in `/proc/PID/stat`. The pidfd pins the process, so once the check passes it
+/// can never signal a process that reused the pid; `None` means the child is already gone
+/// (or the kernel has no pidfds).
+pub fn pidfd_of_child(pid: i32, parent: i32) -> Option<OwnedFd> {
+    let fd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid)?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
+    let ppid: i32 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    (ppid == parent).then_some(fd)
+}
+
+/// Sends `sig` to the process `pidfd` refers to (never to another one that reused its pid).
+pub fn pidfd_signal(pidfd: &OwnedFd, sig: Signal) -> SysResult<()> {
+    let sig = rustix::process::Signal::from_named_raw(sig as i32)
+        .ok_or_else(|| SysError::new("pidfd_send_signal", None, Errno::EINVAL))?;
+    rustix::process::pidfd_send_signal(pidfd, sig)
+        .map_err(|e| SysError::new("pidfd_send_signal", None, Errno::from_raw(e.raw_os_error())))
+}
+
 /// Asks the kernel to send `sig` to this process when its parent thread exits.
 pub fn set_parent_death_signal(sig: Signal) -> SysResult<()> {
     no_path(

@@ -108,6 +108,8 @@ struct Started {
     pid: Pid,
     /// Whether `pid` is our child (not the zygote's).
     is_child: bool,
+    /// A pidfd to signal it by (a zygote's container), kept open until the caller's done.
+    pidfd: Option<std::os::fd::OwnedFd>,
     /// Whether the spec reached an exec'd init (always true for the other paths).
     spec_sent: bool,
     started: Instant,
@@ -156,7 +158,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         false => Some(Forwarding::hold().map_err(|e| start_error(e, v.rootless))?),
     };
     let started = start(&v, &spec, &mut pipes, forwarding.as_mut())?;
-    let end = wait_for(c, &v, started, pipes, cgroup.as_ref())?;
+    let end = wait_for(c, &v, &started, pipes, cgroup.as_ref())?;
     drop(forwarding);
     let kept = keep_if_asked(c, &v, &layout, &spec.ops, &base, &end)?;
     drop(layout);
@@ -415,14 +417,16 @@ fn start(
     // The seccomp filter is compiled once in a process that forks containers, before the
     // fork, so each container only loads it.
     crate::setup::prepare(&spec.ops);
-    let (pid, is_child, spec_w) = if sys::single_threaded() {
+    let (pid, is_child, spec_w, pidfd) = if sys::single_threaded() {
         let pid = fork_init(spec, flags, id_maps.as_ref(), pipes).map_err(err)?;
-        (pid, true, None)
-    } else if let Some(pid) = zygote_init(spec, flags, id_maps.as_ref(), pipes) {
-        (pid.map_err(err)?, false, None)
+        (pid, true, None, None)
+    } else if let Some(started) = zygote_init(spec, flags, id_maps.as_ref(), pipes) {
+        // Not our child: the kernel reaps it for the zygote, and may reuse its pid.
+        let (pid, pidfd) = started.map_err(err)?;
+        (pid, false, None, pidfd)
     } else {
         let (pid, spec_w) = exec_init(v, spec, flags, id_maps, pipes)?;
-        (pid, true, Some(spec_w))
+        (pid, true, Some(spec_w), None)
     };
     pipes.child_ends.clear();
     if let Some(f) = forwarding {
@@ -439,6 +443,7 @@ fn start(
     Ok(Started {
         pid,
         is_child,
+        pidfd,
         spec_sent,
         started,
     })
@@ -473,7 +478,7 @@ fn zygote_init(
     flags: nix::sched::CloneFlags,
     id_maps: Option<&sys::IdMaps>,
     pipes: &Pipes,
-) -> Option<Result<Pid, sys::SysError>> {
+) -> Option<Result<(Pid, Option<std::os::fd::OwnedFd>), sys::SysError>> {
     let stdio = match &pipes.fds[..] {
         [(i, 0), (o, 1), (e, 2)] => [*i, *o, *e],
         _ => [0, 1, 2],
@@ -516,7 +521,7 @@ fn exec_init(
 fn wait_for(
     c: &Container,
     v: &Validated,
-    s: Started,
+    s: &Started,
     pipes: Pipes,
     cgroup: Option<&crate::cgroups::ContainerCgroup>,
 ) -> Result<Finished, Error> {
@@ -536,7 +541,7 @@ fn wait_for(
         report,
         wait,
         timed_out,
-    } = supervise(s.pid, s.is_child, report_r, out, deadline);
+    } = supervise(s.pid, s.is_child, s.pidfd.as_ref(), report_r, out, deadline);
     let duration = s.started.elapsed();
     let report: Option<InitReport> = serde_json::from_slice(&report).ok();
     let oom_killed = cgroup.and_then(|cg| cg.oom_killed());

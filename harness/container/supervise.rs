@@ -23,10 +23,13 @@ pub(super) struct Supervised {
 /// Collects everything until every pipe is closed, which happens when the init and with it
 /// every process of the container are gone (PID 1 exiting kills the PID namespace). On the
 /// deadline the init is SIGKILLed, which takes the whole container down at once, including
-/// processes that ignore SIGTERM.
+/// processes that ignore SIGTERM: by pid if it is our child (not reaped before our
+/// `waitpid`, so its pid is still its own), else through its pidfd (a zygote's container,
+/// reaped by the kernel: its pid may be reused).
 pub(super) fn supervise(
     pid: Pid,
     is_child: bool,
+    pidfd: Option<&OwnedFd>,
     report: OwnedFd,
     output: Option<(OwnedFd, OwnedFd)>,
     deadline: Option<Instant>,
@@ -43,7 +46,12 @@ pub(super) fn supervise(
             Some(d) if !timed_out => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    let _ = sys::kill(pid.as_raw(), Signal::SIGKILL);
+                    let _ = match (pidfd, is_child) {
+                        (Some(fd), _) => sys::pidfd_signal(fd, Signal::SIGKILL),
+                        (None, true) => sys::kill(pid.as_raw(), Signal::SIGKILL),
+                        // A zygote's container without a pidfd was already gone.
+                        (None, false) => Ok(()),
+                    };
                     timed_out = true;
                     continue;
                 }

@@ -64,6 +64,7 @@ impl Recipe {
         progress: &mut dyn Progress,
     ) -> Result<Built, BuildError> {
         self.validate(Path::new("<recipe>"))?;
+        self.copies_no_store(store)?;
         let catalog = Catalog::new(store)?;
         let (mut image, mut parent, base_record, mut keys) = self.base(store, &catalog)?;
         let mut built = Vec::new();
@@ -123,6 +124,26 @@ impl Recipe {
             image,
             layers: built,
         })
+    }
+
+    /// Refuses, before anything is hashed or built, a copy whose source contains the store.
+    fn copies_no_store(&self, store: &Store) -> Result<(), BuildError> {
+        for layer in &self.layers {
+            for step in &layer.steps {
+                if let Step::Copy { from, to } = step {
+                    let src = self.source_path(from);
+                    contains_no_store(&src, store.root()).map_err(|reason| {
+                        BuildError::BadCopy {
+                            layer: layer.name.clone(),
+                            from: src.clone(),
+                            to: to.clone(),
+                            reason,
+                        }
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The image the first layer goes over, its key (the first layer's parent), its record,
@@ -203,6 +224,9 @@ impl Recipe {
             progress.event(&BuildEvent::StepDone(pos, started.elapsed()));
         }
         normalize_opaque(&upper).map_err(io("normalize opaque directories in", &upper))?;
+        if !ctx.layer.keep_setuid {
+            drop_privileged_files(&upper, &upper, &ctx.layer.name)?;
+        }
         Ok(LayerMeta {
             key: ctx.key.to_string(),
             parent: ctx.parent.to_string(),
@@ -320,6 +344,21 @@ fn describe(step: &Step) -> String {
     text.replace('\n', "\\n")
 }
 
+/// A copy source must not contain the store: the copy would go on copying itself into the
+/// layer being built, without bound.
+fn contains_no_store(src: &Path, store: &Path) -> Result<(), String> {
+    let (Ok(src), Ok(store)) = (std::fs::canonicalize(src), std::fs::canonicalize(store)) else {
+        return Ok(()); // A missing source is reported by the copy itself.
+    };
+    match store.starts_with(&src) {
+        true => Err(format!(
+            "it contains the store ({}); copy a directory that does not",
+            store.display()
+        )),
+        false => Ok(()),
+    }
+}
+
 /// Copies host `src` to `to` in the layer being built (`upper`), creating parent
 /// directories with the modes they have below. Refuses to go through a symlink of the image
 /// (the copy would shadow the link instead of following it).
@@ -393,6 +432,33 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
             ),
         ))
     }
+}
+
+/// Strips setuid and setgid bits from the files of a layer being published, and refuses
+/// device nodes other than whiteouts: nothing in a layer grants privileges its recipe did
+/// not ask for.
+fn drop_privileged_files(dir: &Path, upper: &Path, layer: &str) -> Result<(), BuildError> {
+    for e in std::fs::read_dir(dir).map_err(io("read", dir))? {
+        let path = e.map_err(io("read", dir))?.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(io("inspect", &path))?;
+        let ft = meta.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_dir() {
+            drop_privileged_files(&path, upper, layer)?;
+        } else if ft.is_file() && meta.mode() & 0o6000 != 0 {
+            let mode = std::fs::Permissions::from_mode(meta.mode() & 0o1777);
+            std::fs::set_permissions(&path, mode)
+                .map_err(io("strip setuid/setgid bits of", &path))?;
+        } else if (ft.is_char_device() || ft.is_block_device())
+            && !crate::whiteout::is_whiteout(&meta)
+        {
+            return Err(BuildError::DeviceNode {
+                layer: layer.to_string(),
+                path: Path::new("/").join(path.strip_prefix(upper).unwrap_or(&path)),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Marks every opaque directory in both xattr namespaces where permitted, so a layer built

@@ -192,7 +192,7 @@ impl Catalog {
     }
 
     /// A lease (shared lock) on layer `key`, if it is stored.
-    fn lease(&self, key: &str) -> Result<Option<Flock<File>>, BuildError> {
+    pub(crate) fn lease(&self, key: &str) -> Result<Option<Flock<File>>, BuildError> {
         if !self.has_layer(key) {
             return Ok(None);
         }

@@ -76,7 +76,16 @@ pub fn save_store(store: &Store, images: &[String], out: &Path) -> Result<ShipRe
         .tempdir_in(parent)
         .map_err(io("create a temporary directory beside", out))?;
     let mut layers = Vec::new();
+    let mut leases = Vec::new();
     for key in &keys {
+        // Leased while it is read: `gc` must not remove it half-way through.
+        leases.push(
+            catalog
+                .lease(key)?
+                .ok_or_else(|| crate::store::StoreError::LayerGone {
+                    path: catalog.layer_dir(key),
+                })?,
+        );
         let meta = catalog.layer_meta(key)?;
         let tar = scratch.path().join(format!("{key}.tar"));
         let (digest, size) = write_layer_tar(&catalog.layer_root(key), &tar, out)?;

@@ -530,3 +530,65 @@ pub(crate) fn tree_size(dir: &Path) -> u64 {
     }
     total
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A staging directory is removed by `gc` only once its owner's lock is free: an
+    /// import's `.staging-import-ID` and a squash's `squashed/.staging-KEY` alike.
+    #[test]
+    fn gc_leaves_stagings_whose_owner_holds_the_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("s")).unwrap();
+        let catalog = Catalog::new(&store).unwrap();
+        let import = catalog.lock("import-abc").unwrap();
+        let staging = catalog.staging("import-abc").unwrap();
+        let squash = catalog.lock("squash-k").unwrap();
+        let squash_staging = store.root().join("squashed/.staging-k");
+        std::fs::create_dir_all(squash_staging.join("root")).unwrap();
+        assert!(catalog.gc(None, None, false).unwrap().is_empty());
+        assert!(staging.is_dir() && squash_staging.is_dir());
+        drop((import, squash));
+        let dry = catalog.gc(None, None, true).unwrap();
+        assert_eq!(dry.len(), 2, "{dry:?}");
+        assert!(staging.is_dir(), "a dry run removes nothing");
+        assert_eq!(catalog.gc(None, None, false).unwrap(), dry);
+        assert!(!staging.exists() && !squash_staging.exists());
+        let locks = std::fs::read_dir(store.root().join("locks"))
+            .unwrap()
+            .count();
+        assert_eq!(locks, 0, "unused lock files are removed");
+    }
+
+    /// A leased layer (a running container's) stays; an unleased one goes.
+    #[test]
+    fn gc_leaves_leased_layers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("s")).unwrap();
+        let catalog = Catalog::new(&store).unwrap();
+        let meta = |key: &str| LayerMeta {
+            key: key.into(),
+            parent: "scratch".into(),
+            name: key.into(),
+            created: 0,
+            size: 0,
+        };
+        for key in ["a", "b"] {
+            let (cached, _lease) = catalog.publish_once(key, |_| Ok(meta(key))).unwrap();
+            assert!(!cached);
+        }
+        let leases = store.lease(&[catalog.layer_root("a")]).unwrap();
+        assert_eq!(leases.len(), 1);
+        let removed = catalog.gc(None, None, false).unwrap();
+        assert_eq!(removed, ["layer b (b)"]);
+        assert!(catalog.has_layer("a") && !catalog.has_layer("b"));
+        drop(leases);
+        assert_eq!(catalog.gc(None, None, false).unwrap(), ["layer a (a)"]);
+        let e = store.lease(&[catalog.layer_root("a")]).unwrap_err();
+        assert!(
+            matches!(e, crate::store::StoreError::LayerGone { .. }),
+            "{e}"
+        );
+    }
+}

@@ -332,9 +332,15 @@ impl Store {
             lock_path,
             lock,
         };
-        for p in [dir.path.clone(), dir.upper(), dir.work()] {
+        // The upper directory's mode is what `/` shows in the container; the store's
+        // `containers/` (0700) keeps it from other users.
+        for (p, mode) in [
+            (dir.path.clone(), 0o700),
+            (dir.upper(), 0o755),
+            (dir.work(), 0o700),
+        ] {
             std::fs::DirBuilder::new()
-                .mode(0o700)
+                .mode(mode)
                 .create(&p)
                 .map_err(io("create container directory", &p))?;
         }

@@ -329,20 +329,7 @@ fn upper_of(args: &RunArgs) -> Result<Upper, String> {
 }
 
 fn run(mut args: RunArgs) -> ExitCode {
-    let store = StoreArg {
-        dir: args.store.clone(),
-    };
-    let mut image = match store
-        .open()
-        .map_err(BuildError::from)
-        .and_then(|s| pristine::layers::resolve_image(&s, &args.image))
-    {
-        Ok(i) => i,
-        Err(e) => return fail(&e, 125),
-    };
-    for layer in std::mem::take(&mut args.layers) {
-        image = image.layer(layer);
-    }
+    // Checked before the store is opened (or made): bad input leaves no trace.
     let upper = match upper_of(&args) {
         Ok(u) => u,
         Err(e) => {
@@ -350,6 +337,25 @@ fn run(mut args: RunArgs) -> ExitCode {
             return ExitCode::from(125);
         }
     };
+    let store = StoreArg {
+        dir: args.store.clone(),
+    };
+    // The host image needs no store until the container runs (which checks the rest of
+    // the input first).
+    let image = match args.image.as_str() {
+        "host" => Ok(pristine::Image::host()),
+        name => store
+            .open()
+            .map_err(BuildError::from)
+            .and_then(|s| pristine::layers::resolve_image(&s, name)),
+    };
+    let mut image = match image {
+        Ok(i) => i,
+        Err(e) => return fail(&e, 125),
+    };
+    for layer in std::mem::take(&mut args.layers) {
+        image = image.layer(layer);
+    }
     let mut c = Container::new(image)
         .stdio(Stdio::Inherit)
         .workdir(args.workdir)

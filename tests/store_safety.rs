@@ -700,6 +700,75 @@ fn broken_pipes_end_output_quietly_and_keep_the_exit_code() {
     assert_eq!(text.lines().last(), Some("3 0 0"), "{text}");
 }
 
+/// Each bad value named in the issue gets its own clear error, before anything is created.
+#[test]
+fn bad_values_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s");
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--timeout", "500000000000y"], "at most 100 years"),
+        (&["run", "--timeout", "1e30"], "bad duration \"1e30\""),
+        (&["run", "--timeout", "0s"], "more than zero"),
+        (
+            &["run", "--upper-size", "1m,mode=0777"],
+            "bad size \"1m,mode=0777\"",
+        ),
+        (&["run", "--upper-size", "0"], "more than zero"),
+        (
+            &["run", "--keep", "--upper-size", "1g"],
+            "with --keep the upper layer is on disk",
+        ),
+        (
+            &["run", "--upper-on-disk", "--upper-size", "1g"],
+            "with --upper-on-disk",
+        ),
+        (&["run", "--pids", "0"], "process limit 0 is too small"),
+        (&["run", "--pids", "1"], "process limit 1 is too small"),
+        (
+            &["run", "--memory", "1m"],
+            "memory limit 1 MiB is too small",
+        ),
+        (&["run", "--hostname", "a\nb"], "hostname \"a\\nb\""),
+        (&["gc", "--older-than", "1e30"], "bad duration"),
+    ];
+    for (args, want) in cases {
+        let mut c = cli(&store);
+        c.args(*args);
+        if args[0] == "run" {
+            c.args(["--", "true"]);
+        }
+        let out = run(&mut c);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_no_panic(&out, &format!("{args:?}"));
+        assert!(!store.exists(), "{args:?} created the store");
+    }
+    // `run` and `wrap` read durations alike: plain seconds are fine for both.
+    for args in [
+        &["run", "--timeout", "2", "--", "true"][..],
+        &["wrap", "--timeout", "2", "--", "/bin/true"],
+    ] {
+        let out = run(cli(&store).args(args));
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let out = run(cli(&store).args(["wrap", "--timeout", "1e30", "--", "/bin/true"]));
+    assert!(
+        stderr(&out).contains("bad duration \"1e30\""),
+        "{}",
+        stderr(&out)
+    );
+    // A missing working directory is reported as such.
+    let out = run(cli(&store).args(["run", "--workdir", "/no/such/dir", "--", "true"]));
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out)
+            .contains("the working directory /no/such/dir is not a directory in the container"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn rootless_mode_passes_too() {
     common::rerun_as_nobody("rootless_mode_passes_too");

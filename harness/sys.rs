@@ -258,10 +258,17 @@ pub fn set_sigchld_ignored(ignored: bool) {
 
 /// The pid that [`forward_signals`]'s handler passes signals to (0: none).
 static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// A pidfd for that process (-1: none), used instead of the pid when there is one.
+static FORWARD_PIDFD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-/// Sets (or, with 0, clears) the pid that signals caught by [`forward_signals`] go to.
-pub fn set_forward_target(pid: i32) {
-    FORWARD_TO.store(pid, std::sync::atomic::Ordering::SeqCst);
+/// Sets (or, with 0, clears) the pid that signals caught by [`forward_signals`] go to, and
+/// the pidfd to signal it through if there is one (which must stay open until the target
+/// is cleared).
+pub fn set_forward_target(pid: i32, pidfd: Option<RawFd>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    FORWARD_TO.store(0, SeqCst);
+    FORWARD_PIDFD.store(pidfd.unwrap_or(-1), SeqCst);
+    FORWARD_TO.store(pid, SeqCst);
 }
 
 /// Installs handlers for `signals` that pass each one on to the pid set with
@@ -269,9 +276,19 @@ pub fn set_forward_target(pid: i32) {
 pub fn forward_signals(signals: &[Signal]) {
     extern "C" fn forward(sig: libc::c_int) {
         let pid = FORWARD_TO.load(std::sync::atomic::Ordering::SeqCst);
-        // SAFETY: kill, signal and raise are async-signal-safe.
+        let pidfd = FORWARD_PIDFD.load(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: kill, pidfd_send_signal (a raw system call), signal and raise are
+        // async-signal-safe; the pidfd stays open while it is the target.
         unsafe {
-            if pid > 0 {
+            if pid > 0 && pidfd >= 0 {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            } else if pid > 0 {
                 libc::kill(pid, sig);
             } else {
                 libc::signal(sig, libc::SIG_DFL);
@@ -1118,4 +1135,31 @@ pub(crate) fn set_no_new_privs() -> SysResult<()> {
         "prctl(PR_SET_NO_NEW_PRIVS)",
         nix::sys::prctl::set_no_new_privs(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pidfd is given only for a live child of the named parent, and signals that process.
+    #[test]
+    fn pidfds_only_for_children_of_the_parent() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(pidfd_of_child(pid, 1).is_none(), "not init's child");
+        let fd = pidfd_of_child(pid, std::process::id() as i32).expect("our child");
+        pidfd_signal(&fd, Signal::SIGKILL).unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Reaped: the pidfd still names that process, which is gone; no other gets it.
+        assert_eq!(
+            pidfd_signal(&fd, Signal::SIGKILL).unwrap_err().errno,
+            Errno::ESRCH
+        );
+        assert!(pidfd_of_child(pid, std::process::id() as i32).is_none());
+    }
 }

@@ -429,8 +429,13 @@ fn start(
         (pid, true, Some(spec_w), None)
     };
     pipes.child_ends.clear();
+    // Our own child cannot be reaped before our waitpid, so its pidfd is always its own.
+    let pidfd = match is_child {
+        true => sys::pidfd_of_child(pid.as_raw(), std::process::id() as i32),
+        false => pidfd,
+    };
     if let Some(f) = forwarding {
-        f.forward_to(pid);
+        f.forward_to(pid, pidfd.as_ref().map(|fd| fd.as_raw_fd()));
     }
     // Written after clone: the init reads it as soon as it runs, so no pipe buffer limit.
     let spec_sent = match spec_w {
@@ -784,8 +789,8 @@ impl Forwarding {
 
     /// Sends these signals to `pid` from now on, and one that arrived meanwhile right away
     /// (unblocking runs its handler).
-    fn forward_to(&mut self, pid: Pid) {
-        sys::set_forward_target(pid.as_raw());
+    fn forward_to(&mut self, pid: Pid, pidfd: Option<std::os::fd::RawFd>) {
+        sys::set_forward_target(pid.as_raw(), pidfd);
         let _ = sys::set_signal_mask(&self.old_mask);
         self.held = false;
     }
@@ -793,7 +798,7 @@ impl Forwarding {
 
 impl Drop for Forwarding {
     fn drop(&mut self) {
-        sys::set_forward_target(0);
+        sys::set_forward_target(0, None);
         if self.held {
             let _ = sys::set_signal_mask(&self.old_mask);
         }

@@ -23,9 +23,9 @@ pub(super) struct Supervised {
 /// Collects everything until every pipe is closed, which happens when the init and with it
 /// every process of the container are gone (PID 1 exiting kills the PID namespace). On the
 /// deadline the init is SIGKILLed, which takes the whole container down at once, including
-/// processes that ignore SIGTERM: by pid if it is our child (not reaped before our
-/// `waitpid`, so its pid is still its own), else through its pidfd (a zygote's container,
-/// reaped by the kernel: its pid may be reused).
+/// processes that ignore SIGTERM: through its pidfd (a zygote's container is reaped by the
+/// kernel, and its pid may be reused), or by pid if there is no pidfd and it is our child
+/// (not reaped before our `waitpid`, so its pid is still its own).
 pub(super) fn supervise(
     pid: Pid,
     is_child: bool,

@@ -769,6 +769,57 @@ fn bad_values_get_clear_errors() {
     );
 }
 
+/// Two CI jobs in PID namespaces of their own, sharing a store: both callers are PID 1 (the
+/// old `PID-counter` ids were equal and one removed the other's directory). Ids are random.
+#[test]
+fn containers_in_two_pid_namespaces_get_distinct_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s");
+    // Rootless, a user namespace mapping the caller to itself is needed for a PID one.
+    let ns: &[&str] = if is_root() {
+        &["--pid", "--fork"]
+    } else {
+        &["--map-current-user", "--pid", "--fork"]
+    };
+    let job = || {
+        Command::new("unshare")
+            .args(ns)
+            .arg(pristine_bin())
+            .args([
+                "run",
+                "--keep",
+                "--",
+                "sh",
+                "-c",
+                "echo $$ > /job; sleep 0.5",
+            ])
+            .env("PRISTINE_STORE", &store)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux)")
+    };
+    let jobs = [job(), job()];
+    let mut kept = Vec::new();
+    for j in jobs {
+        let out = j.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(out.status.success(), "{err}");
+        let dir = err
+            .lines()
+            .find_map(|l| l.strip_prefix("pristine: kept upper layer: "))
+            .unwrap_or_else(|| panic!("no kept layer in {err}"))
+            .to_string();
+        assert_eq!(
+            std::fs::read_to_string(Path::new(&dir).join("upper/job")).unwrap(),
+            "2\n",
+            "the command is PID 2 of the container"
+        );
+        kept.push(dir);
+    }
+    assert_ne!(kept[0], kept[1]);
+    assert_eq!(std::fs::read_dir(store.join("kept")).unwrap().count(), 2);
+}
+
 #[test]
 fn rootless_mode_passes_too() {
     common::rerun_as_nobody("rootless_mode_passes_too");

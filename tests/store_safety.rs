@@ -355,38 +355,55 @@ fn gc_running_beside_two_processes_removes_only_what_nothing_holds() {
     assert!(out.status.success(), "{}", stderr(&out));
     unname(&store, "r");
     let layer = newest_layer_with(&store, "marker").join("root");
-    let worker = |n: usize| {
-        let script = format!(
-            "for i in $(seq 1 {n}); do grep -q leased /marker && echo $i >> /log || exit 1; sleep 0.05; done; test $(wc -l < /log) = {n}"
-        );
-        cli(&store)
-            .args(["run", "--upper-on-disk", "--layer"])
-            .arg(&layer)
-            .args(["--", "sh", "-c", &script])
-            .spawn()
-            .unwrap()
+    // Each worker's container says `ready` once it runs (its lease is held), then, for each
+    // line the test sends, reads the layer and writes its upper, and answers `ok`: gc runs
+    // between the steps, with no timing involved.
+    let script = "echo ready; while read step; do [ \"$step\" = stop ] && break; \
+                  grep -q leased /marker && echo $step >> /log || exit 1; echo ok; done; \
+                  test $(wc -l < /log) = 5";
+    let mut workers: Vec<_> = (0..2)
+        .map(|_| {
+            cli(&store)
+                .args(["run", "--upper-on-disk", "--layer"])
+                .arg(&layer)
+                .args(["--", "sh", "-c", script])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut lines: Vec<_> = workers
+        .iter_mut()
+        .map(|w| std::io::BufReader::new(w.stdout.take().unwrap()))
+        .collect();
+    let expect = |lines: &mut Vec<std::io::BufReader<std::process::ChildStdout>>, want| {
+        for l in lines.iter_mut() {
+            let mut line = String::new();
+            std::io::BufRead::read_line(l, &mut line).unwrap();
+            assert_eq!(
+                line,
+                format!("{want}\n"),
+                "a container lost its layer or its upper"
+            );
+        }
     };
-    let workers = [worker(30), worker(30)];
-    let mut gc_runs = 0;
-    let mut workers: Vec<_> = workers.into_iter().collect();
-    let mut statuses = Vec::new();
-    while !workers.is_empty() {
+    expect(&mut lines, "ready");
+    for step in 0..5 {
         let out = run(cli(&store).arg("gc"));
         assert!(out.status.success(), "gc: {}", stderr(&out));
-        gc_runs += 1;
-        workers.retain_mut(|w| match w.try_wait().unwrap() {
-            Some(status) => {
-                statuses.push(status);
-                false
-            }
-            None => true,
-        });
+        assert!(layer.join("marker").exists(), "gc removed a leased layer");
+        for w in workers.iter_mut() {
+            use std::io::Write;
+            writeln!(w.stdin.as_mut().unwrap(), "{step}").unwrap();
+        }
+        expect(&mut lines, "ok");
     }
-    assert!(gc_runs > 1, "gc ran while the workers did");
-    assert!(
-        statuses.iter().all(|s| s.success()),
-        "a container lost its layer or its directory: {statuses:?}"
-    );
+    for mut w in workers {
+        use std::io::Write;
+        writeln!(w.stdin.as_mut().unwrap(), "stop").unwrap();
+        assert!(w.wait().unwrap().success(), "a worker's container failed");
+    }
     // Nothing holds the layer now: gc takes it and leaves no leftovers.
     let out = run(cli(&store).arg("gc"));
     assert!(out.status.success());

@@ -403,13 +403,18 @@ impl Store {
 
     /// Leases the store layers among `layers` (shared locks, held until the leases are
     /// dropped) so that `pristine gc` leaves them alone while a container uses them; fails
-    /// if one was removed before its lease was taken. Other directories are not leased.
+    /// if one was removed before its lease was taken. Other directories (also unpublished
+    /// ones inside the store) are not leased.
     pub(crate) fn lease(&self, layers: &[PathBuf]) -> Result<Vec<Flock<File>>, StoreError> {
         let mut leases = Vec::new();
         for layer in layers {
             let Some((lock, complete)) = self.lease_target(layer) else {
                 continue;
             };
+            // A directory in the store that is not a published layer is mounted as given.
+            if !complete.exists() {
+                continue;
+            }
             let lock_path = self.lock_path(&lock);
             let held = tree::lock_file(&lock_path, LockKind::Shared, true)
                 .map_err(io("lease", &lock_path))?;

@@ -55,13 +55,23 @@ fn binary_outside_target(dir: &Path) -> PathBuf {
 /// `pristine run -- true` with no HOME, XDG_CACHE_HOME or PRISTINE_STORE (as under cron or
 /// `env -i`), with `TMPDIR=tmp`: the store is `tmp/pristine-UID`.
 fn run_with_fallback_store(bin: &Path, tmp: &Path) -> Output {
-    Command::new(bin)
-        .args(["run", "--", "true"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("TMPDIR", tmp)
-        .output()
-        .unwrap()
+    // A just-written binary can be busy for a moment: another test's fork may still hold
+    // the descriptor it was written through (until that child execs).
+    for _ in 0..100 {
+        let out = Command::new(bin)
+            .args(["run", "--", "true"])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("TMPDIR", tmp)
+            .output();
+        match out {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            out => return out.unwrap(),
+        }
+    }
+    panic!("{} stayed busy", bin.display());
 }
 
 fn fallback_path(tmp: &Path) -> PathBuf {
@@ -239,12 +249,15 @@ fn the_store_is_private_and_layers_hold_no_setuid_files() {
             "base = \"host\"\n[[layer]]\nname = \"dev\"\n[[layer.step]]\nrun = { argv = [\"mknod\", \"/mem\", \"c\", \"1\", \"1\"] }\n",
         )
         .unwrap();
+        // Confined build steps lack CAP_MKNOD, so the step itself fails now; a device
+        // node that gets into a layer anyway is refused at publication (unit-tested in
+        // layers::build). Either way the build fails and publishes nothing.
         let out = run(cli(&store).args(["build"]).arg(&recipe));
         assert!(!out.status.success());
+        let err = stderr(&out);
         assert!(
-            stderr(&out).contains("made the device node /mem"),
-            "{}",
-            stderr(&out)
+            err.contains("made the device node /mem") || err.contains("mknod /mem"),
+            "{err}"
         );
         assert!(
             staging_entries(&store).is_empty(),

@@ -481,6 +481,37 @@ fn normalize_opaque(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Publication strips setuid/setgid bits and refuses device nodes, keeping whiteouts.
+    #[test]
+    fn privileged_files_are_stripped_or_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let up = t.path();
+        std::fs::create_dir(up.join("bin")).unwrap();
+        std::fs::write(up.join("bin/suid"), "x").unwrap();
+        std::fs::set_permissions(up.join("bin/suid"), std::fs::Permissions::from_mode(0o6755))
+            .unwrap();
+        crate::whiteout::make_whiteout(&up.join("gone")).unwrap();
+        drop_privileged_files(up, up, "l").unwrap();
+        let mode = std::fs::metadata(up.join("bin/suid")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        assert!(crate::whiteout::is_whiteout_path(&up.join("gone")).unwrap());
+        let made = nix::sys::stat::mknod(
+            &up.join("bin/mem"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(1, 1),
+        );
+        match made {
+            Ok(()) => match drop_privileged_files(up, up, "l") {
+                Err(BuildError::DeviceNode { path, .. }) => assert_eq!(path, Path::new("/bin/mem")),
+                other => panic!("a device node was published: {other:?}"),
+            },
+            // Without CAP_MKNOD no step can make one either.
+            Err(e) => assert_eq!(e, nix::errno::Errno::EPERM),
+        }
+    }
+
     #[test]
     fn a_step_is_described_on_one_line() {
         let run = Step::Run {

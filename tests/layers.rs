@@ -19,7 +19,7 @@ fn store() -> (tempfile::TempDir, Store) {
 
 fn sh(image: &Image, store: &Store, script: &str) -> String {
     let out = Container::new(image.clone())
-        .store(store.root())
+        .store(store.location())
         .timeout(Duration::from_secs(60))
         .run(["/bin/sh", "-c", script])
         .unwrap();

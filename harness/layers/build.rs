@@ -253,7 +253,7 @@ impl Recipe {
                 user,
             } => {
                 let mut c = Container::new(ctx.below.clone())
-                    .store(ctx.store.root())
+                    .store(ctx.store.location())
                     .upper(Upper::Dir(upper.to_path_buf()))
                     .env_clear()
                     .workdir(workdir)

@@ -470,6 +470,11 @@ fn prepare_location(root: &Path, create: bool) -> Result<(), StoreError> {
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
             .map_err(io("make the store private (chmod 0700)", root))?;
     }
+    // The marker is read and written under a lock on the directory itself: two processes
+    // making one new store at once (two CI jobs) must not see each other's half-made one.
+    let dir = tree::open_dir_nofollow(root).map_err(io("open store directory", root))?;
+    let _lock = Flock::lock(File::from(dir), nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io("lock store directory", root)(e.into()))?;
     check_marker(root, fresh, create)
 }
 

@@ -63,7 +63,7 @@ fn main() {
     });
     let cycle = |image: &Image| {
         let out = Container::new(image.clone())
-            .store(store.root())
+            .store(store.location())
             .run(["/bin/true"])
             .unwrap();
         assert!(out.status.success());

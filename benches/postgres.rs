@@ -140,7 +140,7 @@ fn per_test(rounds: usize) {
     ])
     .unwrap_or_else(|e| panic!("template server: {e}"));
 
-    let tmpfs = Upper::Tmpfs("4g".into());
+    let tmpfs = Upper::Tmpfs(pristine::DEFAULT_UPPER_SIZE);
     let cases: Vec<Case<'_>> = vec![
         (
             format!("pristine, {}", small.db_size),

@@ -7,6 +7,12 @@ use crate::hints::Hint;
 use crate::store::StoreError;
 use crate::sys::SysError;
 
+/// The smallest process limit: the init and the command.
+pub const MIN_PIDS: u64 = 2;
+/// The smallest memory limit: the init (pristine's binary, mapped) needs about this much
+/// before the command starts.
+pub const MIN_MEMORY: u64 = 4 << 20;
+
 /// Invalid container configuration, caught before anything is created.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -55,13 +61,19 @@ pub enum ConfigError {
     #[error("working directory {0} must be an absolute path inside the container")]
     RelativeWorkdir(PathBuf),
     /// A hostname the kernel would refuse.
-    #[error("hostname {0:?} must be 1 to 64 characters without '/' or NUL")]
+    #[error("hostname {0:?} must be 1 to 64 printable ASCII characters without spaces or '/'")]
     BadHostname(String),
     /// A capability name the kernel does not know.
     #[error(
         "unknown capability {0:?}: expected a name such as CAP_SYS_ADMIN (see capabilities(7))"
     )]
     UnknownCapability(String),
+    /// A process limit too small for the container's init and command.
+    #[error("process limit {0} is too small: the container's init and its command need at least {MIN_PIDS}")]
+    PidsTooLow(u64),
+    /// A memory limit too small to start a container.
+    #[error("memory limit {} is too small: a container needs at least {} to start", crate::size::human(*.0), crate::size::human(MIN_MEMORY))]
+    MemoryTooLow(u64),
     /// A user name the image's /etc/passwd does not have.
     #[error("user {0:?} is not in the image's /etc/passwd")]
     UnknownUser(String),
@@ -86,6 +98,12 @@ pub enum Error {
     /// The container's cgroup (for its limits) could not be set up.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
+    /// The container's memory limit was hit (and its init killed) before the command ran.
+    #[error("the container ran out of memory before its command started (limit {}); raise the memory limit", crate::size::human(*limit))]
+    OutOfMemory {
+        /// The memory limit, in bytes.
+        limit: u64,
+    },
     /// No init program was found.
     #[error("cannot find pristine's init program: call pristine::main_if_requested() first thing in main, install the `pristine` binary on PATH, or set PRISTINE_INIT")]
     InitNotFound,

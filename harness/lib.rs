@@ -74,6 +74,7 @@ pub mod cgroups;
 pub(crate) mod confine;
 mod container;
 pub mod diff;
+pub mod duration;
 mod error;
 pub mod hints;
 mod image;
@@ -83,6 +84,7 @@ pub(crate) mod namespaces;
 pub mod oci;
 pub(crate) mod rootfs;
 mod setup;
+mod size;
 pub mod store;
 pub(crate) mod sys;
 pub mod testing;
@@ -92,13 +94,14 @@ pub mod whiteout;
 pub use confine::parse_capability;
 pub use container::{
     forward_signals_to_foreground, Bind, Container, ExitStatus, Keep, Kept, Outcome, Stdio, Upper,
-    User,
+    User, DEFAULT_SHM_SIZE, DEFAULT_TMP_SIZE, DEFAULT_UPPER_SIZE,
 };
 pub use error::{ConfigError, Error};
 pub use image::{Base, Image};
 pub use init::main_if_requested;
 pub use layers::{BuildError, LayerSpec, Recipe};
 pub use setup::SetupOp;
+pub use size::{human as human_size, Size, SizeError};
 pub use store::Store;
 
 /// Declares a test function that runs in its own container, for a [`testing::Harness`]

@@ -1,12 +1,70 @@
 //! The `pristine` command line.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pristine::layers::{Catalog, Recipe, StderrProgress};
-use pristine::{Bind, BuildError, Container, Keep, Stdio, Store, Upper, User};
+use pristine::{Bind, BuildError, Container, Keep, Size, Stdio, Store, Upper, User};
+
+/// Prints a line to stdout; a closed pipe (`pristine images | head`) ends the output
+/// quietly instead of panicking: the command then returns `Err(Closed)` and exits as it
+/// would have.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(Closed::from)?
+    };
+}
+
+/// Prints a line to stderr, ignoring a closed stderr (`2>&1 | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    };
+}
+
+/// Standard output is gone (or failed): stop printing.
+struct Closed;
+
+impl From<std::io::Error> for Closed {
+    fn from(_: std::io::Error) -> Self {
+        Closed
+    }
+}
+
+/// What printing a listing ended with.
+enum Listing {
+    Failed(BuildError),
+    Closed,
+}
+
+impl From<BuildError> for Listing {
+    fn from(e: BuildError) -> Self {
+        Listing::Failed(e)
+    }
+}
+
+impl From<pristine::store::StoreError> for Listing {
+    fn from(e: pristine::store::StoreError) -> Self {
+        Listing::Failed(e.into())
+    }
+}
+
+impl From<Closed> for Listing {
+    fn from(_: Closed) -> Self {
+        Listing::Closed
+    }
+}
+
+/// The exit code of a listing command: 0, also when the reader went away early.
+fn listed(r: Result<(), Listing>) -> ExitCode {
+    match r {
+        Ok(()) | Err(Listing::Closed) => ExitCode::SUCCESS,
+        Err(Listing::Failed(e)) => fail(&e, 1),
+    }
+}
 
 /// Throwaway copy-on-write Linux containers for tests.
 #[derive(Parser)]
@@ -165,8 +223,8 @@ struct RunArgs {
     #[arg(long)]
     hostname: Option<String>,
     /// Limit the container's memory (e.g. 256m, 2g); needs root.
-    #[arg(long, value_name = "SIZE", value_parser = pristine::cgroups::parse_size)]
-    memory: Option<u64>,
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<Size>,
     /// Limit the number of processes and threads in the container; needs root.
     #[arg(long, value_name = "N")]
     pids: Option<u64>,
@@ -187,10 +245,17 @@ struct RunArgs {
     /// Keep the upper layer after the container ends and print what changed.
     #[arg(long)]
     keep: bool,
-    /// Put the upper layer on a tmpfs of this size (tmpfs syntax: 512m, 4g, 10%). Default:
-    /// in the store when the image has stored layers and the store reflinks, else a 4g tmpfs.
+    /// Put the upper layer on a tmpfs of this size (e.g. 512m, 4g). Default: in the store
+    /// when the image has stored layers and the store reflinks, else a 4g tmpfs. Not with
+    /// --keep or --upper-on-disk, whose upper layer is on disk in the store.
     #[arg(long, value_name = "SIZE")]
-    upper_size: Option<String>,
+    upper_size: Option<Size>,
+    /// Size limit of the container's /tmp (a tmpfs; default 1g).
+    #[arg(long, value_name = "SIZE")]
+    tmp_size: Option<Size>,
+    /// Size limit of the container's /dev/shm (a tmpfs; default 64m).
+    #[arg(long, value_name = "SIZE")]
+    shm_size: Option<Size>,
     /// Put the upper layer on disk in the store instead of on a tmpfs.
     #[arg(long)]
     upper_on_disk: bool,
@@ -233,45 +298,70 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("bad duration {s:?}: {e} (examples: 500ms, 10s, 2m)"))
+    pristine::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn print_error(err: &dyn std::error::Error) {
-    eprintln!("pristine: error: {err}");
+    say!("pristine: error: {err}");
     let mut source = err.source();
     if source.is_some() {
-        eprintln!("  caused by:");
+        say!("  caused by:");
     }
     while let Some(s) = source {
-        eprintln!("    - {s}");
+        say!("    - {s}");
         source = s.source();
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
+/// The upper layer asked for: `--upper-size` only limits a tmpfs upper; an upper on disk
+/// (`--upper-on-disk`, `--keep`) is refused with it rather than silently left unlimited.
+fn upper_of(args: &RunArgs) -> Result<Upper, String> {
+    let on_disk = args.upper_on_disk || args.keep;
+    match (args.upper_size, on_disk) {
+        (Some(size), true) => Err(format!(
+            "--upper-size {size} limits a tmpfs upper layer, but with {} the upper layer is on disk in the store, where pristine cannot limit its size; drop --upper-size, or put the store on a file system of the size you want",
+            if args.keep { "--keep" } else { "--upper-on-disk" }
+        )),
+        (_, true) => Ok(Upper::Disk),
+        (Some(size), false) => Ok(Upper::Tmpfs(size)),
+        (None, false) => Ok(Upper::Auto),
+    }
+}
+
+fn run(mut args: RunArgs) -> ExitCode {
+    // Checked before the store is opened (or made): bad input leaves no trace.
+    let upper = match upper_of(&args) {
+        Ok(u) => u,
+        Err(e) => {
+            say!("pristine: error: {e}");
+            return ExitCode::from(125);
+        }
+    };
     let store = StoreArg {
         dir: args.store.clone(),
     };
-    let mut image = match store
-        .open()
-        .map_err(BuildError::from)
-        .and_then(|s| pristine::layers::resolve_image(&s, &args.image))
-    {
+    // The host image needs no store until the container runs (which checks the rest of
+    // the input first).
+    let image = match args.image.as_str() {
+        "host" => Ok(pristine::Image::host()),
+        name => store
+            .open()
+            .map_err(BuildError::from)
+            .and_then(|s| pristine::layers::resolve_image(&s, name)),
+    };
+    let mut image = match image {
         Ok(i) => i,
         Err(e) => return fail(&e, 125),
     };
-    for layer in args.layers {
+    for layer in std::mem::take(&mut args.layers) {
         image = image.layer(layer);
     }
     let mut c = Container::new(image)
         .stdio(Stdio::Inherit)
         .workdir(args.workdir)
-        .upper(match (args.upper_on_disk, args.upper_size) {
-            (true, _) => Upper::Disk,
-            (false, Some(size)) => Upper::Tmpfs(size),
-            (false, None) => Upper::Auto,
-        });
+        .upper(upper)
+        .tmp_size(args.tmp_size.unwrap_or(pristine::DEFAULT_TMP_SIZE))
+        .shm_size(args.shm_size.unwrap_or(pristine::DEFAULT_SHM_SIZE));
     if args.clear_env {
         c = c.env_clear();
     }
@@ -288,7 +378,7 @@ fn run(args: RunArgs) -> ExitCode {
         c = c.user(u);
     }
     if let Some(m) = args.memory {
-        c = c.memory_limit(m);
+        c = c.memory_limit(m.get());
     }
     if args.privileged {
         c = c.privileged();
@@ -312,19 +402,29 @@ fn run(args: RunArgs) -> ExitCode {
     match c.run(&args.command) {
         Ok(out) => {
             if out.timed_out {
-                eprintln!(
+                say!(
                     "pristine: timed out after {:.1?}; the container was killed",
                     out.duration
                 );
             }
             if let Some(n) = out.pids_limit_hit {
-                eprintln!("pristine: the container reached its pids limit ({n}): a fork or clone failed with EAGAIN");
+                say!("pristine: the container reached its pids limit ({n}): a fork or clone failed with EAGAIN");
+            }
+            if let Some(limit) = out.oom_killed {
+                say!(
+                    "pristine: killed: out of memory, limit {}",
+                    pristine::human_size(limit)
+                );
             }
             if let Some(kept) = &out.kept {
-                eprintln!("pristine: kept upper layer: {}", kept.dir.display());
+                say!("pristine: kept upper layer: {}", kept.dir.display());
                 match kept.diff() {
-                    Ok(changes) => changes.iter().for_each(|c| eprintln!("{c}")),
-                    Err(e) => eprintln!("pristine: error: listing changes: {e}"),
+                    Ok(changes) => changes.iter().for_each(|c| {
+                        say!("{c}");
+                    }),
+                    Err(e) => {
+                        say!("pristine: error: listing changes: {e}");
+                    }
                 }
             }
             ExitCode::from(out.status.code().clamp(0, 255) as u8)
@@ -369,13 +469,13 @@ fn short(key: &str) -> &str {
 
 /// Builds a recipe file: each layer and step on stderr as it goes (the error, printed after,
 /// carries a failed step's output); the summary on stdout.
-fn build(file: &std::path::Path, store: &Store) -> Result<(), BuildError> {
+fn build(file: &std::path::Path, store: &Store) -> Result<(), Listing> {
     let recipe = Recipe::from_toml_file(file)?;
     let mut progress = StderrProgress::new().failed_output(false);
     let built = recipe.build_with_progress(store, &mut progress)?;
     drop(progress);
     for l in &built.layers {
-        println!(
+        out!(
             "{} {:<24} {} in {:.1?}",
             short(&l.key),
             l.name,
@@ -384,17 +484,21 @@ fn build(file: &std::path::Path, store: &Store) -> Result<(), BuildError> {
         );
     }
     if let Some(name) = &recipe.name {
-        println!("image {name}: {} layers", built.layers.len());
+        out!("image {name}: {} layers", built.layers.len());
     }
     Ok(())
 }
 
-fn images(store: &Store) -> Result<(), BuildError> {
+fn images(store: &Store) -> Result<(), Listing> {
     let catalog = Catalog::new(store)?;
     let now = pristine::layers::now_secs();
-    println!(
+    out!(
         "{:<24} {:<12} {:>6} {:>10} {:>10}  BASE",
-        "NAME", "TOP", "LAYERS", "SIZE", "CREATED"
+        "NAME",
+        "TOP",
+        "LAYERS",
+        "SIZE",
+        "CREATED"
     );
     for r in catalog.images()? {
         let bytes: u64 = r
@@ -403,7 +507,7 @@ fn images(store: &Store) -> Result<(), BuildError> {
             .filter_map(|k| catalog.layer_meta(k).ok())
             .map(|m| m.size)
             .sum();
-        println!(
+        out!(
             "{:<24} {:<12} {:>6} {:>10} {:>10}  {:?}",
             r.name,
             r.layers.last().map(|k| short(k)).unwrap_or("-"),
@@ -447,20 +551,25 @@ fn store_command(arg: &StoreArg, mount: bool, unmount: bool) -> ExitCode {
     }
 }
 
-fn layers(store: &Store) -> Result<(), BuildError> {
+fn layers(store: &Store) -> Result<(), Listing> {
     let catalog = Catalog::new(store)?;
     let now = std::time::SystemTime::now();
     let now_secs = pristine::layers::now_secs();
-    println!(
+    out!(
         "{:<12} {:<24} {:<12} {:>10} {:>10} {:>10}",
-        "KEY", "NAME", "PARENT", "SIZE", "CREATED", "LAST USE"
+        "KEY",
+        "NAME",
+        "PARENT",
+        "SIZE",
+        "CREATED",
+        "LAST USE"
     );
     for (m, used) in catalog.layers()? {
         let used = used
             .and_then(|u| now.duration_since(u).ok())
             .map(|d| age(d.as_secs()))
             .unwrap_or_else(|| "-".into());
-        println!(
+        out!(
             "{:<12} {:<24} {:<12} {:>10} {:>10} {:>10}",
             short(&m.key),
             m.name,
@@ -479,62 +588,29 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(*args),
         Command::Wrap(args) => pristine::testing::wrap::run(args),
-        Command::Build { file, store } => {
-            match store
+        Command::Build { file, store } => listed(
+            store
                 .open()
-                .map_err(BuildError::from)
-                .and_then(|s| build(&file, &s))
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e, 1),
-            }
+                .map_err(Listing::from)
+                .and_then(|s| build(&file, &s)),
+        ),
+        Command::Images { store } => {
+            listed(store.open().map_err(Listing::from).and_then(|s| images(&s)))
         }
-        Command::Images { store } => match store
-            .open()
-            .map_err(BuildError::from)
-            .and_then(|s| images(&s))
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e, 1),
-        },
+        Command::Layers { store } => {
+            listed(store.open().map_err(Listing::from).and_then(|s| layers(&s)))
+        }
         Command::Store {
             mount,
             unmount,
             store,
         } => store_command(&store, mount, unmount),
-        Command::Layers { store } => match store
-            .open()
-            .map_err(BuildError::from)
-            .and_then(|s| layers(&s))
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e, 1),
-        },
         Command::Gc {
             older_than,
             keep_last,
             dry_run,
             store,
-        } => {
-            let r = store.open().map_err(BuildError::from).and_then(|s| {
-                let leftovers = s.remove_leftovers()?;
-                let removed = Catalog::new(&s)?.gc(older_than, keep_last, dry_run)?;
-                Ok((leftovers, removed))
-            });
-            match r {
-                Ok((leftovers, removed)) => {
-                    for r in &removed {
-                        println!("{}{r}", if dry_run { "would remove " } else { "removed " });
-                    }
-                    println!(
-                        "{} layer/staging entries, {leftovers} leftover container directories",
-                        removed.len()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e, 1),
-            }
-        }
+        } => listed(gc(&store, older_than, keep_last, dry_run)),
         Command::Shell {
             image,
             binds,
@@ -561,61 +637,46 @@ fn main() -> ExitCode {
                 cap_add: Vec::new(),
                 keep: false,
                 upper_size: None,
+                tmp_size: None,
+                shm_size: None,
                 upper_on_disk: false,
                 store: store.dir,
                 command: vec![shell.into(), "-i".into()],
             };
             run(args)
         }
-        Command::Import { file, name, store } => {
-            match store
-                .open()
-                .map_err(BuildError::from)
-                .and_then(|s| pristine::layers::import_image(&s, &file, name.as_deref()))
-            {
-                Ok(r) => {
-                    println!("imported {} ({} layers)", r.name, r.layers.len());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e, 1),
-            }
-        }
+        Command::Import { file, name, store } => listed((|| {
+            let s = store.open()?;
+            let r = pristine::layers::import_image(&s, &file, name.as_deref())?;
+            out!("imported {} ({} layers)", r.name, r.layers.len());
+            Ok(())
+        })()),
         Command::Save {
             file,
             images,
             store,
-        } => ship_result(
-            store
-                .open()
-                .map_err(BuildError::from)
-                .and_then(|s| pristine::layers::save_store(&s, &images, &file)),
-            "saved",
-        ),
-        Command::Load { file, store } => ship_result(
-            store
-                .open()
-                .map_err(BuildError::from)
-                .and_then(|s| pristine::layers::load_store(&s, &file)),
-            "loaded",
-        ),
-        Command::Export { image, file, store } => {
-            match store
-                .open()
-                .map_err(BuildError::from)
-                .and_then(|s| pristine::layers::export_image(&s, &image, &file))
-            {
-                Ok(()) => {
-                    println!("exported {image} to {}", file.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e, 1),
-            }
-        }
+        } => listed((|| {
+            let s = store.open()?;
+            ship_result(pristine::layers::save_store(&s, &images, &file)?, "saved")
+        })()),
+        Command::Load { file, store } => listed((|| {
+            let s = store.open()?;
+            ship_result(pristine::layers::load_store(&s, &file)?, "loaded")
+        })()),
+        Command::Export { image, file, store } => listed((|| {
+            let s = store.open()?;
+            pristine::layers::export_image(&s, &image, &file)?;
+            out!("exported {image} to {}", file.display());
+            Ok(())
+        })()),
         Command::Diff { path } => match pristine::diff::diff_kept(&path) {
             Ok(changes) => {
-                for c in changes {
-                    println!("{c}");
-                }
+                let _ = (|| -> Result<(), Closed> {
+                    for c in changes {
+                        out!("{c}");
+                    }
+                    Ok(())
+                })();
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -627,22 +688,44 @@ fn main() -> ExitCode {
 }
 
 /// Prints what `save` or `load` did.
-fn ship_result(r: Result<pristine::layers::ShipReport, BuildError>, verb: &str) -> ExitCode {
-    match r {
-        Ok(r) => {
-            println!(
-                "{verb} {} layers ({} already in the store), {} images{}",
-                r.layers.len(),
-                r.present.len(),
-                r.images.len(),
-                if r.images.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", r.images.join(", "))
-                }
-            );
-            ExitCode::SUCCESS
+fn ship_result(r: pristine::layers::ShipReport, verb: &str) -> Result<(), Listing> {
+    out!(
+        "{verb} {} layers ({} already in the store), {} images{}",
+        r.layers.len(),
+        r.present.len(),
+        r.images.len(),
+        if r.images.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.images.join(", "))
         }
-        Err(e) => fail(&e, 1),
+    );
+    Ok(())
+}
+
+/// `pristine gc`: a dry run opens the store without its startup cleanup and changes
+/// nothing.
+fn gc(
+    store: &StoreArg,
+    older_than: Option<Duration>,
+    keep_last: Option<usize>,
+    dry_run: bool,
+) -> Result<(), Listing> {
+    let dir = store.dir.clone().unwrap_or_else(Store::default_location);
+    let s = Store::open_existing(dir)?;
+    let leftovers = s.leftovers(dry_run)?;
+    let removed = Catalog::new(&s)?.gc(older_than, keep_last, dry_run)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for r in &removed {
+        out!("{verb} {r}");
     }
+    for id in &leftovers {
+        out!("{verb} leftover container {id}");
+    }
+    out!(
+        "{} layer/staging entries, {} leftover container directories",
+        removed.len(),
+        leftovers.len()
+    );
+    Ok(())
 }

@@ -17,6 +17,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::Pid;
 
 pub mod blockdev;
+pub mod tree;
 
 /// A failed system call: which operation, on which path, and the kernel's error number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -186,6 +187,36 @@ pub fn kill(pid: i32, sig: Signal) -> SysResult<()> {
     no_path("kill", nix::sys::signal::kill(Pid::from_raw(pid), sig))
 }
 
+/// A pidfd for `pid` if it is (still) a child of `parent`: `pidfd_open`, then the parent
+/// checked in `/proc/PID/stat`. The pidfd pins the process, so once the check passes it
+/// can never signal a process that reused the pid; `None` means the child is already gone
+/// (or the kernel has no pidfds).
+pub fn pidfd_of_child(pid: i32, parent: i32) -> Option<OwnedFd> {
+    let fd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid)?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
+    let ppid: i32 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    (ppid == parent).then_some(fd)
+}
+
+/// Sends `sig` to the process `pidfd` refers to (never to another one that reused its pid).
+pub fn pidfd_signal(pidfd: &OwnedFd, sig: Signal) -> SysResult<()> {
+    let sig = rustix::process::Signal::from_named_raw(sig as i32)
+        .ok_or_else(|| SysError::new("pidfd_send_signal", None, Errno::EINVAL))?;
+    rustix::process::pidfd_send_signal(pidfd, sig)
+        .map_err(|e| SysError::new("pidfd_send_signal", None, Errno::from_raw(e.raw_os_error())))
+}
+
 /// Asks the kernel to send `sig` to this process when its parent thread exits.
 pub fn set_parent_death_signal(sig: Signal) -> SysResult<()> {
     no_path(
@@ -239,10 +270,17 @@ pub fn set_sigchld_ignored(ignored: bool) {
 
 /// The pid that [`forward_signals`]'s handler passes signals to (0: none).
 static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// A pidfd for that process (-1: none), used instead of the pid when there is one.
+static FORWARD_PIDFD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-/// Sets (or, with 0, clears) the pid that signals caught by [`forward_signals`] go to.
-pub fn set_forward_target(pid: i32) {
-    FORWARD_TO.store(pid, std::sync::atomic::Ordering::SeqCst);
+/// Sets (or, with 0, clears) the pid that signals caught by [`forward_signals`] go to, and
+/// the pidfd to signal it through if there is one (which must stay open until the target
+/// is cleared).
+pub fn set_forward_target(pid: i32, pidfd: Option<RawFd>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    FORWARD_TO.store(0, SeqCst);
+    FORWARD_PIDFD.store(pidfd.unwrap_or(-1), SeqCst);
+    FORWARD_TO.store(pid, SeqCst);
 }
 
 /// Installs handlers for `signals` that pass each one on to the pid set with
@@ -250,9 +288,19 @@ pub fn set_forward_target(pid: i32) {
 pub fn forward_signals(signals: &[Signal]) {
     extern "C" fn forward(sig: libc::c_int) {
         let pid = FORWARD_TO.load(std::sync::atomic::Ordering::SeqCst);
-        // SAFETY: kill, signal and raise are async-signal-safe.
+        let pidfd = FORWARD_PIDFD.load(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: kill, pidfd_send_signal (a raw system call), signal and raise are
+        // async-signal-safe; the pidfd stays open while it is the target.
         unsafe {
-            if pid > 0 {
+            if pid > 0 && pidfd >= 0 {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            } else if pid > 0 {
                 libc::kill(pid, sig);
             } else {
                 libc::signal(sig, libc::SIG_DFL);
@@ -335,6 +383,19 @@ pub(crate) unsafe fn exec_command(
         }
     }
     Errno::last()
+}
+
+/// Fills `buf` from the kernel's random pool (`getrandom(2)`, retried on EINTR).
+pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::rand::getrandom(&mut buf[done..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: shared by all containers (they have no time
@@ -1153,4 +1214,31 @@ pub(crate) fn set_no_new_privs() -> SysResult<()> {
         "prctl(PR_SET_NO_NEW_PRIVS)",
         nix::sys::prctl::set_no_new_privs(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pidfd is given only for a live child of the named parent, and signals that process.
+    #[test]
+    fn pidfds_only_for_children_of_the_parent() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(pidfd_of_child(pid, 1).is_none(), "not init's child");
+        let fd = pidfd_of_child(pid, std::process::id() as i32).expect("our child");
+        pidfd_signal(&fd, Signal::SIGKILL).unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Reaped: the pidfd still names that process, which is gone; no other gets it.
+        assert_eq!(
+            pidfd_signal(&fd, Signal::SIGKILL).unwrap_err().errno,
+            Errno::ESRCH
+        );
+        assert!(pidfd_of_child(pid, std::process::id() as i32).is_none());
+    }
 }

@@ -21,6 +21,9 @@ struct TestStore {
 impl TestStore {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Made a store first: the tests put files of their own beside its directories, and
+        // pristine opens only an empty directory or a store as one.
+        pristine::Store::open(dir.path()).expect("open the test store");
         TestStore { dir }
     }
 
@@ -541,10 +544,21 @@ fn bad_input_is_a_clear_error() {
     // Nothing was created for any of these.
     assert_eq!(
         store.listing(),
-        ["containers", "file", "kept", "run", "run/mnt"]
-            .iter()
-            .map(PathBuf::from)
-            .collect()
+        [
+            "containers",
+            "file",
+            "images",
+            "kept",
+            "layers",
+            "locks",
+            "pristine-store",
+            "run",
+            "run/mnt",
+            "squashed",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect()
     );
 }
 
@@ -707,8 +721,8 @@ fn sigkilled_cli_leaves_nothing_behind() {
         std::fs::read_dir(store.path().join("containers"))
             .unwrap()
             .count(),
-        1,
-        "the running container has its directory"
+        2,
+        "the running container has its directory and its lock"
     );
     child.kill().unwrap(); // SIGKILL: no destructor, no handler runs.
     child.wait().unwrap();
@@ -725,11 +739,11 @@ fn sigkilled_cli_leaves_nothing_behind() {
     let leftover = std::fs::read_dir(store.path().join("containers"))
         .unwrap()
         .flatten()
-        .next()
+        .find(|e| e.path().is_dir())
         .expect("the killed container's directory is still there")
         .path();
     while let Err((_, e)) = nix::fcntl::Flock::lock(
-        std::fs::File::open(leftover.join("lock")).unwrap(),
+        std::fs::File::open(leftover.with_extension("lock")).unwrap(),
         nix::fcntl::FlockArg::LockExclusiveNonblock,
     ) {
         assert_eq!(e, nix::errno::Errno::EWOULDBLOCK);

@@ -32,9 +32,11 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        Fixture {
-            store: var_tmp_dir(),
-        }
+        let store = var_tmp_dir();
+        // Made a store first: the tests put layer directories of their own in it, and
+        // pristine opens only an empty directory or a store as one.
+        pristine::Store::open(store.path()).expect("open the test store");
+        Fixture { store }
     }
 
     /// A container of `image` with the probe bound in.

@@ -392,8 +392,9 @@ fn kept_upper_layer_of_a_failed_test_is_reported_with_its_diff() {
         prepend_module_to_snapshot => false,
         filters => vec![
             (store_path.as_str(), "[STORE]"),
-            (r"\[STORE\]/kept/[0-9]+-[0-9]+", "[STORE]/kept/[ID]"),
-            (r"container [0-9]+-[0-9]+", "container [ID]"),
+            // Container ids: 32 random hex digits.
+            (r"\[STORE\]/kept/[0-9a-f]{32}", "[STORE]/kept/[ID]"),
+            (r"container [0-9a-f]{32}", "container [ID]"),
             (r"after [0-9.]+ ms", "after [DURATION]"),
         ],
     }, {

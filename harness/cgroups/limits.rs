@@ -19,24 +19,9 @@ impl Limits {
 
 /// Parses a size like `512m`, `2g`, `64k` or `1048576` (bytes).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = match t.strip_suffix(['k', 'm', 'g', 't']) {
-        Some(n) => {
-            let mult = match t.chars().last() {
-                Some('k') => 1u64 << 10,
-                Some('m') => 1 << 20,
-                Some('g') => 1 << 30,
-                _ => 1 << 40,
-            };
-            (n, mult)
-        }
-        None => (t.as_str(), 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("bad size {s:?}: expected e.g. 512m, 2g, 65536"))
+    s.parse::<crate::Size>()
+        .map(crate::Size::get)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

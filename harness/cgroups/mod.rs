@@ -81,6 +81,18 @@ pub struct ContainerCgroup {
     pids: Option<(PathBuf, u64)>,
     /// v2: the cgroup the container's was created under, released after it.
     v2_base: Option<PathBuf>,
+    /// With a memory limit: where the kernel counts OOM kills, and the limit.
+    memory: Option<MemoryWatch>,
+}
+
+/// Where a memory cgroup's OOM kills are counted: v1 `memory.oom_control` and v2
+/// `memory.events` both have an `oom_kill N` line (v1 since Linux 4.13; before that, v1's
+/// `memory.failcnt` says the limit was hit at all).
+#[derive(Debug)]
+struct MemoryWatch {
+    events: PathBuf,
+    failcnt: Option<PathBuf>,
+    limit: u64,
 }
 
 impl ContainerCgroup {
@@ -90,6 +102,7 @@ impl ContainerCgroup {
             dirs,
             pids: None,
             v2_base: None,
+            memory: None,
         }
     }
 
@@ -100,6 +113,21 @@ impl ContainerCgroup {
         let text = std::fs::read_to_string(events).ok()?;
         let hits = event_count(&text, "max")?;
         (hits > 0).then_some(*limit)
+    }
+
+    /// The memory limit, if the kernel's OOM killer killed a process of this cgroup.
+    pub(crate) fn oom_killed(&self) -> Option<u64> {
+        let m = self.memory.as_ref()?;
+        let events = std::fs::read_to_string(&m.events).ok()?;
+        let hit = match (event_count(&events, "oom_kill"), &m.failcnt) {
+            (Some(n), _) => n > 0,
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0),
+            (None, None) => false,
+        };
+        hit.then_some(m.limit)
     }
 }
 

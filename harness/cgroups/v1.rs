@@ -57,6 +57,7 @@ impl CgroupManager for V1 {
         });
         let mut cg = ContainerCgroup::new(Vec::new());
         let mut pids = None;
+        let mut memory = None;
         let mut make = |parent: &Option<PathBuf>, controller: &'static str| {
             let parent = parent.as_ref().ok_or(CgroupError::NoController {
                 controller,
@@ -76,6 +77,11 @@ impl CgroupManager for V1 {
             if memsw.exists() {
                 write(&memsw, &bytes.to_string())?;
             }
+            memory = Some(super::MemoryWatch {
+                events: dir.join("memory.oom_control"),
+                failcnt: Some(dir.join("memory.failcnt")),
+                limit: bytes,
+            });
         }
         if let Some(n) = limits.pids {
             let dir = make(&self.pids, "pids")?;
@@ -83,6 +89,7 @@ impl CgroupManager for V1 {
             pids = Some((dir.join("pids.events"), n));
         }
         cg.pids = pids;
+        cg.memory = memory;
         Ok(cg)
     }
 }

@@ -78,6 +78,11 @@ impl CgroupManager for V2 {
             if swap.exists() {
                 write(&swap, "0")?;
             }
+            cg.memory = Some(super::MemoryWatch {
+                events: dir.join("memory.events"),
+                failcnt: None,
+                limit: bytes,
+            });
         }
         if let Some(n) = limits.pids {
             write(&dir.join("pids.max"), &n.to_string())?;

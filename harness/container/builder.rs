@@ -5,7 +5,14 @@ use std::time::Duration;
 
 use super::{Bind, Outcome};
 use crate::error::{ConfigError, Error};
-use crate::Image;
+use crate::{Image, Size};
+
+/// Default size limit of the tmpfs upper layer.
+pub const DEFAULT_UPPER_SIZE: Size = Size::mib(4 << 10);
+/// Default size limit of the container's `/tmp` (a tmpfs).
+pub const DEFAULT_TMP_SIZE: Size = Size::mib(1 << 10);
+/// Default size limit of the container's `/dev/shm` (a tmpfs), as Docker's.
+pub const DEFAULT_SHM_SIZE: Size = Size::mib(64);
 
 /// When to keep a container's upper layer for inspection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,12 +31,12 @@ pub enum Keep {
 pub enum Upper {
     /// The default: on disk in the store when the image has layers there and the store's
     /// filesystem reflinks (a first write to a stored file then clones it instead of
-    /// copying it whole into memory); else a tmpfs of at most 4 GiB.
+    /// copying it whole into memory); else a tmpfs of [`DEFAULT_UPPER_SIZE`] (4 GiB).
     #[default]
     Auto,
-    /// A tmpfs of at most this size (tmpfs syntax: `512m`, `4g`, `10%`). Fastest for
-    /// small writes, but a first write to a lower file copies the whole file into memory.
-    Tmpfs(String),
+    /// A tmpfs of at most this size. Fastest for small writes, but a first write to a
+    /// lower file copies the whole file into memory.
+    Tmpfs(Size),
     /// A directory in the store, on disk (also used whenever the layer may be kept).
     Disk,
     /// An existing directory of the caller's that receives the changes and outlives the
@@ -79,6 +86,8 @@ pub struct Container {
     pub(crate) user: Option<User>,
     pub(crate) limits: crate::cgroups::Limits,
     pub(crate) privileges: crate::confine::Privileges,
+    pub(crate) tmp_size: Size,
+    pub(crate) shm_size: Size,
 }
 
 /// Whom the command runs as inside the container.
@@ -92,8 +101,8 @@ pub enum User {
 
 impl Container {
     /// A container of `image`, with the defaults: environment inherited from the caller,
-    /// working directory `/`, no timeout, upper layer placed by [`Upper::Auto`], output
-    /// captured.
+    /// working directory `/`, no timeout, upper layer placed by [`Upper::Auto`], `/tmp` and
+    /// `/dev/shm` tmpfs of 1 GiB and 64 MiB, output captured.
     pub fn new(image: Image) -> Self {
         Container {
             image,
@@ -110,7 +119,21 @@ impl Container {
             user: None,
             limits: Default::default(),
             privileges: Default::default(),
+            tmp_size: DEFAULT_TMP_SIZE,
+            shm_size: DEFAULT_SHM_SIZE,
         }
+    }
+
+    /// Limits the container's `/tmp` (a tmpfs; default [`DEFAULT_TMP_SIZE`], 1 GiB).
+    pub fn tmp_size(mut self, size: Size) -> Self {
+        self.tmp_size = size;
+        self
+    }
+
+    /// Limits the container's `/dev/shm` (a tmpfs; default [`DEFAULT_SHM_SIZE`], 64 MiB).
+    pub fn shm_size(mut self, size: Size) -> Self {
+        self.shm_size = size;
+        self
     }
 
     /// Runs the container unconfined: every capability, no seccomp filter, `/proc`

@@ -83,6 +83,9 @@ pub struct Outcome {
     /// `Some(limit)` if a `fork` or `clone` in the container failed because it had as many
     /// processes as its pids limit allows (the kernel's `pids.events`).
     pub pids_limit_hit: Option<u64>,
+    /// `Some(limit in bytes)` if the container hit its memory limit and the kernel killed
+    /// one of its processes for it (the command itself, if `status` is `Signaled(9)`).
+    pub oom_killed: Option<u64>,
 }
 
 impl Outcome {

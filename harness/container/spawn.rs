@@ -4,8 +4,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use nix::sys::signal::{SigSet, Signal};
@@ -27,33 +26,30 @@ use crate::userns;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn next_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// The rootless host root, classified once per process (reads `/` and the mount table).
-fn host_entries() -> Result<(&'static [HostEntry], &'static [PathBuf]), Error> {
-    type Classified = Result<(Vec<HostEntry>, Vec<PathBuf>), String>;
-    static ENTRIES: OnceLock<Classified> = OnceLock::new();
-    let r = ENTRIES.get_or_init(|| {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-        let mount_points = host::mount_points(&info);
-        let entries =
-            host::classify_root(Path::new("/"), &mount_points).map_err(|e| e.to_string())?;
-        Ok((entries, mount_points))
-    });
-    match r {
-        Ok((entries, mount_points)) => Ok((entries, mount_points)),
-        Err(e) => Err(Error::Io {
-            op: "read the host root directory and mount table",
-            source: std::io::Error::other(e.clone()),
-        }),
+/// The host root's top-level entries as rootless containers overlay them, with the host's
+/// mount points. Classified once per mount table: the table is read again for every
+/// container (tens of microseconds), and a change (a store's reflink image mounted by
+/// another process, a CI tool's mount under `/var`) classifies again, since a directory
+/// that gained a mount can no longer be overlaid (EINVAL) and must be bound instead.
+fn host_entries() -> Result<Arc<(Vec<HostEntry>, Vec<PathBuf>)>, Error> {
+    type Classified = (String, Arc<(Vec<HostEntry>, Vec<PathBuf>)>);
+    static CACHE: Mutex<Option<Classified>> = Mutex::new(None);
+    let io = |op, source| Error::Io { op, source };
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| io("read the host's mount table", e))?;
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((seen, classified)) = cache.as_ref() {
+        if *seen == info {
+            return Ok(classified.clone());
+        }
     }
+    let mount_points = host::mount_points(&info);
+    let entries = host::classify_root(Path::new("/"), &mount_points)
+        .map_err(|e| io("read the host root directory", e))?;
+    let classified = Arc::new((entries, mount_points));
+    *cache = Some((info, classified.clone()));
+    Ok(classified)
 }
 
 fn cstr(what: &'static str, s: impl AsRef<std::ffi::OsStr>) -> Result<CString, ConfigError> {
@@ -109,6 +105,8 @@ struct Layout {
     cdir: Option<crate::store::ContainerDir>,
     upper: UpperPlacement,
     rootfs: RootfsSource,
+    /// Held for their `Drop`: the leases on the store layers the container mounts.
+    _leases: Vec<nix::fcntl::Flock<std::fs::File>>,
 }
 
 /// The container's PID 1, once started.
@@ -116,6 +114,8 @@ struct Started {
     pid: Pid,
     /// Whether `pid` is our child (not the zygote's).
     is_child: bool,
+    /// A pidfd to signal it by (a zygote's container), kept open until the caller's done.
+    pidfd: Option<std::os::fd::OwnedFd>,
     /// Whether the spec reached an exec'd init (always true for the other paths).
     spec_sent: bool,
     started: Instant,
@@ -141,6 +141,8 @@ struct Finished {
     stderr: Vec<u8>,
     duration: std::time::Duration,
     timed_out: bool,
+    /// The memory limit, if the kernel OOM-killed a process of the container.
+    oom_killed: Option<u64>,
 }
 
 /// Runs one container, stage by stage: validate, lay out the layers, plan, start PID 1,
@@ -162,7 +164,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         false => Some(Forwarding::hold().map_err(|e| start_error(e, v.rootless))?),
     };
     let started = start(&v, &spec, &mut pipes, forwarding.as_mut())?;
-    let end = wait_for(c, &v, started, pipes)?;
+    let end = wait_for(c, &v, &started, pipes, cgroup.as_ref())?;
     drop(forwarding);
     let kept = keep_if_asked(c, &v, &layout, &spec.ops, &base, &end)?;
     drop(layout);
@@ -177,6 +179,7 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         timed_out: end.timed_out,
         kept,
         pids_limit_hit,
+        oom_killed: end.oom_killed,
     })
 }
 
@@ -196,14 +199,12 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
         .map(|b| b.resolved())
         .collect::<Result<Vec<_>, _>>()?;
     let env = environment(c)?;
-    let id = next_id();
+    let id = super::random_id();
     let hostname = c
         .hostname
         .clone()
         .unwrap_or_else(|| format!("pristine-{id}"));
-    if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0']) {
-        return Err(ConfigError::BadHostname(hostname).into());
-    }
+    check_limits(c, &hostname)?;
     let mut privileges = c.privileges.clone();
     for cap in &mut privileges.cap_add {
         *cap = crate::confine::parse_capability(cap)
@@ -233,6 +234,9 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
         op: "squash a deep stack of layers",
         source: std::io::Error::other(e.to_string()),
     })?;
+    // Leases on the store layers it mounts, held (in the layout) until the container is
+    // gone: `gc` leaves them alone meanwhile.
+    let leases = store.lease(image.layers())?;
     let own_upper = match &c.upper {
         Upper::Dir(dir) => Some(OwnUpper::new(dir, &v.id)?),
         _ => None,
@@ -256,8 +260,10 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
             work: own.work.clone(),
             volatile: false,
         },
-        (None, None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: size.clone() },
-        (None, None, Upper::Auto) => UpperPlacement::Tmpfs { size: "4g".into() },
+        (None, None, Upper::Tmpfs(size)) => UpperPlacement::Tmpfs { size: *size },
+        (None, None, Upper::Auto) => UpperPlacement::Tmpfs {
+            size: super::DEFAULT_UPPER_SIZE,
+        },
         (None, None, _) => unreachable!("an on-disk upper always has a directory"),
     };
     // After the upper: a rootless host root is laid out around where the upper is.
@@ -269,6 +275,7 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
         cdir,
         upper,
         rootfs,
+        _leases: leases,
     })
 }
 
@@ -286,7 +293,8 @@ fn rootfs_source(
         // read-only view of itself, since overlayfs refuses nested layers.
         Base::Host if rootless => {
             let layers: Vec<PathBuf> = image.layers().iter().rev().cloned().collect();
-            let (entries, mount_points) = host_entries()?;
+            let host = host_entries()?;
+            let (entries, mount_points) = (&host.0, &host.1);
             let stops = split_stops(store.root(), &layers, upper);
             let entries = match stops.is_empty() {
                 true => entries.to_vec(),
@@ -324,6 +332,8 @@ fn init_spec(
         hostname: &v.hostname,
         cgroups: cgroup.map(|c| c.join.as_slice()).unwrap_or(&[]),
         privileges: &v.privileges,
+        tmp_size: c.tmp_size,
+        shm_size: c.shm_size,
     })
     .map_err(ConfigError::from)?;
     let user = match &c.user {
@@ -420,18 +430,25 @@ fn start(
     // The seccomp filter is compiled once in a process that forks containers, before the
     // fork, so each container only loads it.
     crate::setup::prepare(&spec.ops);
-    let (pid, is_child, spec_w) = if sys::single_threaded() {
+    let (pid, is_child, spec_w, pidfd) = if sys::single_threaded() {
         let pid = fork_init(spec, flags, id_maps.as_ref(), pipes).map_err(err)?;
-        (pid, true, None)
-    } else if let Some(pid) = zygote_init(spec, flags, id_maps.as_ref(), pipes) {
-        (pid.map_err(err)?, false, None)
+        (pid, true, None, None)
+    } else if let Some(started) = zygote_init(spec, flags, id_maps.as_ref(), pipes) {
+        // Not our child: the kernel reaps it for the zygote, and may reuse its pid.
+        let (pid, pidfd) = started.map_err(err)?;
+        (pid, false, None, pidfd)
     } else {
         let (pid, spec_w) = exec_init(v, spec, flags, id_maps, pipes)?;
-        (pid, true, Some(spec_w))
+        (pid, true, Some(spec_w), None)
     };
     pipes.child_ends.clear();
+    // Our own child cannot be reaped before our waitpid, so its pidfd is always its own.
+    let pidfd = match is_child {
+        true => sys::pidfd_of_child(pid.as_raw(), std::process::id() as i32),
+        false => pidfd,
+    };
     if let Some(f) = forwarding {
-        f.forward_to(pid);
+        f.forward_to(pid, pidfd.as_ref().map(|fd| fd.as_raw_fd()));
     }
     // Written after clone: the init reads it as soon as it runs, so no pipe buffer limit.
     let spec_sent = match spec_w {
@@ -444,6 +461,7 @@ fn start(
     Ok(Started {
         pid,
         is_child,
+        pidfd,
         spec_sent,
         started,
     })
@@ -489,7 +507,7 @@ fn zygote_init(
     flags: nix::sched::CloneFlags,
     id_maps: Option<&sys::IdMaps>,
     pipes: &Pipes,
-) -> Option<Result<Pid, sys::SysError>> {
+) -> Option<Result<(Pid, Option<std::os::fd::OwnedFd>), sys::SysError>> {
     let stdio = match &pipes.fds[..] {
         [(i, 0), (o, 1), (e, 2)] => [*i, *o, *e],
         _ => [0, 1, 2],
@@ -529,7 +547,13 @@ fn exec_init(
 }
 
 /// Stage 5: wait for the end (or the timeout), collecting output and the init's report.
-fn wait_for(c: &Container, v: &Validated, s: Started, pipes: Pipes) -> Result<Finished, Error> {
+fn wait_for(
+    c: &Container,
+    v: &Validated,
+    s: &Started,
+    pipes: Pipes,
+    cgroup: Option<&crate::cgroups::ContainerCgroup>,
+) -> Result<Finished, Error> {
     let Pipes {
         report_r,
         report_w,
@@ -537,16 +561,19 @@ fn wait_for(c: &Container, v: &Validated, s: Started, pipes: Pipes) -> Result<Fi
         ..
     } = pipes;
     drop(report_w);
-    let deadline = c.timeout.map(|t| s.started + t);
+    let deadline = c
+        .timeout
+        .map(|t| s.started + t.min(crate::duration::MAX_DURATION));
     let Supervised {
         stdout,
         stderr,
         report,
         wait,
         timed_out,
-    } = supervise(s.pid, s.is_child, report_r, out, deadline);
+    } = supervise(s.pid, s.is_child, s.pidfd.as_ref(), report_r, out, deadline);
     let duration = s.started.elapsed();
     let report: Option<InitReport> = serde_json::from_slice(&report).ok();
+    let oom_killed = cgroup.and_then(|cg| cg.oom_killed());
     let status = match (report, timed_out) {
         (_, true) => ExitStatus::Signaled(libc::SIGKILL),
         (Some(InitReport::Exited(code)), _) => ExitStatus::Exited(code),
@@ -564,6 +591,9 @@ fn wait_for(c: &Container, v: &Validated, s: Started, pipes: Pipes) -> Result<Fi
             return Err(Error::Exec { program, errno })
         }
         (None, false) => {
+            if let Some(limit) = oom_killed {
+                return Err(Error::OutOfMemory { limit });
+            }
             let how = match s.spec_sent {
                 true => wait,
                 false => format!("could not send it the spec; it ended with {wait}"),
@@ -580,6 +610,7 @@ fn wait_for(c: &Container, v: &Validated, s: Started, pipes: Pipes) -> Result<Fi
         stderr,
         duration,
         timed_out,
+        oom_killed,
     })
 }
 
@@ -607,6 +638,19 @@ fn keep_if_asked(
     };
     let scaffold = scaffold(ops, &base.join("root"), upper_dir);
     keep_upper(&layout.store, &v.id, &d.upper(), &layout.image, &scaffold).map(Some)
+}
+
+/// Checks the hostname and the limits before anything is created.
+fn check_limits(c: &Container, hostname: &str) -> Result<(), ConfigError> {
+    let printable = hostname.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+    if hostname.is_empty() || hostname.len() > 64 || !printable {
+        return Err(ConfigError::BadHostname(hostname.to_string()));
+    }
+    match (c.limits.pids, c.limits.memory_bytes) {
+        (Some(n), _) if n < crate::error::MIN_PIDS => Err(ConfigError::PidsTooLow(n)),
+        (_, Some(m)) if m < crate::error::MIN_MEMORY => Err(ConfigError::MemoryTooLow(m)),
+        _ => Ok(()),
+    }
 }
 
 /// What the setup steps made under the new root (mount points, symlinks, and directories of
@@ -696,10 +740,8 @@ fn keep_upper(
 ) -> Result<Kept, Error> {
     let dir = store.kept_dir().join(id);
     let io = |op| move |source| Error::Io { op, source };
-    if dir.exists() {
-        crate::store::remove_tree(&dir).map_err(io("remove an old kept directory"))?;
-    }
-    std::fs::create_dir_all(&dir).map_err(io("create the kept directory"))?;
+    // Ids are random: an existing directory of that name is not ours to replace.
+    std::fs::create_dir(&dir).map_err(io("create the kept directory"))?;
     std::fs::rename(upper, dir.join("upper"))
         .map_err(io("move the upper layer to the kept directory"))?;
     let lowers = image.lowers();
@@ -771,8 +813,8 @@ impl Forwarding {
 
     /// Sends these signals to `pid` from now on, and one that arrived meanwhile right away
     /// (unblocking runs its handler).
-    fn forward_to(&mut self, pid: Pid) {
-        sys::set_forward_target(pid.as_raw());
+    fn forward_to(&mut self, pid: Pid, pidfd: Option<std::os::fd::RawFd>) {
+        sys::set_forward_target(pid.as_raw(), pidfd);
         let _ = sys::set_signal_mask(&self.old_mask);
         self.held = false;
     }
@@ -780,7 +822,7 @@ impl Forwarding {
 
 impl Drop for Forwarding {
     fn drop(&mut self) {
-        sys::set_forward_target(0);
+        sys::set_forward_target(0, None);
         if self.held {
             let _ = sys::set_signal_mask(&self.old_mask);
         }

@@ -23,10 +23,13 @@ pub(super) struct Supervised {
 /// Collects everything until every pipe is closed, which happens when the init and with it
 /// every process of the container are gone (PID 1 exiting kills the PID namespace). On the
 /// deadline the init is SIGKILLed, which takes the whole container down at once, including
-/// processes that ignore SIGTERM.
+/// processes that ignore SIGTERM: through its pidfd (a zygote's container is reaped by the
+/// kernel, and its pid may be reused), or by pid if there is no pidfd and it is our child
+/// (not reaped before our `waitpid`, so its pid is still its own).
 pub(super) fn supervise(
     pid: Pid,
     is_child: bool,
+    pidfd: Option<&OwnedFd>,
     report: OwnedFd,
     output: Option<(OwnedFd, OwnedFd)>,
     deadline: Option<Instant>,
@@ -43,12 +46,18 @@ pub(super) fn supervise(
             Some(d) if !timed_out => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    let _ = sys::kill(pid.as_raw(), Signal::SIGKILL);
+                    let _ = match (pidfd, is_child) {
+                        (Some(fd), _) => sys::pidfd_signal(fd, Signal::SIGKILL),
+                        (None, true) => sys::kill(pid.as_raw(), Signal::SIGKILL),
+                        // A zygote's container without a pidfd was already gone.
+                        (None, false) => Ok(()),
+                    };
                     timed_out = true;
                     continue;
                 }
-                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
-                    .unwrap_or(PollTimeout::MAX)
+                // One more millisecond than left, so the deadline has passed on waking.
+                let ms = left.as_millis().saturating_add(1).min(i32::MAX as u128);
+                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
             }
             _ => PollTimeout::NONE,
         };

@@ -16,6 +16,8 @@ use crate::sys::{self, ExecRequest, IdMaps, SysError};
 struct Client {
     sock: OwnedFd,
     alive: bool,
+    /// The zygote's pid: the parent of every container it starts.
+    pid: i32,
 }
 
 /// The process's zygote, started on first use; `None` if it cannot be (no init program).
@@ -56,28 +58,31 @@ fn start() -> Option<Mutex<Client>> {
         .spawn(move || {
             let started = sys::clone_exec(CloneFlags::empty(), &req);
             drop(theirs);
-            let _ = tx.send(started.is_ok());
+            let _ = tx.send(started.ok().map(|p| p.as_raw()));
             loop {
                 std::thread::park();
             }
         })
         .ok()?;
-    rx.recv().ok()?.then(|| {
-        Mutex::new(Client {
-            sock: ours,
-            alive: true,
-        })
-    })
+    let pid = rx.recv().ok()??;
+    Some(Mutex::new(Client {
+        sock: ours,
+        alive: true,
+        pid,
+    }))
 }
 
 /// Asks the zygote to start a container. `None` if there is no working zygote (the caller
-/// then execs an init itself); `Some(Err)` if the zygote could not clone.
+/// then execs an init itself); `Some(Err)` if the zygote could not clone. The container's
+/// PID 1 is not the caller's child (the kernel reaps it for the zygote, and may give its
+/// pid to another process): it comes with a pidfd to signal it by, `None` if it is
+/// already gone.
 pub(super) fn start_container(
     spec: &InitSpec,
     flags: CloneFlags,
     id_maps: Option<&IdMaps>,
     fds: [RawFd; 4],
-) -> Option<Result<Pid, SysError>> {
+) -> Option<Result<(Pid, Option<OwnedFd>), SysError>> {
     let client = client()?;
     let request = serde_json::to_vec(&Request {
         spec,
@@ -113,9 +118,12 @@ pub(super) fn start_container(
             return None;
         }
     };
+    let zygote = c.pid;
     drop(c);
     match serde_json::from_slice::<ZygoteReply>(&buf[..n]).ok()? {
-        ZygoteReply::Started(pid) => Some(Ok(Pid::from_raw(pid))),
+        ZygoteReply::Started(pid) => {
+            Some(Ok((Pid::from_raw(pid), sys::pidfd_of_child(pid, zygote))))
+        }
         ZygoteReply::Failed { errno, .. } => Some(Err(SysError::new(
             "clone",
             None,

@@ -116,6 +116,9 @@ fn run_container(spec: &InitSpec) -> InitReport {
         return InitReport::SetupFailed(e);
     }
     sys::umask(old_umask);
+    if let Err(e) = check_workdir(&spec.workdir, spec.ops.len()) {
+        return InitReport::SetupFailed(e);
+    }
 
     let program = &spec.argv[0];
     let path = match resolve_program(program, &spec.env) {
@@ -144,6 +147,28 @@ fn run_container(spec: &InitSpec) -> InitReport {
             errno,
         },
     }
+}
+
+/// A missing working directory is reported as such, not as a program that cannot be run
+/// (the command's `chdir` failing just before its `exec` looks like the latter).
+fn check_workdir(workdir: &std::path::Path, index: usize) -> Result<(), crate::setup::ApplyError> {
+    let errno = match std::fs::metadata(workdir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => libc::ENOTDIR,
+        Err(e) => e.raw_os_error().unwrap_or(libc::ENOENT),
+    };
+    Err(crate::setup::ApplyError {
+        index,
+        step: format!("change to the working directory {}", workdir.display()),
+        op: "chdir".into(),
+        path: Some(workdir.to_path_buf()),
+        errno: Some(errno),
+        detail: format!(
+            "the working directory {} is not a directory in the container ({}); create it in the image or choose another one",
+            workdir.display(),
+            nix::errno::Errno::from_raw(errno).desc()
+        ),
+    })
 }
 
 fn read_spec() -> Result<InitSpec, String> {

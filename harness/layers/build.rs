@@ -64,9 +64,11 @@ impl Recipe {
         progress: &mut dyn Progress,
     ) -> Result<Built, BuildError> {
         self.validate(Path::new("<recipe>"))?;
+        self.copies_no_store(store)?;
         let catalog = Catalog::new(store)?;
         let (mut image, mut parent, base_record, mut keys) = self.base(store, &catalog)?;
         let mut built = Vec::new();
+        let mut leases = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let started = Instant::now();
             let key = layer_key(store.root(), &parent, self, layer)?;
@@ -76,7 +78,7 @@ impl Recipe {
                 index: i + 1,
                 total: self.layers.len(),
             };
-            let cached = catalog.publish_once(&key, |staging| {
+            let (cached, lease) = catalog.publish_once(&key, |staging| {
                 progress.event(&BuildEvent::Building(pos, layer.steps.len()));
                 let ctx = LayerCtx {
                     store,
@@ -88,6 +90,9 @@ impl Recipe {
                 };
                 self.build_layer(&ctx, staging, &mut *progress)
             })?;
+            // Held until the image is recorded: `gc` must not take a layer from under the
+            // build (an unnamed image's layers are leased by its containers later).
+            leases.push(lease);
             progress.event(&match cached {
                 true => BuildEvent::Cached(pos),
                 false => BuildEvent::Built(pos, started.elapsed()),
@@ -119,6 +124,26 @@ impl Recipe {
             image,
             layers: built,
         })
+    }
+
+    /// Refuses, before anything is hashed or built, a copy whose source contains the store.
+    fn copies_no_store(&self, store: &Store) -> Result<(), BuildError> {
+        for layer in &self.layers {
+            for step in &layer.steps {
+                if let Step::Copy { from, to } = step {
+                    let src = self.source_path(from);
+                    contains_no_store(&src, store.root()).map_err(|reason| {
+                        BuildError::BadCopy {
+                            layer: layer.name.clone(),
+                            from: src.clone(),
+                            to: to.clone(),
+                            reason,
+                        }
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The image the first layer goes over, its key (the first layer's parent), its record,
@@ -199,6 +224,9 @@ impl Recipe {
             progress.event(&BuildEvent::StepDone(pos, started.elapsed()));
         }
         normalize_opaque(&upper).map_err(io("normalize opaque directories in", &upper))?;
+        if !ctx.layer.keep_setuid {
+            drop_privileged_files(&upper, &upper, &ctx.layer.name)?;
+        }
         Ok(LayerMeta {
             key: ctx.key.to_string(),
             parent: ctx.parent.to_string(),
@@ -225,7 +253,7 @@ impl Recipe {
                 user,
             } => {
                 let mut c = Container::new(ctx.below.clone())
-                    .store(ctx.store.root())
+                    .store(ctx.store.location())
                     .upper(Upper::Dir(upper.to_path_buf()))
                     .env_clear()
                     .workdir(workdir)
@@ -316,6 +344,21 @@ fn describe(step: &Step) -> String {
     text.replace('\n', "\\n")
 }
 
+/// A copy source must not contain the store: the copy would go on copying itself into the
+/// layer being built, without bound.
+fn contains_no_store(src: &Path, store: &Path) -> Result<(), String> {
+    let (Ok(src), Ok(store)) = (std::fs::canonicalize(src), std::fs::canonicalize(store)) else {
+        return Ok(()); // A missing source is reported by the copy itself.
+    };
+    match store.starts_with(&src) {
+        true => Err(format!(
+            "it contains the store ({}); copy a directory that does not",
+            store.display()
+        )),
+        false => Ok(()),
+    }
+}
+
 /// Copies host `src` to `to` in the layer being built (`upper`), creating parent
 /// directories with the modes they have below. Refuses to go through a symlink of the image
 /// (the copy would shadow the link instead of following it).
@@ -391,6 +434,33 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Strips setuid and setgid bits from the files of a layer being published, and refuses
+/// device nodes other than whiteouts: nothing in a layer grants privileges its recipe did
+/// not ask for.
+fn drop_privileged_files(dir: &Path, upper: &Path, layer: &str) -> Result<(), BuildError> {
+    for e in std::fs::read_dir(dir).map_err(io("read", dir))? {
+        let path = e.map_err(io("read", dir))?.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(io("inspect", &path))?;
+        let ft = meta.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_dir() {
+            drop_privileged_files(&path, upper, layer)?;
+        } else if ft.is_file() && meta.mode() & 0o6000 != 0 {
+            let mode = std::fs::Permissions::from_mode(meta.mode() & 0o1777);
+            std::fs::set_permissions(&path, mode)
+                .map_err(io("strip setuid/setgid bits of", &path))?;
+        } else if (ft.is_char_device() || ft.is_block_device())
+            && !crate::whiteout::is_whiteout(&meta)
+        {
+            return Err(BuildError::DeviceNode {
+                layer: layer.to_string(),
+                path: Path::new("/").join(path.strip_prefix(upper).unwrap_or(&path)),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Marks every opaque directory in both xattr namespaces where permitted, so a layer built
 /// in one privilege mode stacks in the other (root writes `trusted.`, rootless `user.`).
 fn normalize_opaque(dir: &Path) -> std::io::Result<()> {
@@ -410,6 +480,37 @@ fn normalize_opaque(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Publication strips setuid/setgid bits and refuses device nodes, keeping whiteouts.
+    #[test]
+    fn privileged_files_are_stripped_or_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let up = t.path();
+        std::fs::create_dir(up.join("bin")).unwrap();
+        std::fs::write(up.join("bin/suid"), "x").unwrap();
+        std::fs::set_permissions(up.join("bin/suid"), std::fs::Permissions::from_mode(0o6755))
+            .unwrap();
+        crate::whiteout::make_whiteout(&up.join("gone")).unwrap();
+        drop_privileged_files(up, up, "l").unwrap();
+        let mode = std::fs::metadata(up.join("bin/suid")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        assert!(crate::whiteout::is_whiteout_path(&up.join("gone")).unwrap());
+        let made = nix::sys::stat::mknod(
+            &up.join("bin/mem"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(1, 1),
+        );
+        match made {
+            Ok(()) => match drop_privileged_files(up, up, "l") {
+                Err(BuildError::DeviceNode { path, .. }) => assert_eq!(path, Path::new("/bin/mem")),
+                other => panic!("a device node was published: {other:?}"),
+            },
+            // Without CAP_MKNOD no step can make one either.
+            Err(e) => assert_eq!(e, nix::errno::Errno::EPERM),
+        }
+    }
 
     #[test]
     fn a_step_is_described_on_one_line() {

@@ -5,8 +5,11 @@
 //!                               character devices, opaque directories as xattrs)
 //! STORE/layers/KEY/meta.json    LayerMeta
 //! STORE/layers/KEY/last-used    its mtime is the last use
-//! STORE/layers/.staging-KEY-PID a build or import in progress (or killed)
-//! STORE/locks/KEY.lock          held while KEY is being built
+//! STORE/layers/.staging-NAME    a build or import in progress (or killed); its creator
+//!                               holds STORE/locks/NAME.lock (NAME: the key, or import-ID)
+//! STORE/layers/.trash-KEY-ID    a layer `gc` is removing
+//! STORE/locks/KEY.lock          held exclusively while KEY is being built or removed, and
+//!                               shared (a lease) by every container that mounts KEY
 //! STORE/images/NAME.json        ImageRecord: a named image, kept by `pristine gc`
 //! ```
 
@@ -15,12 +18,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
 use super::error::{io, BuildError};
 use crate::image::Image;
 use crate::store::{lock_is_held, remove_tree, Store};
+use crate::sys::tree::{self, LockKind};
 
 /// What a stored layer is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,8 +105,9 @@ impl Catalog {
     pub fn new(store: &Store) -> Result<Self, BuildError> {
         let root = store.root().to_path_buf();
         for d in ["layers", "locks", "images"] {
-            let p = root.join(d);
-            std::fs::create_dir_all(&p).map_err(io("create store directory", &p))?;
+            if !root.join(d).is_dir() {
+                store.subdir(d)?;
+            }
         }
         Ok(Catalog { root })
     }
@@ -137,64 +142,84 @@ impl Catalog {
         let _ = File::create(&p);
     }
 
-    fn lock_is_held(&self, key: &str) -> bool {
-        lock_is_held(&self.root.join("locks").join(format!("{key}.lock")))
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{name}.lock"))
+    }
+
+    /// The exclusive lock `locks/NAME.lock` if nobody holds it (as `gc` takes it before
+    /// removing what it guards); `None` if it is held. A dry run only looks.
+    fn try_exclusive(&self, name: &str, dry_run: bool) -> Result<Option<Gate>, BuildError> {
+        let p = self.lock_path(name);
+        if dry_run {
+            return Ok((!lock_is_held(&p)).then_some(Gate::Look));
+        }
+        let lock = tree::lock_file(&p, LockKind::Exclusive, false).map_err(io("lock", &p))?;
+        Ok(lock.map(Gate::Held))
     }
 
     /// Makes layer `key` exist: if it is not stored yet, takes the key's lock and, unless
     /// another process published it meanwhile, calls `fill` with a fresh staging directory
     /// (whose `root/` becomes the layer) and publishes what it returns. Returns whether
-    /// the layer was already there. A failed `fill` publishes nothing.
+    /// the layer was already there, and a lease on it (so `gc` leaves it alone until the
+    /// caller has recorded or used it). A failed `fill` publishes nothing.
     pub(crate) fn publish_once(
         &self,
         key: &str,
         fill: impl FnOnce(&Path) -> Result<LayerMeta, BuildError>,
-    ) -> Result<bool, BuildError> {
-        if self.has_layer(key) {
-            return Ok(true);
-        }
-        let _lock = self.lock(key)?;
-        if self.has_layer(key) {
-            return Ok(true);
-        }
-        let staging = self.staging(key)?;
-        match fill(&staging) {
-            Ok(meta) => self.commit(&staging, &meta).map(|()| false),
-            Err(e) => {
+    ) -> Result<(bool, Flock<File>), BuildError> {
+        let mut fill = Some(fill);
+        loop {
+            if let Some(lease) = self.lease(key)? {
+                return Ok((fill.is_some(), lease));
+            }
+            let _lock = self.lock(key)?;
+            if self.has_layer(key) {
+                continue;
+            }
+            let Some(fill) = fill.take() else {
+                // Built, then collected before it could be leased (a `gc` in between).
+                return Err(crate::store::StoreError::LayerGone {
+                    path: self.layer_dir(key),
+                }
+                .into());
+            };
+            let staging = self.staging(key)?;
+            if let Err(e) = fill(&staging).and_then(|meta| self.commit(&staging, &meta)) {
                 let _ = remove_tree(&staging);
-                Err(e)
+                return Err(e);
             }
         }
     }
 
-    /// Waits for and takes the build lock of `key`.
-    pub(crate) fn lock(&self, key: &str) -> Result<Flock<File>, BuildError> {
-        let p = self.root.join("locks").join(format!("{key}.lock"));
-        let f = File::create(&p).map_err(io("create lock", &p))?;
-        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| BuildError::Io {
-            op: "lock",
-            path: p,
-            source: e.into(),
-        })
+    /// A lease (shared lock) on layer `key`, if it is stored.
+    pub(crate) fn lease(&self, key: &str) -> Result<Option<Flock<File>>, BuildError> {
+        if !self.has_layer(key) {
+            return Ok(None);
+        }
+        let p = self.lock_path(key);
+        let lease = tree::lock_file(&p, LockKind::Shared, true).map_err(io("lease", &p))?;
+        Ok(lease.filter(|_| self.has_layer(key)))
     }
 
-    /// A fresh staging directory for `key`, after removing stale ones (the caller holds the
-    /// key's lock, so any other staging directory of the key belongs to a dead build).
-    fn staging(&self, key: &str) -> Result<PathBuf, BuildError> {
-        let prefix = format!(".staging-{key}-");
-        for e in std::fs::read_dir(self.layers_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                remove_tree(&e.path()).map_err(io("remove stale staging directory", &e.path()))?;
-            }
-        }
-        let dir = self
-            .layers_dir()
-            .join(format!("{prefix}{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("root")).map_err(io("create staging directory", &dir))?;
+    /// Waits for and takes the exclusive lock `locks/NAME.lock` (the build lock of a key).
+    pub(crate) fn lock(&self, name: &str) -> Result<Flock<File>, BuildError> {
+        let p = self.lock_path(name);
+        tree::lock_file(&p, LockKind::Exclusive, true)
+            .map_err(io("lock", &p))?
+            .ok_or_else(|| BuildError::Io {
+                op: "lock",
+                path: p,
+                source: std::io::ErrorKind::WouldBlock.into(),
+            })
+    }
+
+    /// A fresh staging directory `layers/.staging-NAME`, after removing a stale one (the
+    /// caller holds `locks/NAME.lock`, so an existing one belongs to a dead build).
+    pub(crate) fn staging(&self, name: &str) -> Result<PathBuf, BuildError> {
+        let dir = self.layers_dir().join(format!(".staging-{name}"));
+        remove_tree(&dir).map_err(io("remove stale staging directory", &dir))?;
+        std::fs::create_dir(&dir).map_err(io("create staging directory", &dir))?;
+        std::fs::create_dir(dir.join("root")).map_err(io("create staging directory", &dir))?;
         Ok(dir)
     }
 
@@ -325,8 +350,29 @@ impl Catalog {
 
     /// Removes layers that no named image uses (and, with `older_than`, that were not used
     /// recently; with `keep_last`, all but that many of the most recently used), dead
-    /// staging directories and unused lock files. Returns what was removed.
+    /// staging directories and unused lock files. Returns what was removed (with
+    /// `dry_run`, what would be, and nothing is changed).
+    ///
+    /// Whatever is in use is locked: a layer being built on or mounted by a running
+    /// container (its lease), a staging directory its build, import or squash. `gc` takes
+    /// the exclusive lock of each thing it removes and holds it while removing, so it never
+    /// removes what another process holds, and no process can start using it meanwhile.
     pub fn gc(
+        &self,
+        older_than: Option<Duration>,
+        keep_last: Option<usize>,
+        dry_run: bool,
+    ) -> Result<Vec<String>, BuildError> {
+        let mut removed = self.gc_layers(older_than, keep_last, dry_run)?;
+        removed.extend(self.gc_stagings(dry_run)?);
+        removed.extend(self.gc_squashed(dry_run)?);
+        if !dry_run {
+            self.gc_locks()?;
+        }
+        Ok(removed)
+    }
+
+    fn gc_layers(
         &self,
         older_than: Option<Duration>,
         keep_last: Option<usize>,
@@ -349,13 +395,21 @@ impl Catalog {
                     continue;
                 }
             }
-            // Another process may be building on this layer right now; its lock says so.
-            if self.lock_is_held(&meta.key) {
+            // Held: being built on, or mounted by a running container (its lease).
+            let Some(gate) = self.try_exclusive(&meta.key, dry_run)? else {
                 continue;
-            }
+            };
             if !dry_run {
+                // Out of sight first (one rename), so nobody finds it half-removed.
                 let dir = self.layer_dir(&meta.key);
-                remove_tree(&dir).map_err(io("remove layer", &dir))?;
+                let trash = self.layers_dir().join(format!(
+                    ".trash-{}-{}",
+                    meta.key,
+                    crate::container::random_id()
+                ));
+                std::fs::rename(&dir, &trash).map_err(io("remove layer", &dir))?;
+                remove_tree(&trash).map_err(io("remove layer", &trash))?;
+                gate.release(&self.lock_path(&meta.key));
             }
             removed.push(format!(
                 "layer {} ({})",
@@ -363,44 +417,99 @@ impl Catalog {
                 meta.name
             ));
         }
-        for e in std::fs::read_dir(self.layers_dir())
+        Ok(removed)
+    }
+
+    /// Staging directories whose build, import or squash is gone, and interrupted removals.
+    fn gc_stagings(&self, dry_run: bool) -> Result<Vec<String>, BuildError> {
+        let mut removed = Vec::new();
+        for (dir, lock_prefix) in [(self.layers_dir(), ""), (self.squashed_dir(), "squash-")] {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let gate = if let Some(owner) = name.strip_prefix(".staging-") {
+                    let lock = format!("{lock_prefix}{owner}");
+                    self.try_exclusive(&lock, dry_run)?
+                        .map(|gate| (gate, Some(lock)))
+                } else if name.starts_with(".trash-") {
+                    Some((Gate::Look, None))
+                } else {
+                    None
+                };
+                let Some((gate, lock)) = gate else { continue };
+                if !dry_run {
+                    remove_tree(&e.path()).map_err(io("remove staging directory", &e.path()))?;
+                    if let Some(lock) = lock {
+                        gate.release(&self.lock_path(&lock));
+                    }
+                }
+                removed.push(format!("staging {name}"));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Squashed stacks of layers that are gone, unless a container holds them.
+    fn gc_squashed(&self, dry_run: bool) -> Result<Vec<String>, BuildError> {
+        let mut removed = Vec::new();
+        for e in std::fs::read_dir(self.squashed_dir())
             .into_iter()
             .flatten()
             .flatten()
         {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(".staging-") else {
+            if name.starts_with('.') {
+                continue;
+            }
+            let keys = std::fs::read_to_string(e.path().join("layers")).unwrap_or_default();
+            let stale = keys.is_empty() || keys.lines().any(|k| !self.has_layer(k));
+            if !stale {
+                continue;
+            }
+            let lock = format!("squash-{name}");
+            let Some(gate) = self.try_exclusive(&lock, dry_run)? else {
                 continue;
             };
-            let key = rest.rsplit_once('-').map(|(k, _)| k).unwrap_or(rest);
-            if !self.lock_is_held(key) {
-                if !dry_run {
-                    remove_tree(&e.path()).map_err(io("remove staging directory", &e.path()))?;
-                }
-                removed.push(format!("staging {name}"));
+            if !dry_run {
+                remove_tree(&e.path()).map_err(io("remove squashed stack", &e.path()))?;
+                gate.release(&self.lock_path(&lock));
             }
-        }
-        // Squashed stacks of layers that are gone, and dead squash stagings.
-        let squashed = self.root.join("squashed");
-        for e in std::fs::read_dir(&squashed).into_iter().flatten().flatten() {
-            let keys = std::fs::read_to_string(e.path().join("layers")).unwrap_or_default();
-            let stale = e.file_name().to_string_lossy().starts_with('.')
-                || keys.lines().any(|k| !self.has_layer(k))
-                || keys.is_empty();
-            if stale {
-                if !dry_run {
-                    remove_tree(&e.path()).map_err(io("remove squashed stack", &e.path()))?;
-                }
-                removed.push(format!("squashed {}", e.file_name().to_string_lossy()));
-            }
-        }
-        let locks = self.root.join("locks");
-        for e in std::fs::read_dir(&locks).into_iter().flatten().flatten() {
-            if !dry_run && !lock_is_held(&e.path()) {
-                let _ = std::fs::remove_file(e.path());
-            }
+            removed.push(format!("squashed {name}"));
         }
         Ok(removed)
+    }
+
+    /// Lock files nobody holds.
+    fn gc_locks(&self) -> Result<(), BuildError> {
+        let locks = self.root.join("locks");
+        for e in std::fs::read_dir(&locks).into_iter().flatten().flatten() {
+            let p = e.path();
+            if let Some(lock) =
+                tree::lock_file(&p, LockKind::Exclusive, false).map_err(io("lock", &p))?
+            {
+                let _ = tree::remove_locked(&p, &lock);
+            }
+        }
+        Ok(())
+    }
+
+    fn squashed_dir(&self) -> PathBuf {
+        self.root.join("squashed")
+    }
+}
+
+/// What `gc` holds while removing something: its exclusive lock, or nothing in a dry run
+/// (and for what no lock guards).
+enum Gate {
+    Held(Flock<File>),
+    Look,
+}
+
+impl Gate {
+    /// Done removing what the lock guarded: the lock file goes too.
+    fn release(self, path: &Path) {
+        if let Gate::Held(lock) = self {
+            let _ = tree::remove_locked(path, &lock);
+        }
     }
 }
 
@@ -420,4 +529,63 @@ pub(crate) fn tree_size(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A staging directory is removed by `gc` only once its owner's lock is free: an
+    /// import's `.staging-import-ID` and a squash's `squashed/.staging-KEY` alike.
+    #[test]
+    fn gc_leaves_stagings_whose_owner_holds_the_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("s")).unwrap();
+        let catalog = Catalog::new(&store).unwrap();
+        let import = catalog.lock("import-abc").unwrap();
+        let staging = catalog.staging("import-abc").unwrap();
+        let squash = catalog.lock("squash-k").unwrap();
+        let squash_staging = store.root().join("squashed/.staging-k");
+        std::fs::create_dir_all(squash_staging.join("root")).unwrap();
+        assert!(catalog.gc(None, None, false).unwrap().is_empty());
+        assert!(staging.is_dir() && squash_staging.is_dir());
+        drop((import, squash));
+        let dry = catalog.gc(None, None, true).unwrap();
+        assert_eq!(dry.len(), 2, "{dry:?}");
+        assert!(staging.is_dir(), "a dry run removes nothing");
+        assert_eq!(catalog.gc(None, None, false).unwrap(), dry);
+        assert!(!staging.exists() && !squash_staging.exists());
+        let locks = std::fs::read_dir(store.root().join("locks"))
+            .unwrap()
+            .count();
+        assert_eq!(locks, 0, "unused lock files are removed");
+    }
+
+    /// A leased layer (a running container's) stays; an unleased one goes.
+    #[test]
+    fn gc_leaves_leased_layers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("s")).unwrap();
+        let catalog = Catalog::new(&store).unwrap();
+        let meta = |key: &str| LayerMeta {
+            key: key.into(),
+            parent: "scratch".into(),
+            name: key.into(),
+            created: 0,
+            size: 0,
+        };
+        for key in ["a", "b"] {
+            let (cached, _lease) = catalog.publish_once(key, |_| Ok(meta(key))).unwrap();
+            assert!(!cached);
+        }
+        let leases = store.lease(&[catalog.layer_root("a")]).unwrap();
+        assert_eq!(leases.len(), 1);
+        let removed = catalog.gc(None, None, false).unwrap();
+        assert_eq!(removed, ["layer b (b)"]);
+        assert!(catalog.has_layer("a") && !catalog.has_layer("b"));
+        drop(leases);
+        assert_eq!(catalog.gc(None, None, false).unwrap(), ["layer a (a)"]);
+        // Gone: nothing to lease (the container then fails to find the layer directory).
+        assert!(store.lease(&[catalog.layer_root("a")]).unwrap().is_empty());
+    }
 }

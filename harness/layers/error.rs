@@ -65,6 +65,14 @@ pub enum BuildError {
         #[source]
         source: Box<crate::Error>,
     },
+    /// A build step made a device node, which a layer may hold only if its recipe says so.
+    #[error("layer {layer:?}: the steps made the device node {path}; a layer holds device nodes only with `keep_setuid = true` (or LayerSpec::keep_setuid)")]
+    DeviceNode {
+        /// The layer.
+        layer: String,
+        /// The device node, inside the image.
+        path: PathBuf,
+    },
     /// No image of that name is in the store.
     #[error("no image named {0:?} in the store (see `pristine images`)")]
     UnknownImage(String),

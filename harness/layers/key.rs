@@ -69,6 +69,10 @@ pub(crate) fn layer_key(
         }
         h.update(b"\n");
     }
+    // Only when asked, so that the keys of layers without it stay as they were.
+    if layer.keep_setuid {
+        h.update(b"keep-setuid\n");
+    }
     Ok(hex(&h.finalize()))
 }
 

@@ -33,20 +33,19 @@ pub fn import_image(
     name: Option<&str>,
 ) -> Result<ImageRecord, BuildError> {
     let catalog = Catalog::new(store)?;
-    let scratch = store
-        .root()
-        .join("layers")
-        .join(format!(".staging-import-{}", std::process::id()));
-    if scratch.exists() {
-        remove_tree(&scratch).map_err(io("remove stale import directory", &scratch))?;
-    }
+    // The staging directory `layers/.staging-import-ID`, guarded from `gc` by the lock
+    // `import-ID`, held until the end of the import.
+    let owner = format!("import-{}", crate::container::random_id());
+    let _lock = catalog.lock(&owner)?;
+    let scratch = catalog.staging(&owner)?;
+    let mut leases = Vec::new();
     let result = (|| {
         let imported = crate::oci::import_archive(archive, &scratch)?;
         let mut parent = String::from("scratch");
         let mut keys = Vec::new();
         for (dir, diff_id) in imported.layers.iter().zip(&imported.diff_ids) {
             let key = imported_key(&parent, diff_id);
-            catalog.publish_once(&key, |staging| {
+            let (_, lease) = catalog.publish_once(&key, |staging| {
                 let root = staging.join("root");
                 std::fs::remove_dir(&root).map_err(io("prepare staging", &root))?;
                 std::fs::rename(dir, &root).map_err(io("move imported layer", dir))?;
@@ -64,6 +63,7 @@ pub fn import_image(
                     size: tree_size(&root),
                 })
             })?;
+            leases.push(lease);
             catalog.touch(&key);
             keys.push(key.clone());
             parent = key;

@@ -161,8 +161,8 @@ impl StderrProgress {
     fn line(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
-            None if self.terminal => eprintln!("{text}"),
-            None => eprintln!("pristine: {text}"),
+            None if self.terminal => say(format_args!("{text}")),
+            None => say(format_args!("pristine: {text}")),
         }
     }
 
@@ -202,7 +202,7 @@ impl StderrProgress {
                 pos(step)
             ));
             for l in text.lines() {
-                eprintln!("  | {l}");
+                say(format_args!("  | {l}"));
             }
         }
     }
@@ -271,6 +271,12 @@ impl Drop for StderrProgress {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// A line on stderr; a closed stderr (`pristine build 2>&1 | head`) is not an error.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 #[cfg(test)]

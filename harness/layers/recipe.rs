@@ -58,6 +58,11 @@ pub struct LayerSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Keep the setuid/setgid bits and device nodes the steps made (default: the bits are
+    /// stripped when the layer is published, and a device node fails the build). Only the
+    /// store's owner can reach a layer either way (the store is 0700).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_setuid: bool,
 }
 
 mod humantime_serde_opt {
@@ -74,7 +79,7 @@ mod humantime_serde_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
+        crate::duration::parse_duration(&s)
             .map(Some)
             .map_err(serde::de::Error::custom)
     }
@@ -87,6 +92,7 @@ impl LayerSpec {
             name: name.into(),
             steps: Vec::new(),
             timeout: None,
+            keep_setuid: false,
         }
     }
 
@@ -131,6 +137,13 @@ impl LayerSpec {
             from: from.into(),
             to: to.into(),
         });
+        self
+    }
+
+    /// Keeps the setuid/setgid bits and device nodes the steps make (see
+    /// [`LayerSpec::keep_setuid`](struct@LayerSpec)).
+    pub fn keep_setuid(mut self) -> Self {
+        self.keep_setuid = true;
         self
     }
 

@@ -76,7 +76,16 @@ pub fn save_store(store: &Store, images: &[String], out: &Path) -> Result<ShipRe
         .tempdir_in(parent)
         .map_err(io("create a temporary directory beside", out))?;
     let mut layers = Vec::new();
+    let mut leases = Vec::new();
     for key in &keys {
+        // Leased while it is read: `gc` must not remove it half-way through.
+        leases.push(
+            catalog
+                .lease(key)?
+                .ok_or_else(|| crate::store::StoreError::LayerGone {
+                    path: catalog.layer_dir(key),
+                })?,
+        );
         let meta = catalog.layer_meta(key)?;
         let tar = scratch.path().join(format!("{key}.tar"));
         let (digest, size) = write_layer_tar(&catalog.layer_root(key), &tar, out)?;
@@ -196,6 +205,7 @@ pub fn load_store(store: &Store, archive: &Path) -> Result<ShipReport, BuildErro
     let manifest = read_manifest(&mut entries, archive)?;
     let mut report = ShipReport::default();
     let mut known: Vec<&str> = Vec::new();
+    let mut leases = Vec::new();
     for entry in entries {
         let mut entry = entry.map_err(io("read store archive", archive))?;
         let name = entry.path_bytes().into_owned();
@@ -210,11 +220,9 @@ pub fn load_store(store: &Store, archive: &Path) -> Result<ShipReport, BuildErro
             .find(|l| l.key == key)
             .ok_or_else(|| bad(format!("layer {key} is not in the manifest")))?;
         known.push(&shipped.key);
-        if catalog.has_layer(key) {
-            report.present.push(key.to_string());
-            continue;
-        }
-        let added = !catalog.publish_once(key, |staging| {
+        // A lease on each layer, present or added, until the images are recorded: `gc`
+        // must not take one from under the load.
+        let (present, lease) = catalog.publish_once(key, |staging| {
             let root = staging.join("root");
             std::fs::remove_dir(&root).map_err(io("prepare staging", &root))?;
             let mut reader = HashingReader::new(&mut entry);
@@ -235,9 +243,10 @@ pub fn load_store(store: &Store, archive: &Path) -> Result<ShipReport, BuildErro
                 size: tree_size(&root),
             })
         })?;
-        match added {
-            true => report.layers.push(key.to_string()),
-            false => report.present.push(key.to_string()),
+        leases.push(lease);
+        match present {
+            false => report.layers.push(key.to_string()),
+            true => report.present.push(key.to_string()),
         }
     }
     if let Some(missing) = manifest

@@ -63,14 +63,13 @@ pub fn squash_deep_stack(store: &Store, image: &Image) -> Result<Image, BuildErr
 fn build(dir: &Path, layers: &[PathBuf], keys: &[String]) -> Result<(), BuildError> {
     let parent = dir.parent().expect("squashed/KEY has a parent");
     std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+    // `gc` leaves `.staging-KEY` alone while the caller holds the lock `squash-KEY`; a
+    // stale one is a dead squash's.
     let staging = parent.join(format!(
-        ".staging-{}-{}",
+        ".staging-{}",
         dir.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
     ));
-    if staging.exists() {
-        remove_tree(&staging).map_err(io("remove stale squash", &staging))?;
-    }
+    remove_tree(&staging).map_err(io("remove stale squash", &staging))?;
     let root = staging.join("root");
     std::fs::create_dir_all(&root).map_err(io("create", &root))?;
     let result = layers

@@ -1,40 +1,14 @@
 //! Small filesystem helpers: forceful cleanup of partly written trees.
 
-use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Removes `path` (file or directory tree) even if directories inside were
 /// made unreadable or unwritable (as an extracted layer's may be), without
-/// following symlinks. A missing path is not an error.
+/// following symlinks, through directory descriptors (see [`crate::sys::tree`]).
+/// A missing path is not an error.
 pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_dir() {
-        return fs::remove_file(path);
-    }
-    make_traversable(path);
-    fs::remove_dir_all(path)
-}
-
-/// Gives every directory below `dir` owner rwx, best effort, so it can be removed.
-fn make_traversable(dir: &Path) {
-    if let Ok(meta) = fs::symlink_metadata(dir) {
-        let mode = meta.permissions().mode();
-        if mode & 0o700 != 0o700 {
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700));
-        }
-    }
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for entry in rd.flatten() {
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            make_traversable(&entry.path());
-        }
-    }
+    crate::sys::tree::remove_tree(path)
 }
 
 /// Removes a path on drop unless [`Guard::disarm`] was called.
@@ -63,6 +37,8 @@ impl Drop for Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn removes_locked_down_tree() {

@@ -18,7 +18,7 @@ pub const DEVICES: &[(&str, u64, u64)] = &[
 ///
 /// As root the nodes are created with `mknod` (cheapest); in a user namespace `mknod` of a
 /// real device is refused, so the host's nodes are bind-mounted instead, as bubblewrap does.
-pub fn dev_ops(root: &Path, rootless: bool) -> Vec<SetupOp> {
+pub fn dev_ops(root: &Path, rootless: bool, shm_size: crate::Size) -> Vec<SetupOp> {
     let dev = root.join("dev");
     let mut ops = vec![
         SetupOp::mkdir(&dev),
@@ -54,7 +54,7 @@ pub fn dev_ops(root: &Path, rootless: bool) -> Vec<SetupOp> {
     ops.push(SetupOp::mkdir(dev.join("shm")));
     ops.push(SetupOp::Tmpfs {
         target: dev.join("shm"),
-        options: "mode=1777".into(),
+        options: format!("mode=1777,size={shm_size}"),
         nodev: true,
     });
     for (link, target) in [

@@ -200,12 +200,16 @@ mod tests {
         let ops = plan(&PlanInput {
             base: Path::new("/store/run/mnt"),
             rootfs: &rootfs,
-            upper: &UpperPlacement::Tmpfs { size: "4g".into() },
+            upper: &UpperPlacement::Tmpfs {
+                size: crate::DEFAULT_UPPER_SIZE,
+            },
             rootless,
             binds: &binds,
             hostname: "h",
             cgroups: &[],
             privileges: &Privileges::default(),
+            tmp_size: crate::DEFAULT_TMP_SIZE,
+            shm_size: crate::DEFAULT_SHM_SIZE,
         })
         .unwrap();
         let rec = Recorder::default();

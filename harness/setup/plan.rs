@@ -47,10 +47,10 @@ pub(crate) enum RootfsSource {
 /// Where the upper and work directories live.
 #[derive(Debug, Clone)]
 pub(crate) enum UpperPlacement {
-    /// On the tmpfs base, limited to `size` (tmpfs syntax, e.g. `4g`).
+    /// On the tmpfs base, limited to `size`.
     Tmpfs {
-        /// tmpfs `size=` value.
-        size: String,
+        /// The tmpfs's size limit.
+        size: crate::Size,
     },
     /// On disk, in the container's own runtime directory.
     Disk {
@@ -77,6 +77,9 @@ pub(crate) struct PlanInput<'a> {
     pub cgroups: &'a [PathBuf],
     /// What the container's processes may do beyond the default confinement.
     pub privileges: &'a Privileges,
+    /// Size limits of `/tmp` and `/dev/shm`.
+    pub tmp_size: crate::Size,
+    pub shm_size: crate::Size,
 }
 
 /// Computes the setup steps for one container. Fails only if an overlay's options cannot
@@ -85,9 +88,11 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
     let base = input.base;
     let root = base.join("root");
     let (upper, work, size) = match input.upper {
-        UpperPlacement::Tmpfs { size } => (base.join("upper"), base.join("work"), size.as_str()),
+        UpperPlacement::Tmpfs { size } => (base.join("upper"), base.join("work"), *size),
         // The base still holds the root mount point; it needs almost no space.
-        UpperPlacement::Disk { upper, work, .. } => (upper.clone(), work.clone(), "1m"),
+        UpperPlacement::Disk { upper, work, .. } => {
+            (upper.clone(), work.clone(), crate::Size::mib(1))
+        }
     };
     // A confined container honours no setuid bit and opens no device node outside /dev.
     let nosuid = !input.privileges.privileged;
@@ -181,11 +186,11 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
     ops.push(SetupOp::Proc {
         target: root.join("proc"),
     });
-    ops.extend(dev_ops(&root, input.rootless));
+    ops.extend(dev_ops(&root, input.rootless, input.shm_size));
     ops.push(SetupOp::mkdir(root.join("tmp")));
     ops.push(SetupOp::Tmpfs {
         target: root.join("tmp"),
-        options: "mode=1777".into(),
+        options: format!("mode=1777,size={}", input.tmp_size),
         nodev: true,
     });
     for bind in input.binds {
@@ -492,6 +497,8 @@ mod tests {
             hostname: "h",
             cgroups: &[],
             privileges: &Privileges::default(),
+            tmp_size: crate::DEFAULT_TMP_SIZE,
+            shm_size: crate::DEFAULT_SHM_SIZE,
         })
         .unwrap();
         ops.iter().map(|op| format!("{op}\n")).collect()
@@ -509,6 +516,8 @@ mod tests {
                 hostname: "h",
                 cgroups: &[],
                 privileges,
+                tmp_size: crate::DEFAULT_TMP_SIZE,
+                shm_size: crate::DEFAULT_SHM_SIZE,
             })
             .unwrap()
         };
@@ -542,7 +551,9 @@ mod tests {
     }
 
     fn tmpfs_upper() -> UpperPlacement {
-        UpperPlacement::Tmpfs { size: "4g".into() }
+        UpperPlacement::Tmpfs {
+            size: crate::DEFAULT_UPPER_SIZE,
+        }
     }
 
     #[test]

@@ -554,13 +554,9 @@ impl RunConfig {
     }
 }
 
-/// `30s`, `1m 30s`, `500ms` or plain seconds.
+/// `30s`, `1m 30s`, `500ms` or plain seconds (see [`crate::duration`]).
 pub(crate) fn parse_timeout(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    humantime::parse_duration(v).ok().filter(|d| !d.is_zero())
+    crate::duration::parse_duration(v).ok()
 }
 
 /// `PRISTINE_KEEP` values.
@@ -730,6 +726,7 @@ fn run_trial(
             .as_ref()
             .map(|(p, d)| (p.as_path(), d.as_ref().map_err(|e| e.to_string()))),
         keep_asked: config.keep != Keep::Never,
+        oom_killed: out.oom_killed,
     });
     (Err(text.into()), Some(timing))
 }

@@ -107,6 +107,8 @@ pub(crate) struct FailureInput<'a> {
     /// The kept upper layer and what it changed.
     pub(crate) kept: Option<(&'a Path, Result<&'a Vec<Change>, String>)>,
     pub(crate) keep_asked: bool,
+    /// The memory limit, if the test's container was OOM-killed.
+    pub(crate) oom_killed: Option<u64>,
 }
 
 /// The failure message libtest prints for a test.
@@ -124,6 +126,16 @@ pub(crate) fn failure(f: &FailureInput<'_>) -> String {
             f.name,
             humantime::format_duration(f.timeout),
             f.id
+        );
+    } else if let Some(limit) = f.oom_killed {
+        let _ = writeln!(
+            s,
+            "test {} was killed: out of memory, limit {} (container {}, {} after {})",
+            f.name,
+            crate::size::human(limit),
+            f.id,
+            f.status,
+            ms(f.duration)
         );
     } else {
         let _ = writeln!(
@@ -213,10 +225,33 @@ mod tests {
             stderr: "",
             kept: Some((Path::new("/s/kept/1-2/upper"), Ok(&changes))),
             keep_asked: true,
+            oom_killed: None,
         });
         assert_eq!(
             text,
             "test t failed in container 1-2 with exit code 1 after 12.0 ms\n\n---- stdout ----\nout\n\n---- kept upper layer: /s/kept/1-2/upper ----\nA /data/new\n"
+        );
+    }
+
+    #[test]
+    fn reports_an_oom_kill_as_such() {
+        let text = failure(&FailureInput {
+            name: "t",
+            id: "c",
+            status: ExitStatus::Signaled(9),
+            timed_out: false,
+            timeout: Duration::from_secs(60),
+            group_timeout: false,
+            duration: Duration::from_millis(12),
+            stdout: "",
+            stderr: "",
+            kept: None,
+            keep_asked: false,
+            oom_killed: Some(64 << 20),
+        });
+        assert!(
+            text.starts_with("test t was killed: out of memory, limit 64 MiB (container c, killed by signal 9 (SIGKILL) after 12.0 ms)"),
+            "{text}"
         );
     }
 

@@ -331,7 +331,7 @@ impl Service {
             },
             source,
         })?;
-        let deadline = started + self.start_timeout;
+        let deadline = started + self.start_timeout.min(crate::duration::MAX_DURATION);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(ServiceError::Exited {

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::carry;
-use super::harness::{parse_keep, parse_timeout, KEEP_ENV};
+use super::harness::{parse_keep, KEEP_ENV};
 use super::report::render_diff;
 use crate::{Base, Bind, Container, Image, Keep, Stdio, Upper};
 
@@ -67,7 +67,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    parse_timeout(s).ok_or_else(|| format!("expected a duration like 30s or 2m, got {s:?}"))
+    crate::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Whether this invocation only lists tests (`--list`, as nextest's discovery does).
@@ -166,6 +166,13 @@ fn run_in_container(
             "pristine wrap: {} timed out and was killed with its container {}",
             bin.display(),
             out.id
+        );
+    }
+    if let Some(limit) = out.oom_killed {
+        eprintln!(
+            "pristine wrap: {} killed: out of memory, limit {}",
+            bin.display(),
+            crate::size::human(limit)
         );
     }
     if let Some(k) = &out.kept {

@@ -27,13 +27,16 @@ use crate::userns;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The rootless host root, classified once per process (reads `/` and the mount table).
+/// The host root's top-level entries, and the host's mount points.
+type HostLayout = (Vec<HostEntry>, Vec<PathBuf>);
+
 /// The host root's top-level entries as rootless containers overlay them, with the host's
 /// mount points. Classified once per mount table: the table is read again for every
 /// container (tens of microseconds), and a change (a store's reflink image mounted by
 /// another process, a CI tool's mount under `/var`) classifies again, since a directory
 /// that gained a mount can no longer be overlaid (EINVAL) and must be bound instead.
-fn host_entries() -> Result<Arc<(Vec<HostEntry>, Vec<PathBuf>)>, Error> {
-    type Classified = (String, Arc<(Vec<HostEntry>, Vec<PathBuf>)>);
+fn host_entries() -> Result<Arc<HostLayout>, Error> {
+    type Classified = (String, Arc<HostLayout>);
     static CACHE: Mutex<Option<Classified>> = Mutex::new(None);
     let io = |op, source| Error::Io { op, source };
     let info = std::fs::read_to_string("/proc/self/mountinfo")

@@ -441,7 +441,7 @@ fn an_oom_kill_is_reported_as_such() {
         let tmp = tempfile::tempdir().unwrap();
         let out = run(cli(&tmp.path().join("s")).args(["run", "--memory", "64m", "--", "true"]));
         assert_eq!(out.status.code(), Some(125));
-        assert!(stderr(&out).contains("need cgroups"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("need cgroup"), "{}", stderr(&out));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -561,6 +561,70 @@ fn gc_keeps_the_most_recently_used_unnamed_layers() {
     assert!(text.contains(&format!("layer {} (b)", &b[..12])), "{text}");
 }
 
+/// Rebuilding a named recipe after a change replaces its layers: the old ones go at once,
+/// unless a running container holds them (its lease), in which case `gc` takes them after.
+#[test]
+fn a_changed_named_recipe_replaces_its_layers() {
+    let (_d, store) = store();
+    let recipe = |v: &str| {
+        Recipe::host()
+            .name("replaced")
+            .layer(LayerSpec::new("v").run(["sh", "-c", &format!("echo {v} > /srv-version")]))
+    };
+    let key = |r: &Recipe| r.build_report(&store).unwrap().layers[0].key.clone();
+    let catalog = Catalog::new(&store).unwrap();
+    let v1 = key(&recipe("one"));
+    let v2 = key(&recipe("two"));
+    assert!(catalog.has_layer(&v2));
+    assert!(
+        !catalog.has_layer(&v1),
+        "the replaced layer is gone at once"
+    );
+
+    // A container on v2 holds its layer while v3 replaces it: v2 stays until gc.
+    let out = tempfile::tempdir().unwrap();
+    let mut running = Command::new(common::pristine_bin())
+        .args(["run", "--image", "replaced", "--bind"])
+        .arg(format!("{}:/out", out.path().display()))
+        .args(["--store"])
+        .arg(store.root())
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "cat /srv-version > /out/started; sleep 60",
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.path().join("started").exists() {
+        assert!(Instant::now() < deadline, "the container did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v3 = key(&recipe("three"));
+    assert!(catalog.has_layer(&v3));
+    assert!(
+        catalog.has_layer(&v2),
+        "a layer a running container holds stays"
+    );
+    running.kill().unwrap();
+    running.wait().unwrap();
+    // Its PID 1 may still be exiting: gc takes the layer once nothing holds it.
+    while catalog.has_layer(&v2) {
+        assert!(
+            Instant::now() < deadline,
+            "gc never took the released layer"
+        );
+        let (ok, text) = cli(&["gc"], &store);
+        assert!(ok, "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("started")).unwrap(),
+        "two\n"
+    );
+}
+
 /// Layers built on one machine reach another through `pristine save` / `pristine load`:
 /// the second store then finds every layer of the recipe cached (its keys are the
 /// same: no inode numbers or times in them), whiteouts included. A damaged layer is never

@@ -118,6 +118,11 @@ impl Recipe {
                     created: now(),
                     config: Default::default(),
                 })?;
+                // The image's former layers go now rather than piling up until `gc`. This is
+                // a cache's cleanup: if it fails, `gc` will find them, and the build stands.
+                if let Some(old) = current {
+                    let _ = catalog.drop_replaced(&old.layers);
+                }
             }
         }
         Ok(Built {

@@ -395,27 +395,51 @@ impl Catalog {
                     continue;
                 }
             }
-            // Held: being built on, or mounted by a running container (its lease).
-            let Some(gate) = self.try_exclusive(&meta.key, dry_run)? else {
-                continue;
+            let gone = match dry_run {
+                // Held: being built on, or mounted by a running container (its lease).
+                true => self.try_exclusive(&meta.key, true)?.is_some(),
+                false => self.remove_unheld(&meta.key)?,
             };
-            if !dry_run {
-                // Out of sight first (one rename), so nobody finds it half-removed.
-                let dir = self.layer_dir(&meta.key);
-                let trash = self.layers_dir().join(format!(
-                    ".trash-{}-{}",
-                    meta.key,
-                    crate::container::random_id()
-                ));
-                std::fs::rename(&dir, &trash).map_err(io("remove layer", &dir))?;
-                remove_tree(&trash).map_err(io("remove layer", &trash))?;
-                gate.release(&self.lock_path(&meta.key));
+            if !gone {
+                continue;
             }
             removed.push(format!(
                 "layer {} ({})",
                 &meta.key[..12.min(meta.key.len())],
                 meta.name
             ));
+        }
+        Ok(removed)
+    }
+
+    /// Removes layer `key` unless something holds it (a build on it, or a running
+    /// container's lease); returns whether it was removed. It is renamed out of sight
+    /// first, so nobody finds it half-removed.
+    fn remove_unheld(&self, key: &str) -> Result<bool, BuildError> {
+        let Some(gate) = self.try_exclusive(key, false)? else {
+            return Ok(false);
+        };
+        let dir = self.layer_dir(key);
+        let trash = self
+            .layers_dir()
+            .join(format!(".trash-{key}-{}", crate::container::random_id()));
+        std::fs::rename(&dir, &trash).map_err(io("remove layer", &dir))?;
+        remove_tree(&trash).map_err(io("remove layer", &trash))?;
+        gate.release(&self.lock_path(key));
+        Ok(true)
+    }
+
+    /// After a named image was recorded anew: removes those of its former layers
+    /// (`replaced`) that no image names any more and nothing holds, so rebuilds of a
+    /// recipe replace its layers instead of piling them up. What a running container or a
+    /// build still holds stays, for `gc` to take later. Returns the removed keys.
+    pub(crate) fn drop_replaced(&self, replaced: &[String]) -> Result<Vec<String>, BuildError> {
+        let named: BTreeSet<String> = self.images()?.into_iter().flat_map(|r| r.layers).collect();
+        let mut removed = Vec::new();
+        for key in replaced.iter().filter(|k| !named.contains(*k)) {
+            if self.has_layer(key) && self.remove_unheld(key)? {
+                removed.push(key.clone());
+            }
         }
         Ok(removed)
     }

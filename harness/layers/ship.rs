@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{now, tree_size, Catalog, ImageRecord, LayerMeta};
 use super::error::{io, BuildError};
-use crate::oci::{extract_layer, write_layer_tar, HashingReader};
+use crate::oci::{append_bytes, extract_layer, fixed_header, write_layer_tar, HashingReader};
 use crate::store::Store;
 
 const MANIFEST: &str = "pristine-store-archive.json";
@@ -164,24 +164,12 @@ fn write_archive(manifest: &StoreManifest, tars: &Path, out: &Path) -> Result<()
     let file = File::create(out).map_err(io("create store archive", out))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
     let json = serde_json::to_vec_pretty(manifest).expect("the manifest serializes");
-    let append = |tar: &mut tar::Builder<BufWriter<File>>,
-                  name: &str,
-                  size: u64,
-                  data: &mut dyn Read|
-     -> std::io::Result<()> {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(size);
-        h.set_mtime(0);
-        tar.append_data(&mut h, name, data)
-    };
     let result = (|| {
-        append(&mut tar, MANIFEST, json.len() as u64, &mut json.as_slice())?;
+        append_bytes(&mut tar, MANIFEST, &json)?;
         for l in &manifest.layers {
-            let p = tars.join(format!("{}.tar", l.key));
-            let mut f = File::open(&p)?;
-            append(&mut tar, &format!("layers/{}.tar", l.key), l.size, &mut f)?;
+            let f = File::open(tars.join(format!("{}.tar", l.key)))?;
+            let mut h = fixed_header(tar::EntryType::Regular, 0o644, l.size);
+            tar.append_data(&mut h, format!("layers/{}.tar", l.key), f)?;
         }
         tar.into_inner()?
             .into_inner()

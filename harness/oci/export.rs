@@ -246,7 +246,8 @@ fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("serializing plain structs with string keys cannot fail")
 }
 
-fn fixed_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+/// A tar header with fixed ownership and time, so the same content gives the same bytes.
+pub(crate) fn fixed_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(mode);
@@ -257,7 +258,12 @@ fn fixed_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, path: &str, data: &[u8]) -> io::Result<()> {
+/// Appends `data` as a regular file with [`fixed_header`] metadata.
+pub(crate) fn append_bytes<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    data: &[u8],
+) -> io::Result<()> {
     let mut h = fixed_header(tar::EntryType::Regular, 0o644, data.len() as u64);
     tar.append_data(&mut h, path, data)
 }

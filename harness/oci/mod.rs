@@ -23,5 +23,5 @@ pub use config::ImageConfig;
 pub(crate) use digest::HashingReader;
 pub use error::OciError;
 pub use export::export_archive;
-pub(crate) use export::write_layer_tar;
+pub(crate) use export::{append_bytes, fixed_header, write_layer_tar};
 pub use extract::{extract_layer, Compression, ExtractStats};

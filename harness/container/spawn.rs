@@ -399,10 +399,7 @@ impl Pipes {
 }
 
 fn start_error(source: sys::SysError, rootless: bool) -> Error {
-    let hint = match source.op == "clone" {
-        true => hints::for_clone(source.errno, rootless),
-        false => hints::Hint(None),
-    };
+    let hint = hints::for_start(source.op, source.errno, rootless);
     Error::Start { source, hint }
 }
 

@@ -18,7 +18,10 @@ pub const DEVICES: &[(&str, u64, u64)] = &[
 ///
 /// As root the nodes are created with `mknod` (cheapest); in a user namespace `mknod` of a
 /// real device is refused, so the host's nodes are bind-mounted instead, as bubblewrap does.
+/// So they are for a root without `CAP_MKNOD` or outside the initial user namespace (a
+/// podman container, rootful or rootless: see `host::may_mknod_devices`).
 pub fn dev_ops(root: &Path, rootless: bool, shm_size: crate::Size) -> Vec<SetupOp> {
+    let bind_nodes = rootless || !crate::host::may_mknod_devices();
     let dev = root.join("dev");
     let mut ops = vec![
         SetupOp::mkdir(&dev),
@@ -29,7 +32,7 @@ pub fn dev_ops(root: &Path, rootless: bool, shm_size: crate::Size) -> Vec<SetupO
         },
     ];
     for &(name, major, minor) in DEVICES {
-        ops.push(if rootless {
+        ops.push(if bind_nodes {
             SetupOp::BindDevice {
                 source: Path::new("/dev").join(name),
                 target: dev.join(name),

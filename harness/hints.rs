@@ -66,7 +66,9 @@ fn for_clone_in(proc: &dyn Proc, errno: Errno, rootless: bool) -> Hint {
     let denied = matches!(errno, Errno::EPERM | Errno::EACCES);
     if !rootless {
         return Hint(match errno {
-            Errno::ENOSPC => Some("a namespace limit is reached: see /proc/sys/user/max_*_namespaces".into()),
+            Errno::ENOSPC => {
+                Some("a namespace limit is reached: see /proc/sys/user/max_*_namespaces".into())
+            }
             _ if denied => Some(root_denied(proc)),
             _ => None,
         });
@@ -77,8 +79,12 @@ fn for_clone_in(proc: &dyn Proc, errno: Errno, rootless: bool) -> Hint {
         }
     }
     Hint(match errno {
-        Errno::ENOSPC | Errno::EUSERS => Some("the user namespace limit is reached: see /proc/sys/user/max_user_namespaces".into()),
-        _ if denied => Some("unprivileged user namespaces are not allowed here; run as root".into()),
+        Errno::ENOSPC | Errno::EUSERS => Some(
+            "the user namespace limit is reached: see /proc/sys/user/max_user_namespaces".into(),
+        ),
+        _ if denied => {
+            Some("unprivileged user namespaces are not allowed here; run as root".into())
+        }
         _ => None,
     })
 }
@@ -94,10 +100,18 @@ fn root_denied(proc: &dyn Proc) -> String {
 
 /// An ordinary user may not create a user namespace: the sysctl or container that forbids it.
 fn userns_denied(proc: &dyn Proc) -> Option<String> {
-    if proc.read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+    if proc
+        .read("/proc/sys/kernel/unprivileged_userns_clone")
+        .as_deref()
+        == Some("0")
+    {
         return Some("unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0): sysctl -w kernel.unprivileged_userns_clone=1, or run as root".into());
     }
-    if proc.read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+    if proc
+        .read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+        .as_deref()
+        == Some("1")
+    {
         return Some(APPARMOR_USERNS.into());
     }
     if proc.read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
@@ -162,11 +176,11 @@ fn in_container_setup(proc: &dyn Proc, op: &str, errno: Errno) -> Option<String>
     }
     let engine = host::container_engine(proc)?;
     if !op.starts_with("mount") {
-        return None;
+        return (host::has_cap(proc, host::CAP_SYS_ADMIN) == Some(false)).then(|| format!("this process lacks CAP_SYS_ADMIN, and the {engine} container's seccomp profile allows `{op}` only with it; add `--cap-add SYS_ADMIN`, or run it with `--privileged`"));
     }
     Some(match host::in_initial_userns(proc) {
         true => format!("mounting is refused inside this {engine} container: an LSM profile forbids it (docker: `--security-opt apparmor=unconfined`; podman: `--security-opt label=disable` under SELinux), or run it with `--privileged`"),
-        false => format!("mounting is refused inside this rootless {engine} container: a fresh /proc or /sys may not be mounted over the engine's masked paths; run it with `--security-opt unmask=ALL`, or `--privileged`"),
+        false => format!("mounting is refused inside this rootless {engine} container: the kernel refuses a fresh /proc where the engine has masked parts of its own (/proc/kcore, /proc/keys, …); run it with `--security-opt unmask=/proc/*` (or `unmask=ALL`), or `--privileged`"),
     })
 }
 
@@ -199,16 +213,27 @@ mod tests {
     #[test]
     fn rootless_eperm_under_apparmor_names_the_sysctl_and_what_works() {
         let ubuntu = FakeProc::default()
-            .with("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1\n")
+            .with(
+                "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+                "1\n",
+            )
             .with("/proc/sys/user/max_user_namespaces", "63704\n");
         for errno in [Errno::EPERM, Errno::EACCES] {
             let h = text(for_clone_in(&ubuntu, errno, true));
-            assert!(h.contains("kernel.apparmor_restrict_unprivileged_userns=1"), "{h}");
+            assert!(
+                h.contains("kernel.apparmor_restrict_unprivileged_userns=1"),
+                "{h}"
+            );
             assert!(h.contains("sudo -E env PATH=$PATH cargo test"), "{h}");
-            assert!(h.contains("sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"), "{h}");
+            assert!(
+                h.contains("sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
+                "{h}"
+            );
         }
-        let lifted = FakeProc::default()
-            .with("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "0\n");
+        let lifted = FakeProc::default().with(
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            "0\n",
+        );
         assert!(!text(for_clone_in(&lifted, Errno::EPERM, true)).contains("AppArmor"));
         // Another errno is not AppArmor's doing.
         assert!(!text(for_clone_in(&ubuntu, Errno::EINVAL, true)).contains("AppArmor"));
@@ -218,8 +243,10 @@ mod tests {
     fn a_failed_uid_map_write_gets_the_user_namespace_hint() {
         // Under AppArmor's restriction the user namespace is created, but its maps may
         // not be written.
-        let ubuntu = FakeProc::default()
-            .with("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1");
+        let ubuntu = FakeProc::default().with(
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            "1",
+        );
         let op = "write /proc/self/uid_map in the new user namespace";
         assert!(text(for_start_in(&ubuntu, op, Errno::EPERM, true)).contains("AppArmor"));
         let op = "dup2 in the new container";
@@ -229,12 +256,16 @@ mod tests {
     #[test]
     fn the_other_sysctls_and_containers_are_named() {
         let debian = FakeProc::default().with("/proc/sys/kernel/unprivileged_userns_clone", "0");
-        assert!(text(for_clone_in(&debian, Errno::EPERM, true)).contains("kernel.unprivileged_userns_clone=0"));
+        assert!(text(for_clone_in(&debian, Errno::EPERM, true))
+            .contains("kernel.unprivileged_userns_clone=0"));
         let off = FakeProc::default().with("/proc/sys/user/max_user_namespaces", "0");
         assert!(text(for_clone_in(&off, Errno::EPERM, true)).contains("user.max_user_namespaces=0"));
         let docker = FakeProc::default().with("/.dockerenv", "");
         let h = text(for_clone_in(&docker, Errno::EPERM, true));
-        assert!(h.contains("docker container") && h.contains("--security-opt seccomp=unconfined"), "{h}");
+        assert!(
+            h.contains("docker container") && h.contains("--security-opt seccomp=unconfined"),
+            "{h}"
+        );
     }
 
     #[test]
@@ -243,7 +274,10 @@ mod tests {
             .with("/run/.containerenv", "engine=\"podman-4.3.1\"")
             .with("/proc/self/status", NO_SYS_ADMIN);
         let h = text(for_clone_in(&podman, Errno::EPERM, false));
-        assert!(h.contains("lacks CAP_SYS_ADMIN") && h.contains("podman container"), "{h}");
+        assert!(
+            h.contains("lacks CAP_SYS_ADMIN") && h.contains("podman container"),
+            "{h}"
+        );
         assert!(h.contains("--cap-add SYS_ADMIN"), "{h}");
         let seccomp = FakeProc::default().with("/proc/self/status", ALL_CAPS);
         let h = text(for_clone_in(&seccomp, Errno::EPERM, false));
@@ -261,8 +295,21 @@ mod tests {
         assert!(mknod.is_some_and(|h| h.contains("--cap-add MKNOD")));
         let rootless = podman.with("/proc/self/uid_map", "0 1000 1");
         let mount = in_container_setup(&rootless, "mount proc", Errno::EPERM);
-        assert!(mount.is_some_and(|h| h.contains("--security-opt unmask=ALL")));
-        assert_eq!(in_container_setup(&FakeProc::default(), "mount proc", Errno::EPERM), None);
-        assert_eq!(in_container_setup(&FakeProc::default(), "mknod", Errno::ENOENT), None);
+        assert!(mount.is_some_and(|h| h.contains("--security-opt unmask=/proc/*")));
+        let host = rootless.with("/proc/self/status", ALL_CAPS);
+        assert_eq!(in_container_setup(&host, "sethostname", Errno::EPERM), None);
+        let podman = FakeProc::default()
+            .with("/run/.containerenv", "")
+            .with("/proc/self/status", NO_SYS_ADMIN);
+        let uts = in_container_setup(&podman, "sethostname", Errno::EPERM);
+        assert!(uts.is_some_and(|h| h.contains("--cap-add SYS_ADMIN")));
+        assert_eq!(
+            in_container_setup(&FakeProc::default(), "mount proc", Errno::EPERM),
+            None
+        );
+        assert_eq!(
+            in_container_setup(&FakeProc::default(), "mknod", Errno::ENOENT),
+            None
+        );
     }
 }

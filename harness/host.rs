@@ -41,9 +41,10 @@ pub(crate) fn has_cap(proc: &dyn Proc, cap: u32) -> Option<bool> {
 
 /// Whether this process is in the initial user namespace (its uid map is the identity).
 pub(crate) fn in_initial_userns(proc: &dyn Proc) -> bool {
-    proc.read("/proc/self/uid_map").is_none_or(|m| {
-        m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
-    })
+    match proc.read("/proc/self/uid_map") {
+        Some(m) => m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"],
+        None => true,
+    }
 }
 
 /// The container engine this process runs under, from its marker file.
@@ -63,9 +64,13 @@ pub(crate) fn container_engine(proc: &dyn Proc) -> Option<&'static str> {
 /// as in rootless mode.
 pub(crate) fn may_mknod_devices() -> bool {
     static MAY: OnceLock<bool> = OnceLock::new();
-    *MAY.get_or_init(|| {
-        in_initial_userns(&RealProc) && has_cap(&RealProc, CAP_MKNOD) != Some(false)
-    })
+    *MAY.get_or_init(|| in_the_initial_userns() && has_cap(&RealProc, CAP_MKNOD) != Some(false))
+}
+
+/// [`in_initial_userns`] of this process, read once.
+pub(crate) fn in_the_initial_userns() -> bool {
+    static INITIAL: OnceLock<bool> = OnceLock::new();
+    *INITIAL.get_or_init(|| in_initial_userns(&RealProc))
 }
 
 #[cfg(test)]
@@ -98,7 +103,8 @@ mod tests {
     #[test]
     fn reads_effective_capabilities() {
         // podman's default set: no CAP_SYS_ADMIN, no CAP_MKNOD, no CAP_NET_ADMIN.
-        let p = FakeProc::default().with("/proc/self/status", "Name:\tx\nCapEff:\t00000000800405fb\n");
+        let p =
+            FakeProc::default().with("/proc/self/status", "Name:\tx\nCapEff:\t00000000800405fb\n");
         assert_eq!(has_cap(&p, CAP_SYS_ADMIN), Some(false));
         assert_eq!(has_cap(&p, CAP_MKNOD), Some(false));
         let p = FakeProc::default().with("/proc/self/status", "CapEff:\t000001fffeffffff\n");
@@ -109,7 +115,8 @@ mod tests {
 
     #[test]
     fn tells_the_initial_user_namespace() {
-        let host = FakeProc::default().with("/proc/self/uid_map", "         0          0 4294967295\n");
+        let host =
+            FakeProc::default().with("/proc/self/uid_map", "         0          0 4294967295\n");
         assert!(in_initial_userns(&host));
         let rootless_podman = FakeProc::default().with("/proc/self/uid_map", "0 1000 1\n");
         assert!(!in_initial_userns(&rootless_podman));
@@ -117,8 +124,14 @@ mod tests {
 
     #[test]
     fn names_the_container_engine() {
-        assert_eq!(container_engine(&FakeProc::default().with("/run/.containerenv", "")), Some("podman"));
-        assert_eq!(container_engine(&FakeProc::default().with("/.dockerenv", "")), Some("docker"));
+        assert_eq!(
+            container_engine(&FakeProc::default().with("/run/.containerenv", "")),
+            Some("podman")
+        );
+        assert_eq!(
+            container_engine(&FakeProc::default().with("/.dockerenv", "")),
+            Some("docker")
+        );
         assert_eq!(container_engine(&FakeProc::default()), None);
     }
 }

@@ -221,7 +221,10 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
         env,
         id,
         hostname,
-        rootless: sys::effective_ids().0 != 0,
+        // Root in a user namespace other than the initial one (a rootless podman
+        // container) is treated as rootless: it cannot mknod, and the container's root has
+        // mounts (binds, volumes) that an overlay with `lowerdir=/` would hide.
+        rootless: sys::effective_ids().0 != 0 || !crate::host::in_the_initial_userns(),
     })
 }
 

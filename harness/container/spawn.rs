@@ -537,6 +537,7 @@ fn exec_init(
     let mut fds = pipes.fds.clone();
     fds.extend([(spec_r.as_raw_fd(), 3), (pipes.report_w.as_raw_fd(), 4)]);
     pipes.child_ends.push(spec_r);
+    let cgroup = crate::cgroups::open_v2_dir(&spec.ops);
     let req = ExecRequest {
         program: cstr("init program", program)?,
         argv: vec![cstr("init program", program)?, cstr("argument", INIT_ARG)?],
@@ -544,6 +545,7 @@ fn exec_init(
         fds,
         ambient_caps: v.rootless && spec.user.is_some_and(|(u, _)| u != 0),
         id_maps,
+        cgroup: cgroup.as_ref().map(|fd| fd.as_raw_fd()),
     };
     let pid = sys::clone_exec(flags, &req).map_err(|e| start_error(e, v.rootless))?;
     Ok((pid, spec_w))

@@ -124,6 +124,16 @@ fn userns_denied(proc: &dyn Proc) -> Option<String> {
 /// Why a setup step failed, from the step's operation.
 pub fn for_setup(op: &str, errno: Option<i32>, rootless: bool) -> Hint {
     let errno = errno.map(Errno::from_raw);
+    // A forked child's failure to write its user namespace's maps comes back as a setup
+    // step (AppArmor's restriction on Ubuntu lets the namespace be made, not mapped).
+    if let Some(e) = errno.filter(|_| op.contains("in the new user namespace")) {
+        return for_start(op, e, rootless);
+    }
+    if errno == Some(Errno::ENOSYS) {
+        if let Some(h) = missing_syscall(op, kernel_version()) {
+            return Hint(Some(h));
+        }
+    }
     if let Some(h) = errno.and_then(|e| in_container_setup(&RealProc, op, e)) {
         return Hint(Some(h));
     }
@@ -160,6 +170,22 @@ pub fn for_setup(op: &str, errno: Option<i32>, rootless: bool) -> Hint {
         ));
     }
     Hint(None)
+}
+
+/// The kernel a system call of setup step `op` first appeared in, for ENOSYS: pristine needs
+/// the new mount API and `mount_setattr` (Debian 11's 5.10 has no `mount_setattr`).
+fn missing_syscall(op: &str, running: Option<(u32, u32)>) -> Option<String> {
+    let (call, needs) = [
+        ("mount attributes", "mount_setattr(2)", "5.12"),
+        ("open_tree", "open_tree(2)", "5.2"),
+        ("move_mount", "move_mount(2)", "5.2"),
+        ("fsopen", "fsopen(2)", "5.2"),
+        ("fsmount", "fsmount(2)", "5.2"),
+    ]
+    .into_iter()
+    .find_map(|(key, call, needs)| op.contains(key).then_some((call, needs)))?;
+    let running = running.map_or("an unknown version".into(), |(a, b)| format!("{a}.{b}"));
+    Some(format!("this kernel ({running}) has no {call}, which pristine needs: Linux ≥ {needs}, and ≥ 5.12 for every feature; upgrade the kernel (Debian 12 has 6.1, Ubuntu 22.04 5.15)"))
 }
 
 /// A setup step refused for want of a privilege a container engine withholds by default.
@@ -282,6 +308,14 @@ mod tests {
         let seccomp = FakeProc::default().with("/proc/self/status", ALL_CAPS);
         let h = text(for_clone_in(&seccomp, Errno::EPERM, false));
         assert!(h.contains("--security-opt seccomp=unconfined"), "{h}");
+    }
+
+    #[test]
+    fn a_missing_system_call_names_the_kernel_it_needs() {
+        let h = missing_syscall("set mount attributes", Some((5, 10))).unwrap();
+        assert!(h.contains("(5.10) has no mount_setattr(2)") && h.contains("Linux ≥ 5.12"), "{h}");
+        assert!(missing_syscall("clone the bind source (open_tree)", None).unwrap().contains("≥ 5.2"));
+        assert_eq!(missing_syscall("mknod", Some((5, 10))), None);
     }
 
     #[test]

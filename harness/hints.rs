@@ -185,7 +185,11 @@ fn missing_syscall(op: &str, running: Option<(u32, u32)>) -> Option<String> {
     .into_iter()
     .find_map(|(key, call, needs)| op.contains(key).then_some((call, needs)))?;
     let running = running.map_or("an unknown version".into(), |(a, b)| format!("{a}.{b}"));
-    Some(format!("this kernel ({running}) has no {call}, which pristine needs: Linux ≥ {needs}, and ≥ 5.12 for every feature; upgrade the kernel (Debian 12 has 6.1, Ubuntu 22.04 5.15)"))
+    let all = match needs {
+        "5.12" => "",
+        _ => " (and ≥ 5.12 for every feature)",
+    };
+    Some(format!("this kernel ({running}) has no {call}, which pristine needs: Linux ≥ {needs}{all}; upgrade the kernel (Debian 12 has 6.1, Ubuntu 22.04 5.15)"))
 }
 
 /// A setup step refused for want of a privilege a container engine withholds by default.
@@ -313,8 +317,13 @@ mod tests {
     #[test]
     fn a_missing_system_call_names_the_kernel_it_needs() {
         let h = missing_syscall("set mount attributes", Some((5, 10))).unwrap();
-        assert!(h.contains("(5.10) has no mount_setattr(2)") && h.contains("Linux ≥ 5.12"), "{h}");
-        assert!(missing_syscall("clone the bind source (open_tree)", None).unwrap().contains("≥ 5.2"));
+        assert!(
+            h.contains("(5.10) has no mount_setattr(2)") && h.contains("Linux ≥ 5.12"),
+            "{h}"
+        );
+        assert!(missing_syscall("clone the bind source (open_tree)", None)
+            .unwrap()
+            .contains("≥ 5.2"));
         assert_eq!(missing_syscall("mknod", Some((5, 10))), None);
     }
 

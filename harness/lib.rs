@@ -77,6 +77,7 @@ pub mod diff;
 pub mod duration;
 mod error;
 pub mod hints;
+pub(crate) mod host;
 mod image;
 mod init;
 pub mod layers;

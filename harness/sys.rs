@@ -451,6 +451,10 @@ pub struct ExecRequest {
     /// Keep every capability across `exec` as ambient capabilities. Needed when the caller
     /// is mapped to a non-zero uid inside (exec by a non-root uid otherwise drops them).
     pub ambient_caps: bool,
+    /// A cgroup v2 directory to create the child in (`clone3` with `CLONE_INTO_CGROUP`,
+    /// Linux 5.7), so that it never runs outside it; where that fails, the child starts in
+    /// the caller's cgroup and its setup joins (`SetupOp::JoinCgroups`).
+    pub cgroup: Option<RawFd>,
 }
 
 /// The contents of `/proc/self/{uid_map,gid_map}` for a rootless container.
@@ -475,6 +479,9 @@ struct ExecPtrs {
 /// only async-signal-safe system calls on data prepared here — never allocation or locking,
 /// which could deadlock on a lock held by another thread of the parent at clone time.
 ///
+/// With `req.cgroup` the child is instead created in that cgroup by a fork-style `clone3`
+/// (see [`clone_exec_into_cgroup`]); it makes the same calls before exec.
+///
 /// Returns the child's pid (as seen from the caller). If the child fails before `exec`, the
 /// error names the step.
 pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
@@ -496,16 +503,56 @@ pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
     // exec closes it (close-on-exec), so EOF means "exec happened".
     let (err_r, err_w) = pipe_high()?;
     let err_fd = err_w.as_raw_fd();
-    let mut stack = vec![0u8; 64 * 1024];
 
-    let child = || -> isize { child_after_clone(req, &ptrs, err_fd) };
+    let pid = match clone_exec_into_cgroup(flags, req, &ptrs, err_fd) {
+        Some(pid) => pid,
+        None => clone_exec_vfork(flags, req, &ptrs, err_fd)?,
+    };
+    drop(err_w);
+    exec_outcome(pid, req, err_r)
+}
+
+/// [`clone_exec`]'s child created in `req.cgroup` by a fork-style `clone3` (no
+/// `CLONE_VM`: a raw `clone3` cannot give the child a stack of its own): `None` without a
+/// cgroup, or where the kernel refuses (the caller then uses the vfork-style clone).
+fn clone_exec_into_cgroup(
+    flags: CloneFlags,
+    req: &ExecRequest,
+    ptrs: &ExecPtrs,
+    err_fd: RawFd,
+) -> Option<Pid> {
+    // SAFETY: the descriptor is the caller's open cgroup directory, alive for the call.
+    let cgroup = unsafe { std::os::fd::BorrowedFd::borrow_raw(req.cgroup?) };
+    // SAFETY: like fork, the child runs on its own copy of our memory. Before exec it only
+    // makes the raw, async-signal-safe system calls of `child_after_clone` on its copies of
+    // `req` and `ptrs`, so a lock another thread held at the clone does not matter.
+    // CLONE_VFORK suspends us until it has exec'd or exited, as on the vfork-style path.
+    match unsafe { clone3_into_cgroup(flags | CloneFlags::CLONE_VFORK, cgroup) }? {
+        0 => {
+            child_after_clone(req, ptrs, err_fd);
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(127) }
+        }
+        pid => Some(Pid::from_raw(pid)),
+    }
+}
+
+/// [`clone_exec`]'s child by a vfork-style clone (`CLONE_VM | CLONE_VFORK`).
+fn clone_exec_vfork(
+    flags: CloneFlags,
+    req: &ExecRequest,
+    ptrs: &ExecPtrs,
+    err_fd: RawFd,
+) -> SysResult<Pid> {
+    let mut stack = vec![0u8; 64 * 1024];
+    let child = || -> isize { child_after_clone(req, ptrs, err_fd) };
     let all = flags | CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
     // SAFETY: `nix::sched::clone` is unsafe because the child shares our address space
     // (CLONE_VM). The child runs `child_after_clone` on its own stack (`stack`, alive until
     // the parent resumes, which CLONE_VFORK delays until the child has exec'd or exited), and
     // that function only performs raw system calls on data borrowed from `req`/`ptrs`, which
     // outlive the child's use of them for the same reason. It never returns into our frames.
-    let pid = unsafe {
+    unsafe {
         nix::sched::clone(
             Box::new(child),
             &mut stack,
@@ -513,9 +560,11 @@ pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
             Some(Signal::SIGCHLD as i32),
         )
     }
-    .map_err(|e| SysError::new("clone", None, e))?;
-    drop(err_w);
+    .map_err(|e| SysError::new("clone", None, e))
+}
 
+/// Whether [`clone_exec`]'s child `pid` exec'd: EOF on `err_r`, or the failed step.
+fn exec_outcome(pid: Pid, req: &ExecRequest, err_r: OwnedFd) -> SysResult<Pid> {
     let mut buf = [0u8; 8];
     let n = nix::unistd::read(&err_r, &mut buf).unwrap_or(0);
     if n == 8 {

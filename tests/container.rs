@@ -357,8 +357,23 @@ fn limits_cap_memory_and_processes() {
         "OOM-killed: {}",
         out.stdout_str()
     );
+    // The OOM kill is reported: from memory.events' oom_kill (v2), memory.failcnt (v1).
+    assert_eq!(out.oom_killed, Some(32 << 20), "the OOM kill is reported");
     assert_eq!(out.pids_limit_hit, None);
     assert!(cgroups_named(&out.id).is_empty(), "the cgroup is removed");
+    // The CLI says so.
+    let cli = Command::new(common::pristine_bin())
+        .args(["run", "--memory", "32m", "--store"])
+        .arg(store.path())
+        .args(["--", "python3", "-c", "b = bytearray(256 << 20)"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(137), "{stderr}");
+    assert!(
+        stderr.contains("pristine: killed: out of memory, limit 32 MiB"),
+        "{stderr}"
+    );
     // cgroup v2: the controllers pristine turned on for its containers are off again, and
     // this process is back where it was.
     assert_eq!(read(&control), control_before);

@@ -23,8 +23,18 @@ pub enum CgroupError {
     Rootless,
     /// The caller may not write its own cgroup (an ordinary user outside a delegated
     /// subtree, or a read-only `/sys/fs/cgroup` in a container).
-    #[error("resource limits need a cgroup v2 subtree delegated to this user, and {cgroup} is not writable ({source}); run the tests under `systemd-run --user --scope -p Delegate=yes -- COMMAND` (systemd's user manager delegates memory and pids), or as root; in a container, mount /sys/fs/cgroup writable (podman/docker: `--cgroupns=private` with `--privileged`, or `--security-opt unmask=/sys/fs/cgroup`)")]
+    #[error("resource limits need a cgroup v2 subtree delegated to this user, and {cgroup} is not writable ({source}); run the tests under `systemd-run --user --scope -p Delegate=yes -- COMMAND` (systemd's user manager delegates memory and pids), or as root")]
     NotWritable {
+        /// The caller's cgroup.
+        cgroup: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cgroup filesystem is mounted read-only: inside a podman or docker container
+    /// that is not `--privileged`.
+    #[error("resource limits need a writable cgroup filesystem, and {cgroup} is on a read-only mount ({source}); podman and docker mount /sys/fs/cgroup read-only in a container unless it runs with `--privileged`: run the container with `--privileged`, or leave out the memory and pids limits")]
+    ReadOnly {
         /// The caller's cgroup.
         cgroup: PathBuf,
         /// What the kernel said.
@@ -64,10 +74,16 @@ pub(crate) fn io<'a>(
     op: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
+    move |source| match source.raw_os_error() {
+        Some(libc::EROFS) => CgroupError::ReadOnly {
+            cgroup: path.parent().unwrap_or(path).to_path_buf(),
+            source,
+        },
+        _ => CgroupError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 

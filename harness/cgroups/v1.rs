@@ -1,6 +1,6 @@
 //! cgroup v1: one hierarchy per controller (`/sys/fs/cgroup/memory`, `/sys/fs/cgroup/pids`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use super::{io, remove_leftovers, write, CgroupError, CgroupManager, ContainerCgroup, Limits};
@@ -23,19 +23,24 @@ impl V1 {
 }
 
 /// Where this process's cgroup of `controller` is: the controller's mount point joined with
-/// the path `/proc/self/cgroup` gives for it.
+/// the path `/proc/self/cgroup` gives for it, less the mount's own root. Inside a container
+/// (podman or docker on cgroup v1, a host cgroup namespace) the hierarchy is mounted at the
+/// container's cgroup, e.g. root `/libpod_parent/libpod-ID` at `/sys/fs/cgroup/memory`,
+/// while `/proc/self/cgroup` still names the full path.
 fn controller_dir(controller: &str, self_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
-    let mount = mountinfo.lines().find_map(|line| {
+    let (root, mount) = mountinfo.lines().find_map(|line| {
         let (pre, post) = line.split_once(" - ")?;
         let mut post = post.split(' ');
         if post.next()? != "cgroup" {
             return None;
         }
         let opts = post.nth(1)?;
-        let target = pre.split(' ').nth(4)?;
+        let mut pre = pre.split(' ');
+        let root = pre.nth(3)?;
+        let target = pre.next()?;
         opts.split(',')
             .any(|o| o == controller)
-            .then(|| PathBuf::from(target))
+            .then(|| (root, PathBuf::from(target)))
     })?;
     let rel = self_cgroup.lines().find_map(|line| {
         let mut f = line.splitn(3, ':');
@@ -45,7 +50,11 @@ fn controller_dir(controller: &str, self_cgroup: &str, mountinfo: &str) -> Optio
             .any(|c| c == controller)
             .then(|| f.next())?
     })?;
-    Some(mount.join(rel.trim_start_matches('/')))
+    let rel = match Path::new(rel).strip_prefix(root) {
+        Ok(below) => below,
+        Err(_) => Path::new(rel.trim_start_matches('/')),
+    };
+    Some(mount.join(rel))
 }
 
 impl CgroupManager for V1 {
@@ -97,7 +106,6 @@ impl CgroupManager for V1 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn finds_nested_controller_directories() {
@@ -114,5 +122,15 @@ mod tests {
             Some(Path::new("/sys/fs/cgroup/pids").to_path_buf())
         );
         assert_eq!(controller_dir("cpu", self_cgroup, mountinfo), None);
+    }
+
+    #[test]
+    fn a_container_sees_its_own_cgroup_at_the_mount_point() {
+        let mountinfo = "106 105 0:29 /libpod_parent/libpod-f53a /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup rw,memory\n";
+        let self_cgroup = "4:memory:/libpod_parent/libpod-f53a\n";
+        assert_eq!(
+            controller_dir("memory", self_cgroup, mountinfo),
+            Some(Path::new("/sys/fs/cgroup/memory").to_path_buf())
+        );
     }
 }

@@ -181,7 +181,11 @@ fn write_control(base: &Path, value: &str) -> Result<(), CgroupError> {
 /// The error for a cgroup file the caller may not write.
 fn not_writable(base: &Path, path: &Path, e: std::io::Error) -> CgroupError {
     match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM | libc::EROFS) => CgroupError::NotWritable {
+        Some(libc::EROFS) => CgroupError::ReadOnly {
+            cgroup: base.to_path_buf(),
+            source: e,
+        },
+        Some(libc::EACCES | libc::EPERM) => CgroupError::NotWritable {
             cgroup: base.to_path_buf(),
             source: e,
         },

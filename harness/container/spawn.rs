@@ -221,7 +221,10 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
         env,
         id,
         hostname,
-        rootless: sys::effective_ids().0 != 0,
+        // Root in a user namespace other than the initial one (a rootless podman
+        // container) is treated as rootless: it cannot mknod, and the container's root has
+        // mounts (binds, volumes) that an overlay with `lowerdir=/` would hide.
+        rootless: sys::effective_ids().0 != 0 || !crate::host::in_the_initial_userns(),
     })
 }
 
@@ -399,10 +402,7 @@ impl Pipes {
 }
 
 fn start_error(source: sys::SysError, rootless: bool) -> Error {
-    let hint = match source.op == "clone" {
-        true => hints::for_clone(source.errno, rootless),
-        false => hints::Hint(None),
-    };
+    let hint = hints::for_start(source.op, source.errno, rootless);
     Error::Start { source, hint }
 }
 
@@ -537,6 +537,7 @@ fn exec_init(
     let mut fds = pipes.fds.clone();
     fds.extend([(spec_r.as_raw_fd(), 3), (pipes.report_w.as_raw_fd(), 4)]);
     pipes.child_ends.push(spec_r);
+    let cgroup = crate::cgroups::open_v2_dir(&spec.ops);
     let req = ExecRequest {
         program: cstr("init program", program)?,
         argv: vec![cstr("init program", program)?, cstr("argument", INIT_ARG)?],
@@ -544,6 +545,7 @@ fn exec_init(
         fds,
         ambient_caps: v.rootless && spec.user.is_some_and(|(u, _)| u != 0),
         id_maps,
+        cgroup: cgroup.as_ref().map(|fd| fd.as_raw_fd()),
     };
     let pid = sys::clone_exec(flags, &req).map_err(|e| start_error(e, v.rootless))?;
     Ok((pid, spec_w))

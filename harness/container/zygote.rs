@@ -49,6 +49,7 @@ fn start() -> Option<Mutex<Client>> {
         fds: vec![(theirs.as_raw_fd(), ZYGOTE_SOCKET_FD)],
         id_maps: None,
         ambient_caps: false,
+        cgroup: None,
     };
     // The zygote dies with the thread that starts it (PR_SET_PDEATHSIG is per thread), so
     // start it from a thread that lives as long as the process.

@@ -18,7 +18,12 @@ pub const DEVICES: &[(&str, u64, u64)] = &[
 ///
 /// As root the nodes are created with `mknod` (cheapest); in a user namespace `mknod` of a
 /// real device is refused, so the host's nodes are bind-mounted instead, as bubblewrap does.
+/// So they are for a root without `CAP_MKNOD` or outside the initial user namespace (a
+/// podman container, rootful or rootless: see `host::may_mknod_devices`). `devpts` gets
+/// the `tty` group only as root in the initial user namespace, where gid 5 is surely mapped.
 pub fn dev_ops(root: &Path, rootless: bool, shm_size: crate::Size) -> Vec<SetupOp> {
+    let bind_nodes = rootless || !crate::host::may_mknod_devices();
+    let tty_gid = !rootless && crate::host::in_the_initial_userns();
     let dev = root.join("dev");
     let mut ops = vec![
         SetupOp::mkdir(&dev),
@@ -29,7 +34,7 @@ pub fn dev_ops(root: &Path, rootless: bool, shm_size: crate::Size) -> Vec<SetupO
         },
     ];
     for &(name, major, minor) in DEVICES {
-        ops.push(if rootless {
+        ops.push(if bind_nodes {
             SetupOp::BindDevice {
                 source: Path::new("/dev").join(name),
                 target: dev.join(name),
@@ -45,7 +50,7 @@ pub fn dev_ops(root: &Path, rootless: bool, shm_size: crate::Size) -> Vec<SetupO
     ops.push(SetupOp::mkdir(dev.join("pts")));
     ops.push(SetupOp::Devpts {
         target: dev.join("pts"),
-        tty_gid: !rootless,
+        tty_gid,
     });
     ops.push(SetupOp::Symlink {
         target: "pts/ptmx".into(),

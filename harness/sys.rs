@@ -1209,6 +1209,37 @@ pub(crate) mod inroot;
 
 /// Sets `no_new_privs`: no `execve` grants privileges again (setuid bits and file
 /// capabilities are ignored), and a seccomp filter may be loaded without `CAP_SYS_ADMIN`.
+/// Takes this process (a container's PID 1, not a session leader) out of the caller's
+/// process group and away from the caller's controlling terminal, without a new session:
+/// `setpgid(0, 0)`, then `ioctl(TIOCNOTTY)` on `/dev/tty` if there is a terminal to leave.
+/// Afterwards `/dev/tty` fails with ENXIO here and in every process forked later, and
+/// `TIOCSTI` on the caller's terminal (e.g. inherited as stdin) needs `CAP_SYS_ADMIN`.
+/// The caller keeps its terminal: `TIOCNOTTY` by a process that does not lead its session
+/// clears its own link only.
+pub(crate) fn leave_terminal() -> SysResult<()> {
+    no_path(
+        "setpgid(0, 0)",
+        nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)),
+    )?;
+    let tty = Path::new("/dev/tty");
+    let flags = nix::fcntl::OFlag::O_RDWR
+        | nix::fcntl::OFlag::O_NOCTTY
+        | nix::fcntl::OFlag::O_NONBLOCK
+        | nix::fcntl::OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::open(tty, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // No controlling terminal (ENXIO), or one that was hung up (EIO): nothing to leave.
+        Err(Errno::ENXIO) | Err(Errno::EIO) => return Ok(()),
+        Err(e) => return Err(SysError::new("open", Some(tty), e)),
+    };
+    // SAFETY: TIOCNOTTY takes no argument; `fd` is an open terminal.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCNOTTY) };
+    match rc {
+        0 => Ok(()),
+        _ => Err(SysError::new("ioctl(TIOCNOTTY)", Some(tty), Errno::last())),
+    }
+}
+
 pub(crate) fn set_no_new_privs() -> SysResult<()> {
     no_path(
         "prctl(PR_SET_NO_NEW_PRIVS)",

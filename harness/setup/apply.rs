@@ -177,6 +177,7 @@ fn apply_one(sys: &dyn Syscall, op: &SetupOp) -> Result<(), SysError> {
         SetupOp::MaskPath { path } => sys.mask(path),
         SetupOp::ReadOnlyPath { path } => sys.read_only(path),
         SetupOp::LimitCapabilities { keep } => sys.limit_capabilities(keep),
+        SetupOp::LeaveTerminal => sys.leave_terminal(),
         SetupOp::NoNewPrivileges => sys.set_no_new_privs(),
         SetupOp::Seccomp { caps } => sys.load_seccomp(caps),
     }

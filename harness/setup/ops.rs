@@ -157,6 +157,10 @@ pub enum SetupOp {
         /// Canonical capability names, sorted.
         keep: Vec<String>,
     },
+    /// Leave the caller's process group and controlling terminal (`setpgid`, `TIOCNOTTY`):
+    /// nothing in the container can open the caller's `/dev/tty`, push input into it or
+    /// signal the caller's process group.
+    LeaveTerminal,
     /// `prctl(PR_SET_NO_NEW_PRIVS)`: setuid binaries and file capabilities grant nothing.
     NoNewPrivileges,
     /// Load Docker's default seccomp profile, opened for the capabilities in `caps`.
@@ -269,6 +273,7 @@ impl fmt::Display for SetupOp {
             SetupOp::LimitCapabilities { keep } => {
                 write!(f, "limit capabilities to {}", keep.join(","))
             }
+            SetupOp::LeaveTerminal => write!(f, "leave the caller's terminal and process group"),
             SetupOp::NoNewPrivileges => write!(f, "set no_new_privs"),
             SetupOp::Seccomp { .. } => write!(f, "load seccomp filter (Docker's default)"),
         }

@@ -207,6 +207,8 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
         name: input.hostname.to_string(),
     });
     ops.push(SetupOp::LoopbackUp);
+    // Also privileged: the caller's terminal and process group are the caller's.
+    ops.push(SetupOp::LeaveTerminal);
     if !input.privileges.privileged {
         ops.extend(confinement(input.privileges));
     }
@@ -240,9 +242,8 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
 /// capabilities (bounding set first, while `CAP_SETPCAP` is still there), `no_new_privs`,
 /// and the seccomp filter last, since it forbids what came before.
 ///
-/// No new session (`setsid`), unlike runc: with the scheduler's autogroups (on by default)
-/// each session is a task group of its own, and a container in one took 3.5–6.6 ms longer
-/// here. The filter refuses `TIOCSTI` instead, as bubblewrap does without `--new-session`.
+/// The caller's terminal is left by [`SetupOp::LeaveTerminal`], before this, rather than by
+/// a new session (`setsid`, as runc does): see README's threat model for the measurement.
 fn confinement(privileges: &Privileges) -> Vec<SetupOp> {
     let mut ops: Vec<SetupOp> = procfs::MASKED
         .iter()

@@ -59,6 +59,7 @@ pub(crate) trait Syscall {
     fn sethostname(&self, name: &str) -> SysResult<()>;
     fn loopback_up(&self) -> SysResult<()>;
     fn limit_capabilities(&self, keep: &[String]) -> SysResult<()>;
+    fn leave_terminal(&self) -> SysResult<()>;
     fn set_no_new_privs(&self) -> SysResult<()>;
     fn load_seccomp(&self, caps: &[String]) -> SysResult<()>;
     /// Whether `path` exists (not following a final symlink).
@@ -274,6 +275,10 @@ impl Syscall for Linux {
         crate::confine::caps::limit(keep)
     }
 
+    fn leave_terminal(&self) -> SysResult<()> {
+        sys::leave_terminal()
+    }
+
     fn set_no_new_privs(&self) -> SysResult<()> {
         sys::set_no_new_privs()
     }
@@ -419,6 +424,9 @@ impl Syscall for Recorder {
     }
     fn limit_capabilities(&self, keep: &[String]) -> SysResult<()> {
         self.record(format!("capabilities {}", keep.join(",")))
+    }
+    fn leave_terminal(&self) -> SysResult<()> {
+        self.record("setpgid 0 0; ioctl /dev/tty TIOCNOTTY".into())
     }
     fn set_no_new_privs(&self) -> SysResult<()> {
         self.record("prctl PR_SET_NO_NEW_PRIVS".into())

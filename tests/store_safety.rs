@@ -720,14 +720,19 @@ fn broken_pipes_end_output_quietly_and_keep_the_exit_code() {
          k=$(ls -d {store}/kept/* | head -1); \
          {bin} diff $k | head -1 >/dev/null; s2=${{PIPESTATUS[0]}}; \
          {bin} layers | head -0; s3=${{PIPESTATUS[0]}}; \
-         echo $s1 $s2 $s3",
+         {bin} store | head -0; s4=${{PIPESTATUS[0]}}; \
+         {bin} store --unmount | head -0; s5=${{PIPESTATUS[0]}}; \
+         {bin} wrap --keep-failed -- /bin/sh -c 'echo x > /f; exit 4' 2>&1 | head -0; s6=${{PIPESTATUS[0]}}; \
+         {bin} wrap --timeout 1 -- /bin/sleep 30 2>&1 | head -0; s7=${{PIPESTATUS[0]}}; \
+         echo $s1 $s2 $s3 $s4 $s5 $s6 $s7",
         bin = pristine_bin().display(),
         store = store.display()
     );
     let out = run(&mut shell("bash", &store, &script));
     let text = stdout(&out);
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
-    assert_eq!(text.lines().last(), Some("3 0 0"), "{text}");
+    // run, diff, layers, store, store --unmount, wrap (a kept failure), wrap (a timeout)
+    assert_eq!(text.lines().last(), Some("3 0 0 0 0 4 124"), "{text}");
 }
 
 /// Each bad value named in the issue gets its own clear error, before anything is created.

@@ -383,7 +383,7 @@ impl Harness {
     pub fn run(self) -> ! {
         let finished = self.execute(&Arguments::from_args());
         if let Some(s) = finished.summary() {
-            eprintln!("{s}");
+            say!("{s}");
         }
         finished.conclusion.exit()
     }
@@ -542,7 +542,7 @@ impl RunConfig {
             _ => s.keep.unwrap_or(Keep::Never),
         };
         for w in &warnings {
-            eprintln!("pristine: {w}");
+            say!("pristine: {w}");
         }
         RunConfig {
             timeout,
@@ -706,8 +706,8 @@ fn run_trial(
     let passed = out.status.success() && !out.timed_out;
     if passed {
         if config.nocapture {
-            print!("{stdout}");
-            eprint!("{}", out.stderr_str());
+            put!(std::io::stdout(), "{stdout}");
+            put!(std::io::stderr(), "{}", out.stderr_str());
         }
         return (Ok(()), Some(timing));
     }

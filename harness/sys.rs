@@ -973,17 +973,6 @@ pub(crate) mod xattr {
         }))
     }
 
-    /// Reads xattr `name` of the open file `fd`; `None` if absent.
-    pub(crate) fn fget(fd: BorrowedFd<'_>, name: &str) -> io::Result<Option<Vec<u8>>> {
-        let n = cname(name.as_bytes())?;
-        let raw = fd.as_raw_fd();
-        absent_as_none(read_value(|ptr, len| {
-            // SAFETY: `raw` is an open fd borrowed for the call; `n` is a valid
-            // C string; `ptr`/`len` describe a writable buffer or are null/0.
-            unsafe { libc::fgetxattr(raw, n.as_ptr(), ptr, len) }
-        }))
-    }
-
     /// Sets xattr `name` on `path` without following a symlink.
     pub(crate) fn lset(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
         let p = cpath(path)?;

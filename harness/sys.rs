@@ -187,26 +187,35 @@ pub fn kill(pid: i32, sig: Signal) -> SysResult<()> {
     no_path("kill", nix::sys::signal::kill(Pid::from_raw(pid), sig))
 }
 
-/// A pidfd for `pid` if it is (still) a child of `parent`: `pidfd_open`, then the parent
-/// checked in `/proc/PID/stat`. The pidfd pins the process, so once the check passes it
-/// can never signal a process that reused the pid; `None` means the child is already gone
-/// (or the kernel has no pidfds).
-pub fn pidfd_of_child(pid: i32, parent: i32) -> Option<OwnedFd> {
-    let fd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(pid)?,
-        rustix::process::PidfdFlags::empty(),
-    )
-    .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
-    let ppid: i32 = stat
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    (ppid == parent).then_some(fd)
+/// How a child ended, waited for through its pidfd (`waitid(P_PIDFD)`, Linux 5.4): never
+/// another process that reused its pid.
+pub(crate) fn wait_pidfd(pidfd: &OwnedFd) -> SysResult<nix::sys::wait::WaitStatus> {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
+    use std::os::fd::AsFd;
+    let pid = Pid::from_raw(0);
+    loop {
+        let status = match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+            Ok(Some(status)) => status,
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                return Err(SysError::new(
+                    "waitid(P_PIDFD)",
+                    None,
+                    Errno::from_raw(e.raw_os_error()),
+                ))
+            }
+        };
+        return Ok(match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) if status.exited() => nix::sys::wait::WaitStatus::Exited(pid, code),
+            (_, Some(sig)) => nix::sys::wait::WaitStatus::Signaled(
+                pid,
+                Signal::try_from(sig).unwrap_or(Signal::SIGKILL),
+                false,
+            ),
+            _ => nix::sys::wait::WaitStatus::StillAlive,
+        });
+    }
 }
 
 /// Sends `sig` to the process `pidfd` refers to (never to another one that reused its pid).
@@ -477,7 +486,7 @@ struct ExecPtrs {
 ///
 /// Returns the child's pid (as seen from the caller). If the child fails before `exec`, the
 /// error names the step.
-pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
+pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<(Pid, OwnedFd)> {
     let ptrs = ExecPtrs {
         argv: req
             .argv
@@ -498,22 +507,38 @@ pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
     let err_fd = err_w.as_raw_fd();
     let mut stack = vec![0u8; 64 * 1024];
 
-    let child = || -> isize { child_after_clone(req, &ptrs, err_fd) };
-    let all = flags | CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
-    // SAFETY: `nix::sched::clone` is unsafe because the child shares our address space
-    // (CLONE_VM). The child runs `child_after_clone` on its own stack (`stack`, alive until
-    // the parent resumes, which CLONE_VFORK delays until the child has exec'd or exited), and
-    // that function only performs raw system calls on data borrowed from `req`/`ptrs`, which
-    // outlive the child's use of them for the same reason. It never returns into our frames.
-    let pid = unsafe {
-        nix::sched::clone(
-            Box::new(child),
-            &mut stack,
-            all,
-            Some(Signal::SIGCHLD as i32),
-        )
+    let mut child = || -> isize { child_after_clone(req, &ptrs, err_fd) };
+    let mut child: &mut dyn FnMut() -> isize = &mut child;
+    extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&mut dyn FnMut` below, alive until the parent resumes.
+        let f = unsafe { &mut *(arg as *mut &mut dyn FnMut() -> isize) };
+        f() as libc::c_int
     }
-    .map_err(|e| SysError::new("clone", None, e))?;
+    let all = flags | CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: the child shares our address space (CLONE_VM). It runs `child_after_clone` on
+    // its own stack (the top of `stack`, 16-byte aligned, alive until the parent resumes,
+    // which CLONE_VFORK delays until the child has exec'd or exited), and that function only
+    // performs raw system calls on data borrowed from `req`/`ptrs`, which outlive the
+    // child's use of them for the same reason. It never returns into our frames. With
+    // CLONE_PIDFD the kernel stores the child's pidfd in `pidfd` (the `parent_tid` slot).
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            trampoline,
+            top.cast(),
+            all.bits() | libc::CLONE_PIDFD | libc::SIGCHLD,
+            (&mut child as *mut &mut dyn FnMut() -> isize).cast(),
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    if pid < 0 {
+        return Err(SysError::new("clone", None, Errno::last()));
+    }
+    // SAFETY: CLONE_PIDFD gave us this new descriptor (close-on-exec) and nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let pid = Pid::from_raw(pid);
     drop(err_w);
 
     let mut buf = [0u8; 8];
@@ -522,7 +547,7 @@ pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
         let step = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
         let errno = Errno::from_raw(i32::from_ne_bytes(buf[4..].try_into().expect("4 bytes")));
         // The child has exited with 127; reap it so no zombie stays behind.
-        let _ = nix::sys::wait::waitpid(pid, None);
+        let _ = wait_pidfd(&pidfd);
         let op = match step {
             STEP_PDEATHSIG => "prctl(PR_SET_PDEATHSIG) in the new container",
             STEP_SETGROUPS => "write /proc/self/setgroups in the new user namespace",
@@ -538,7 +563,7 @@ pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
         });
         return Err(SysError { op, path, errno });
     }
-    Ok(pid)
+    Ok((pid, pidfd))
 }
 
 const STEP_PDEATHSIG: u32 = 1;
@@ -745,8 +770,7 @@ pub(crate) unsafe fn clone_fork(
     fds: &[(RawFd, RawFd)],
     child: &mut dyn FnMut(),
     on_error: &mut dyn FnMut(&'static str, Errno),
-) -> SysResult<Pid> {
-    let mut stack = vec![0u8; 256 * 1024];
+) -> SysResult<(Pid, OwnedFd)> {
     let mut body = || -> isize {
         // SAFETY: plain system calls on live stack data, in the child.
         let failed = unsafe {
@@ -789,30 +813,79 @@ pub(crate) unsafe fn clone_fork(
         // SAFETY: as above; `child` is not expected to return.
         unsafe { libc::_exit(127) }
     };
-    if let Some(cgroup) = cgroup {
-        // SAFETY: as for `clone` below: no CLONE_VM, and the caller is single-threaded.
-        match unsafe { clone3_into_cgroup(flags, cgroup) } {
-            Some(0) => {
-                body();
-                // SAFETY: ends the child without running the parent's destructors.
-                unsafe { libc::_exit(127) }
-            }
-            Some(pid) => return Ok(Pid::from_raw(pid)),
-            None => {}
-        }
-    }
-    // SAFETY: without CLONE_VM the child gets its own copy of memory, like fork; it runs
-    // `body` on its copy of `stack`. The caller guarantees it is single-threaded, so the
+    // SAFETY: no CLONE_VM: the child gets its own copy of memory, like fork, and goes on
+    // here on its copy of this stack. The caller guarantees it is single-threaded, so the
     // child inherits no lock held by another thread and may run ordinary code.
-    unsafe {
-        nix::sched::clone(
-            Box::new(&mut body),
-            &mut stack,
-            flags,
-            Some(Signal::SIGCHLD as i32),
-        )
+    match unsafe { fork_with_pidfd(flags, cgroup) }? {
+        (0, _) => {
+            body();
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(127) }
+        }
+        (pid, Some(pidfd)) => Ok((Pid::from_raw(pid), pidfd)),
+        (_, None) => unreachable!("the parent always gets a pidfd"),
     }
-    .map_err(|e| SysError::new("clone", None, e))
+}
+
+/// A fork-style clone into new namespaces (`flags`) that hands the parent the child's pidfd
+/// from the clone itself (`CLONE_PIDFD`), so that the child can be signalled and waited
+/// for before anything could reap it (the zygote ignores SIGCHLD: the kernel reaps its
+/// children, and a pidfd opened after the clone could name another process). With
+/// `cgroup`, `clone3(CLONE_INTO_CGROUP)`; where that fails (a kernel before 5.7, a cgroup
+/// v1 directory, `clone3` filtered), the classic `clone`, which takes `CLONE_PIDFD` too
+/// (Linux 5.2). `(0, None)` in the child, `(pid, Some(pidfd))` in the parent.
+///
+/// # Safety
+/// As for `fork`: the caller must be single-threaded, and the child may only do what is
+/// safe after a fork.
+unsafe fn fork_with_pidfd(
+    flags: CloneFlags,
+    cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+) -> SysResult<(i32, Option<OwnedFd>)> {
+    let mut pidfd: libc::c_int = -1;
+    let mut pid = -1;
+    if let Some(cgroup) = cgroup {
+        let args = CloneArgs {
+            flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP | libc::CLONE_PIDFD as u64,
+            pidfd: &mut pidfd as *mut libc::c_int as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: cgroup.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: `args` is a valid `clone_args` of the size passed, alive for the call; with
+        // no stack and no CLONE_VM the child continues here on its own copy of this stack.
+        pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        } as i32;
+    }
+    if pid < 0 {
+        let all = flags.bits() as libc::c_ulong
+            | libc::CLONE_PIDFD as libc::c_ulong
+            | libc::SIGCHLD as libc::c_ulong;
+        // SAFETY: x86_64 and aarch64 argument order (flags, stack, parent_tid, child_tid,
+        // tls); a null stack makes it a fork, the child going on here on its own copy of
+        // this stack; CLONE_PIDFD stores the pidfd at `parent_tid`.
+        pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                all,
+                std::ptr::null_mut::<libc::c_void>(),
+                &mut pidfd as *mut libc::c_int,
+                std::ptr::null_mut::<libc::c_int>(),
+                0 as libc::c_ulong,
+            )
+        } as i32;
+    }
+    match pid {
+        p if p < 0 => Err(SysError::new("clone", None, Errno::last())),
+        0 => Ok((0, None)),
+        // SAFETY: CLONE_PIDFD gave us this new descriptor, close-on-exec, owned by nobody else.
+        p => Ok((p, Some(unsafe { OwnedFd::from_raw_fd(pidfd) }))),
+    }
 }
 
 /// `struct clone_args` of `clone3(2)` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
@@ -834,35 +907,6 @@ struct CloneArgs {
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// A fork-style `clone3` that creates the child in `cgroup`: `Some(0)` in the child,
-/// `Some(pid)` in the parent, `None` if it failed (a kernel before 5.7, a cgroup v1
-/// directory, `clone3` filtered by seccomp, …): the caller then clones the old way.
-///
-/// # Safety
-/// As for `fork`: the caller must be single-threaded, and the child may only do what is
-/// safe after a fork.
-unsafe fn clone3_into_cgroup(
-    flags: CloneFlags,
-    cgroup: std::os::fd::BorrowedFd<'_>,
-) -> Option<i32> {
-    let args = CloneArgs {
-        flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: `args` is a valid `clone_args` of the size passed, alive for the call; with
-    // no stack and no CLONE_VM the child continues here on its own copy of this stack.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    (r >= 0).then_some(r as i32)
-}
 
 /// Writes `data` to a procfs file in a single `write(2)`, as the id-map files require.
 ///
@@ -1240,25 +1284,28 @@ pub(crate) fn set_no_new_privs() -> SysResult<()> {
 mod tests {
     use super::*;
 
-    /// A pidfd is given only for a live child of the named parent, and signals that process.
+    /// A child comes with its pidfd from the clone itself; it is signalled and reaped
+    /// through it, and once reaped the pidfd reaches no other process.
     #[test]
-    fn pidfds_only_for_children_of_the_parent() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        assert!(pidfd_of_child(pid, 1).is_none(), "not init's child");
-        let fd = pidfd_of_child(pid, std::process::id() as i32).expect("our child");
-        pidfd_signal(&fd, Signal::SIGKILL).unwrap();
-        let status = child.wait().unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(libc::SIGKILL));
-        // Reaped: the pidfd still names that process, which is gone; no other gets it.
+    fn children_are_signalled_and_reaped_through_their_pidfd() {
+        let req = ExecRequest {
+            program: c"/bin/sleep".into(),
+            argv: vec![c"sleep".into(), c"60".into()],
+            envp: Vec::new(),
+            fds: Vec::new(),
+            id_maps: None,
+            ambient_caps: false,
+        };
+        let (_pid, pidfd) = clone_exec(CloneFlags::empty(), &req).unwrap();
+        pidfd_signal(&pidfd, Signal::SIGKILL).unwrap();
         assert_eq!(
-            pidfd_signal(&fd, Signal::SIGKILL).unwrap_err().errno,
+            wait_pidfd(&pidfd).unwrap(),
+            nix::sys::wait::WaitStatus::Signaled(Pid::from_raw(0), Signal::SIGKILL, false)
+        );
+        assert_eq!(
+            pidfd_signal(&pidfd, Signal::SIGKILL).unwrap_err().errno,
             Errno::ESRCH
         );
-        assert!(pidfd_of_child(pid, std::process::id() as i32).is_none());
+        assert_eq!(wait_pidfd(&pidfd).unwrap_err().errno, Errno::ECHILD);
     }
 }

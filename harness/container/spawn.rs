@@ -209,6 +209,9 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
         .clone()
         .unwrap_or_else(|| format!("pristine-{id}"));
     check_limits(c, &hostname)?;
+    if let (Upper::Tmpfs(size), true) = (&c.upper, c.keep != Keep::Never) {
+        return Err(ConfigError::UpperSizeNotEnforced { size: *size }.into());
+    }
     let mut privileges = c.privileges.clone();
     for cap in &mut privileges.cap_add {
         *cap = crate::confine::parse_capability(cap)
@@ -255,11 +258,14 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
     };
     let upper = match (&cdir, &own_upper, &c.upper) {
         (Some(d), _, _) => UpperPlacement::Disk {
+            beneath: store.root().to_path_buf(),
             upper: d.upper(),
             work: d.work(),
             volatile: true,
         },
         (None, Some(own), _) => UpperPlacement::Disk {
+            // Canonical: its work directory is beside it.
+            beneath: own.upper.parent().unwrap_or(Path::new("/")).to_path_buf(),
             upper: own.upper.clone(),
             work: own.work.clone(),
             volatile: false,

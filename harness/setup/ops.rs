@@ -50,6 +50,9 @@ pub enum SetupOp {
         upper: PathBuf,
         /// Overlay work directory, on the same filesystem as `upper`.
         work: PathBuf,
+        /// `upper` and `work` are opened from here without following a symlink, and
+        /// overlayfs gets their descriptors (see `sys::inroot::DirBeneath`).
+        beneath: PathBuf,
         /// Use `user.overlay.*` xattrs (required inside a user namespace).
         userxattr: bool,
         /// Mount `nosuid,nodev` (every container but a privileged one).
@@ -203,6 +206,7 @@ impl fmt::Display for SetupOp {
                 lowers,
                 upper,
                 work,
+                beneath: _,
                 userxattr,
                 nosuid,
                 volatile,

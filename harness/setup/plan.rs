@@ -54,6 +54,8 @@ pub(crate) enum UpperPlacement {
     },
     /// On disk, in the container's own runtime directory.
     Disk {
+        /// The directory `upper` and `work` are below, reached from it without symlinks.
+        beneath: PathBuf,
         /// Upper directory.
         upper: PathBuf,
         /// Work directory (same filesystem as `upper`).
@@ -94,6 +96,10 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             (upper.clone(), work.clone(), crate::Size::mib(1))
         }
     };
+    let beneath = match input.upper {
+        UpperPlacement::Tmpfs { .. } => base.to_path_buf(),
+        UpperPlacement::Disk { beneath, .. } => beneath.clone(),
+    };
     // A confined container honours no setuid bit and opens no device node outside /dev.
     let nosuid = !input.privileges.privileged;
     let volatile = matches!(input.upper, UpperPlacement::Disk { volatile: true, .. });
@@ -122,6 +128,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             lowers: lowers.clone(),
             upper: upper.clone(),
             work: work.clone(),
+            beneath: beneath.clone(),
             userxattr: input.rootless,
             nosuid,
             volatile,
@@ -144,6 +151,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 lowers,
                 upper: upper.clone(),
                 work: work.clone(),
+                beneath: beneath.clone(),
                 userxattr: input.rootless,
                 nosuid,
                 volatile,
@@ -172,6 +180,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 base,
                 upper: &upper,
                 work: &work,
+                beneath: &beneath,
                 root: &root,
                 layers,
                 nested: &nested,
@@ -269,6 +278,8 @@ struct HostDirs<'a> {
     base: &'a Path,
     upper: &'a Path,
     work: &'a Path,
+    /// Where `upper` and `work` are opened from without symlinks.
+    beneath: &'a Path,
     root: &'a Path,
     /// Layers over the host root, uppermost first.
     layers: &'a [PathBuf],
@@ -322,6 +333,7 @@ impl HostDirs<'_> {
                         lowers,
                         upper: self.upper.join(&rel_name),
                         work: self.work.join(&rel_name),
+                        beneath: self.beneath.to_path_buf(),
                         userxattr: self.userxattr,
                         nosuid: self.nosuid,
                         volatile: self.volatile,
@@ -406,6 +418,7 @@ impl HostDirs<'_> {
             lowers,
             upper: self.upper.join(rel),
             work: self.work.join(rel),
+            beneath: self.beneath.to_path_buf(),
             userxattr: self.userxattr,
             nosuid: self.nosuid,
             volatile: self.volatile,
@@ -655,6 +668,7 @@ mod tests {
             layers: vec![],
         };
         let upper = UpperPlacement::Disk {
+            beneath: "/store".into(),
             upper: "/store/containers/x/upper".into(),
             work: "/store/containers/x/work".into(),
             volatile: false,

@@ -859,3 +859,30 @@ fn containers_in_two_pid_namespaces_get_distinct_ids() {
 fn rootless_mode_passes_too() {
     common::rerun_as_nobody("rootless_mode_passes_too");
 }
+
+/// The library, not only the CLI, refuses a size it cannot enforce: a sized tmpfs upper
+/// that is also to be kept (keeping puts the upper layer on disk, unsized) is a typed
+/// error, and nothing is created.
+#[test]
+fn a_sized_upper_that_would_be_kept_is_refused_by_the_library() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s");
+    for keep in [pristine::Keep::OnFailure, pristine::Keep::Always] {
+        let err = pristine::Container::new(pristine::Image::host())
+            .store(&store)
+            .upper(pristine::Upper::Tmpfs(pristine::Size::mib(64)))
+            .keep(keep)
+            .run(["true"])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                pristine::Error::Config(pristine::ConfigError::UpperSizeNotEnforced { size })
+                    if size == pristine::Size::mib(64)
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("at most 64 MiB"), "{err}");
+        assert!(!store.exists(), "the refusal created the store");
+    }
+}

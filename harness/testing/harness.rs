@@ -541,6 +541,19 @@ impl RunConfig {
             },
             _ => s.keep.unwrap_or(Keep::Never),
         };
+        // A sized tmpfs upper cannot be kept (keeping puts it on disk, unsized): the size,
+        // which the harness's author chose, wins over the environment's wish to keep.
+        let keep = match (&s.upper, keep) {
+            (Some(Upper::Tmpfs(size)), k) if k != Keep::Never && s.keep.is_none() => {
+                warnings.push(format!(
+                    "not keeping failed tests' upper layers ({KEEP_ENV}): this harness's upper \
+                     layer is a tmpfs of at most {size} (Harness::upper), and a kept one would \
+                     be on disk without that limit"
+                ));
+                Keep::Never
+            }
+            (_, k) => k,
+        };
         for w in &warnings {
             say!("pristine: {w}");
         }

@@ -591,3 +591,67 @@ fn unknown_capabilities_are_a_clear_error() {
 fn rootless_mode_passes_too() {
     common::rerun_as_nobody("rootless_mode_passes_too");
 }
+
+/// `pristine shell` on a terminal (a pty from `script`): the shell reads and answers it,
+/// Ctrl-C (the terminal's SIGINT, which pristine and PID 1 pass on to the command's process
+/// group) interrupts the command the shell runs, and the shell's exit status comes back.
+#[test]
+fn pristine_shell_on_a_terminal_is_interactive_and_ctrl_c_interrupts_its_command() {
+    use std::io::{Read, Write};
+    let f = Fixture::new();
+    let command = format!(
+        "exec {bin} shell host --store {store}",
+        bin = common::pristine_bin().display(),
+        store = f.store.path().display(),
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script (util-linux), which gives the shell a pty");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    // Waits for `marker` in the output (a guard against hanging, not a timing assertion).
+    let wait_for = |marker: &str| {
+        for _ in 0..600 {
+            if seen.lock().unwrap().contains(marker) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{marker:?} never came: {}", seen.lock().unwrap());
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    // `$((…))` so that the terminal's echo of the input is not mistaken for the answer.
+    stdin.write_all(b"echo ready-$((1+1))\n").unwrap();
+    wait_for("ready-2");
+    stdin
+        .write_all(b"echo started-$((2+2)); sleep 600; echo slept-$((3+3))\n")
+        .unwrap();
+    wait_for("started-4");
+    stdin.write_all(b"\x03").unwrap();
+    stdin.write_all(b"echo after-$((4+4))-$?\n").unwrap();
+    wait_for("after-8-130");
+    stdin.write_all(b"exit 7\n").unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let text = seen.lock().unwrap().clone();
+    assert!(!text.contains("slept-6"), "{text}");
+    assert_eq!(status.code(), Some(7), "{text}");
+}

@@ -866,9 +866,10 @@ unsafe fn fork_with_pidfd(
         let all = flags.bits() as libc::c_ulong
             | libc::CLONE_PIDFD as libc::c_ulong
             | libc::SIGCHLD as libc::c_ulong;
-        // SAFETY: x86_64 and aarch64 argument order (flags, stack, parent_tid, child_tid,
-        // tls); a null stack makes it a fork, the child going on here on its own copy of
-        // this stack; CLONE_PIDFD stores the pidfd at `parent_tid`.
+        // SAFETY: `clone(flags, stack, parent_tid, …)`, the first three arguments alike on
+        // x86_64 and aarch64 (the last two, null here, differ in order); a null stack makes
+        // it a fork, the child going on here on its own copy of this stack; CLONE_PIDFD
+        // stores the pidfd at `parent_tid`.
         pid = unsafe {
             libc::syscall(
                 libc::SYS_clone,

@@ -564,6 +564,7 @@ fn fuzz_recipes(store: &Path, dir: &Path, rng: &mut Rng) {
         "base = \"host\"\n[[layer]]\nname = VALUE\n",
         "base = \"host\"\n[[layer]]\nname = \"l\"\ntimeout = VALUE\n",
         "base = \"host\"\n[[layer]]\nname = \"l\"\nkeep_setuid = VALUE\n",
+        "base = \"host\"\n[[layer]]\nname = \"l\"\nmax_size = VALUE\n",
         "base = \"host\"\n[[layer]]\nname = \"l\"\n[[layer.step]]\nrun = { argv = [VALUE] }\n",
         "base = \"host\"\n[[layer]]\nname = \"l\"\n[[layer.step]]\nrun = { argv = [\"true\"], workdir = VALUE }\n",
         "base = \"host\"\n[[layer]]\nname = \"l\"\n[[layer.step]]\nrun = { argv = [\"true\"], user = VALUE }\n",
@@ -885,4 +886,39 @@ fn a_sized_upper_that_would_be_kept_is_refused_by_the_library() {
         assert!(err.to_string().contains("at most 64 MiB"), "{err}");
         assert!(!store.exists(), "the refusal created the store");
     }
+}
+
+/// A layer is bounded (`max_size`, default 16 GiB): a step that leaves it larger fails the
+/// build with an error naming the layer, the limit and how to raise it, and nothing is
+/// published; with the limit raised the same layer builds.
+#[test]
+fn a_layer_larger_than_its_bound_fails_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s");
+    let recipe = tmp.path().join("r.toml");
+    let layer = |max: &str| {
+        format!(
+            "name = \"big\"\nbase = \"host\"\n[[layer]]\nname = \"big\"\nmax_size = \"{max}\"\n\
+             [[layer.step]]\nrun = {{ argv = [\"sh\", \"-c\", \"mkdir -p /srv && head -c 3145728 /dev/urandom > /srv/big\"] }}\n"
+        )
+    };
+    std::fs::write(&recipe, layer("1m")).unwrap();
+    let out = run(cli(&store).args(["build"]).arg(&recipe));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("layer \"big\": after step 1"), "{err}");
+    assert!(err.contains("more than its limit of 1 MiB"), "{err}");
+    assert!(err.contains("max_size"), "{err}");
+    assert!(
+        staging_entries(&store).is_empty(),
+        "a refused layer leaves no staging"
+    );
+    let published = std::fs::read_dir(store.join("layers"))
+        .map(|d| d.flatten().any(|e| e.path().join("root/srv/big").exists()))
+        .unwrap_or(false);
+    assert!(!published, "the oversized layer was published");
+    std::fs::write(&recipe, layer("8m")).unwrap();
+    let out = run(cli(&store).args(["build"]).arg(&recipe));
+    assert!(out.status.success(), "{}", stderr(&out));
+    newest_layer_with(&store, "srv/big");
 }

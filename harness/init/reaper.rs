@@ -130,7 +130,10 @@ fn wait_loop(child: Pid, mask: &SigSet) -> Ended {
     loop {
         let Ok(sig) = mask.wait() else { continue };
         if sig != Signal::SIGCHLD {
-            let _ = sys::kill(forward_target(child, sig), sig);
+            // The command may have left its group (`setsid`): then it gets the signal alone.
+            if sys::kill(forward_target(child, sig), sig).is_err() {
+                let _ = sys::kill(child.as_raw(), sig);
+            }
             continue;
         }
         // Reap everything that has exited: the command, and orphans re-parented to us.

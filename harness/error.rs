@@ -19,6 +19,19 @@ pub enum ConfigError {
     /// The command is empty.
     #[error("no command given: pass the program to run inside the container")]
     EmptyCommand,
+    /// A sized tmpfs upper layer was asked for together with keeping it, which puts the
+    /// upper layer on disk in the store, where pristine cannot limit its size: refused
+    /// rather than silently left unlimited.
+    #[error(
+        "an upper layer of at most {} (Upper::Tmpfs) cannot be kept: keeping puts it on \
+         disk in the store, where pristine cannot limit its size; use Keep::Never with a \
+         sized upper layer, or keep one of the default size (Upper::Auto or Upper::Disk)",
+        crate::size::human(size.get())
+    )]
+    UpperSizeNotEnforced {
+        /// The size asked for.
+        size: crate::Size,
+    },
     /// A command, argument or environment entry cannot be passed to the kernel.
     #[error("{what} {value:?} contains a NUL byte or is not valid UTF-8")]
     BadString {

@@ -57,11 +57,6 @@ fn for_start_in(proc: &dyn Proc, op: &str, errno: Errno, rootless: bool) -> Hint
     }
 }
 
-/// Why creating a container's namespaces failed.
-pub fn for_clone(errno: Errno, rootless: bool) -> Hint {
-    for_clone_in(&RealProc, errno, rootless)
-}
-
 fn for_clone_in(proc: &dyn Proc, errno: Errno, rootless: bool) -> Hint {
     let denied = matches!(errno, Errno::EPERM | Errno::EACCES);
     if !rootless {

@@ -76,7 +76,7 @@ mod container;
 pub mod diff;
 pub mod duration;
 mod error;
-pub mod hints;
+pub(crate) mod hints;
 pub(crate) mod host;
 mod image;
 mod init;
@@ -90,7 +90,7 @@ pub mod store;
 pub(crate) mod sys;
 pub mod testing;
 pub(crate) mod userns;
-pub mod whiteout;
+pub(crate) mod whiteout;
 
 pub use confine::parse_capability;
 pub use container::{

@@ -522,18 +522,25 @@ fn images(store: &Store) -> Result<(), Listing> {
 
 fn store_command(arg: &StoreArg, mount: bool, unmount: bool) -> ExitCode {
     let location = arg.dir.clone().unwrap_or_else(Store::default_location);
+    // A closed stdout (`pristine store | head -0`) ends the output, not the command: its
+    // work is done by then, and the exit code says how it went.
     if unmount {
         return match Store::unmount_image(&location) {
             Ok(true) => {
-                println!("unmounted {}", location.join("reflink").display());
+                let path = location.join("reflink");
+                let _ = writeln!(std::io::stdout().lock(), "unmounted {}", path.display());
                 ExitCode::SUCCESS
             }
             Ok(false) => {
-                println!("no reflink image of {} is mounted", location.display());
+                let path = location.display();
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "no reflink image of {path} is mounted"
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                say!("error: {e}");
                 ExitCode::from(1)
             }
         };
@@ -544,7 +551,8 @@ fn store_command(arg: &StoreArg, mount: bool, unmount: bool) -> ExitCode {
     };
     match opened {
         Ok(s) => {
-            print!("{}", pristine::store::describe(&s));
+            let text = pristine::store::describe(&s);
+            let _ = write!(std::io::stdout().lock(), "{text}");
             ExitCode::SUCCESS
         }
         Err(e) => fail(&BuildError::from(e), 1),

@@ -187,26 +187,35 @@ pub fn kill(pid: i32, sig: Signal) -> SysResult<()> {
     no_path("kill", nix::sys::signal::kill(Pid::from_raw(pid), sig))
 }
 
-/// A pidfd for `pid` if it is (still) a child of `parent`: `pidfd_open`, then the parent
-/// checked in `/proc/PID/stat`. The pidfd pins the process, so once the check passes it
-/// can never signal a process that reused the pid; `None` means the child is already gone
-/// (or the kernel has no pidfds).
-pub fn pidfd_of_child(pid: i32, parent: i32) -> Option<OwnedFd> {
-    let fd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(pid)?,
-        rustix::process::PidfdFlags::empty(),
-    )
-    .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
-    let ppid: i32 = stat
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    (ppid == parent).then_some(fd)
+/// How a child ended, waited for through its pidfd (`waitid(P_PIDFD)`, Linux 5.4): never
+/// another process that reused its pid.
+pub(crate) fn wait_pidfd(pidfd: &OwnedFd) -> SysResult<nix::sys::wait::WaitStatus> {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
+    use std::os::fd::AsFd;
+    let pid = Pid::from_raw(0);
+    loop {
+        let status = match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+            Ok(Some(status)) => status,
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                return Err(SysError::new(
+                    "waitid(P_PIDFD)",
+                    None,
+                    Errno::from_raw(e.raw_os_error()),
+                ))
+            }
+        };
+        return Ok(match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) if status.exited() => nix::sys::wait::WaitStatus::Exited(pid, code),
+            (_, Some(sig)) => nix::sys::wait::WaitStatus::Signaled(
+                pid,
+                Signal::try_from(sig).unwrap_or(Signal::SIGKILL),
+                false,
+            ),
+            _ => nix::sys::wait::WaitStatus::StillAlive,
+        });
+    }
 }
 
 /// Sends `sig` to the process `pidfd` refers to (never to another one that reused its pid).
@@ -484,7 +493,7 @@ struct ExecPtrs {
 ///
 /// Returns the child's pid (as seen from the caller). If the child fails before `exec`, the
 /// error names the step.
-pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
+pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<(Pid, OwnedFd)> {
     let ptrs = ExecPtrs {
         argv: req
             .argv
@@ -504,74 +513,116 @@ pub fn clone_exec(flags: CloneFlags, req: &ExecRequest) -> SysResult<Pid> {
     let (err_r, err_w) = pipe_high()?;
     let err_fd = err_w.as_raw_fd();
 
-    let pid = match clone_exec_into_cgroup(flags, req, &ptrs, err_fd) {
-        Some(pid) => pid,
+    let (pid, pidfd) = match clone_exec_into_cgroup(flags, req, &ptrs, err_fd) {
+        Some(child) => child,
         None => clone_exec_vfork(flags, req, &ptrs, err_fd)?,
     };
     drop(err_w);
-    exec_outcome(pid, req, err_r)
+    exec_outcome(pid, pidfd, req, err_r)
 }
 
 /// [`clone_exec`]'s child created in `req.cgroup` by a fork-style `clone3` (no
-/// `CLONE_VM`: a raw `clone3` cannot give the child a stack of its own): `None` without a
-/// cgroup, or where the kernel refuses (the caller then uses the vfork-style clone).
+/// `CLONE_VM`: a raw `clone3` cannot give the child a stack of its own), with its pidfd
+/// from the clone itself: `None` without a cgroup, or where the kernel refuses (the caller
+/// then uses the vfork-style clone).
 fn clone_exec_into_cgroup(
     flags: CloneFlags,
     req: &ExecRequest,
     ptrs: &ExecPtrs,
     err_fd: RawFd,
-) -> Option<Pid> {
+) -> Option<(Pid, OwnedFd)> {
     // SAFETY: the descriptor is the caller's open cgroup directory, alive for the call.
     let cgroup = unsafe { std::os::fd::BorrowedFd::borrow_raw(req.cgroup?) };
-    // SAFETY: like fork, the child runs on its own copy of our memory. Before exec it only
-    // makes the raw, async-signal-safe system calls of `child_after_clone` on its copies of
-    // `req` and `ptrs`, so a lock another thread held at the clone does not matter.
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: (flags | CloneFlags::CLONE_VFORK).bits() as u32 as u64
+            | CLONE_INTO_CGROUP
+            | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid `clone_args` of the size passed, alive for the call. Like
+    // fork, the child runs on its own copy of our memory (no stack, no CLONE_VM). Before exec
+    // it only makes the raw, async-signal-safe system calls of `child_after_clone` on its
+    // copies of `req` and `ptrs`, so a lock another thread held at the clone does not matter.
     // CLONE_VFORK suspends us until it has exec'd or exited, as on the vfork-style path.
-    match unsafe { clone3_into_cgroup(flags | CloneFlags::CLONE_VFORK, cgroup) }? {
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match pid {
+        p if p < 0 => None,
         0 => {
             child_after_clone(req, ptrs, err_fd);
             // SAFETY: ends the child without running the parent's destructors.
             unsafe { libc::_exit(127) }
         }
-        pid => Some(Pid::from_raw(pid)),
+        // SAFETY: CLONE_PIDFD gave us this new descriptor, close-on-exec, owned by nobody else.
+        p => Some((Pid::from_raw(p as i32), unsafe { OwnedFd::from_raw_fd(pidfd) })),
     }
 }
 
-/// [`clone_exec`]'s child by a vfork-style clone (`CLONE_VM | CLONE_VFORK`).
+/// [`clone_exec`]'s child by a vfork-style clone (`CLONE_VM | CLONE_VFORK`), with its
+/// pidfd from the clone itself (`CLONE_PIDFD`).
 fn clone_exec_vfork(
     flags: CloneFlags,
     req: &ExecRequest,
     ptrs: &ExecPtrs,
     err_fd: RawFd,
-) -> SysResult<Pid> {
+) -> SysResult<(Pid, OwnedFd)> {
     let mut stack = vec![0u8; 64 * 1024];
-    let child = || -> isize { child_after_clone(req, ptrs, err_fd) };
-    let all = flags | CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
-    // SAFETY: `nix::sched::clone` is unsafe because the child shares our address space
-    // (CLONE_VM). The child runs `child_after_clone` on its own stack (`stack`, alive until
-    // the parent resumes, which CLONE_VFORK delays until the child has exec'd or exited), and
-    // that function only performs raw system calls on data borrowed from `req`/`ptrs`, which
-    // outlive the child's use of them for the same reason. It never returns into our frames.
-    unsafe {
-        nix::sched::clone(
-            Box::new(child),
-            &mut stack,
-            all,
-            Some(Signal::SIGCHLD as i32),
-        )
+    let mut child = || -> isize { child_after_clone(req, ptrs, err_fd) };
+    let mut child: &mut dyn FnMut() -> isize = &mut child;
+    extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&mut dyn FnMut` below, alive until the parent resumes.
+        let f = unsafe { &mut *(arg as *mut &mut dyn FnMut() -> isize) };
+        f() as libc::c_int
     }
-    .map_err(|e| SysError::new("clone", None, e))
+    let all = flags | CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: the child shares our address space (CLONE_VM). It runs `child_after_clone` on
+    // its own stack (the top of `stack`, 16-byte aligned, alive until the parent resumes,
+    // which CLONE_VFORK delays until the child has exec'd or exited), and that function only
+    // performs raw system calls on data borrowed from `req`/`ptrs`, which outlive the
+    // child's use of them for the same reason. It never returns into our frames. With
+    // CLONE_PIDFD the kernel stores the child's pidfd in `pidfd` (the `parent_tid` slot).
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            trampoline,
+            top.cast(),
+            all.bits() | libc::CLONE_PIDFD | libc::SIGCHLD,
+            (&mut child as *mut &mut dyn FnMut() -> isize).cast(),
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    if pid < 0 {
+        return Err(SysError::new("clone", None, Errno::last()));
+    }
+    // SAFETY: CLONE_PIDFD gave us this new descriptor (close-on-exec) and nothing else owns it.
+    Ok((Pid::from_raw(pid), unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
 /// Whether [`clone_exec`]'s child `pid` exec'd: EOF on `err_r`, or the failed step.
-fn exec_outcome(pid: Pid, req: &ExecRequest, err_r: OwnedFd) -> SysResult<Pid> {
+fn exec_outcome(
+    pid: Pid,
+    pidfd: OwnedFd,
+    req: &ExecRequest,
+    err_r: OwnedFd,
+) -> SysResult<(Pid, OwnedFd)> {
     let mut buf = [0u8; 8];
     let n = nix::unistd::read(&err_r, &mut buf).unwrap_or(0);
     if n == 8 {
         let step = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
         let errno = Errno::from_raw(i32::from_ne_bytes(buf[4..].try_into().expect("4 bytes")));
         // The child has exited with 127; reap it so no zombie stays behind.
-        let _ = nix::sys::wait::waitpid(pid, None);
+        let _ = wait_pidfd(&pidfd);
         let op = match step {
             STEP_PDEATHSIG => "prctl(PR_SET_PDEATHSIG) in the new container",
             STEP_SETGROUPS => "write /proc/self/setgroups in the new user namespace",
@@ -587,7 +638,7 @@ fn exec_outcome(pid: Pid, req: &ExecRequest, err_r: OwnedFd) -> SysResult<Pid> {
         });
         return Err(SysError { op, path, errno });
     }
-    Ok(pid)
+    Ok((pid, pidfd))
 }
 
 const STEP_PDEATHSIG: u32 = 1;
@@ -794,8 +845,7 @@ pub(crate) unsafe fn clone_fork(
     fds: &[(RawFd, RawFd)],
     child: &mut dyn FnMut(),
     on_error: &mut dyn FnMut(&'static str, Errno),
-) -> SysResult<Pid> {
-    let mut stack = vec![0u8; 256 * 1024];
+) -> SysResult<(Pid, OwnedFd)> {
     let mut body = || -> isize {
         // SAFETY: plain system calls on live stack data, in the child.
         let failed = unsafe {
@@ -838,30 +888,80 @@ pub(crate) unsafe fn clone_fork(
         // SAFETY: as above; `child` is not expected to return.
         unsafe { libc::_exit(127) }
     };
-    if let Some(cgroup) = cgroup {
-        // SAFETY: as for `clone` below: no CLONE_VM, and the caller is single-threaded.
-        match unsafe { clone3_into_cgroup(flags, cgroup) } {
-            Some(0) => {
-                body();
-                // SAFETY: ends the child without running the parent's destructors.
-                unsafe { libc::_exit(127) }
-            }
-            Some(pid) => return Ok(Pid::from_raw(pid)),
-            None => {}
-        }
-    }
-    // SAFETY: without CLONE_VM the child gets its own copy of memory, like fork; it runs
-    // `body` on its copy of `stack`. The caller guarantees it is single-threaded, so the
+    // SAFETY: no CLONE_VM: the child gets its own copy of memory, like fork, and goes on
+    // here on its copy of this stack. The caller guarantees it is single-threaded, so the
     // child inherits no lock held by another thread and may run ordinary code.
-    unsafe {
-        nix::sched::clone(
-            Box::new(&mut body),
-            &mut stack,
-            flags,
-            Some(Signal::SIGCHLD as i32),
-        )
+    match unsafe { fork_with_pidfd(flags, cgroup) }? {
+        (0, _) => {
+            body();
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(127) }
+        }
+        (pid, Some(pidfd)) => Ok((Pid::from_raw(pid), pidfd)),
+        (_, None) => unreachable!("the parent always gets a pidfd"),
     }
-    .map_err(|e| SysError::new("clone", None, e))
+}
+
+/// A fork-style clone into new namespaces (`flags`) that hands the parent the child's pidfd
+/// from the clone itself (`CLONE_PIDFD`), so that the child can be signalled and waited
+/// for before anything could reap it (the zygote ignores SIGCHLD: the kernel reaps its
+/// children, and a pidfd opened after the clone could name another process). With
+/// `cgroup`, `clone3(CLONE_INTO_CGROUP)`; where that fails (a kernel before 5.7, a cgroup
+/// v1 directory, `clone3` filtered), the classic `clone`, which takes `CLONE_PIDFD` too
+/// (Linux 5.2). `(0, None)` in the child, `(pid, Some(pidfd))` in the parent.
+///
+/// # Safety
+/// As for `fork`: the caller must be single-threaded, and the child may only do what is
+/// safe after a fork.
+unsafe fn fork_with_pidfd(
+    flags: CloneFlags,
+    cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+) -> SysResult<(i32, Option<OwnedFd>)> {
+    let mut pidfd: libc::c_int = -1;
+    let mut pid = -1;
+    if let Some(cgroup) = cgroup {
+        let args = CloneArgs {
+            flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP | libc::CLONE_PIDFD as u64,
+            pidfd: &mut pidfd as *mut libc::c_int as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: cgroup.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: `args` is a valid `clone_args` of the size passed, alive for the call; with
+        // no stack and no CLONE_VM the child continues here on its own copy of this stack.
+        pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        } as i32;
+    }
+    if pid < 0 {
+        let all = flags.bits() as libc::c_ulong
+            | libc::CLONE_PIDFD as libc::c_ulong
+            | libc::SIGCHLD as libc::c_ulong;
+        // SAFETY: `clone(flags, stack, parent_tid, …)`, the first three arguments alike on
+        // x86_64 and aarch64 (the last two, null here, differ in order); a null stack makes
+        // it a fork, the child going on here on its own copy of this stack; CLONE_PIDFD
+        // stores the pidfd at `parent_tid`.
+        pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                all,
+                std::ptr::null_mut::<libc::c_void>(),
+                &mut pidfd as *mut libc::c_int,
+                std::ptr::null_mut::<libc::c_int>(),
+                0 as libc::c_ulong,
+            )
+        } as i32;
+    }
+    match pid {
+        p if p < 0 => Err(SysError::new("clone", None, Errno::last())),
+        0 => Ok((0, None)),
+        // SAFETY: CLONE_PIDFD gave us this new descriptor, close-on-exec, owned by nobody else.
+        p => Ok((p, Some(unsafe { OwnedFd::from_raw_fd(pidfd) }))),
+    }
 }
 
 /// `struct clone_args` of `clone3(2)` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
@@ -883,35 +983,6 @@ struct CloneArgs {
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// A fork-style `clone3` that creates the child in `cgroup`: `Some(0)` in the child,
-/// `Some(pid)` in the parent, `None` if it failed (a kernel before 5.7, a cgroup v1
-/// directory, `clone3` filtered by seccomp, …): the caller then clones the old way.
-///
-/// # Safety
-/// As for `fork`: the caller must be single-threaded, and the child may only do what is
-/// safe after a fork.
-unsafe fn clone3_into_cgroup(
-    flags: CloneFlags,
-    cgroup: std::os::fd::BorrowedFd<'_>,
-) -> Option<i32> {
-    let args = CloneArgs {
-        flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: `args` is a valid `clone_args` of the size passed, alive for the call; with
-    // no stack and no CLONE_VM the child continues here on its own copy of this stack.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    (r >= 0).then_some(r as i32)
-}
 
 /// Writes `data` to a procfs file in a single `write(2)`, as the id-map files require.
 ///
@@ -1019,17 +1090,6 @@ pub(crate) mod xattr {
             // call; `ptr` is either null with `len` 0 or points to a writable
             // buffer of `len` bytes owned by `read_value`.
             unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), ptr, len) }
-        }))
-    }
-
-    /// Reads xattr `name` of the open file `fd`; `None` if absent.
-    pub(crate) fn fget(fd: BorrowedFd<'_>, name: &str) -> io::Result<Option<Vec<u8>>> {
-        let n = cname(name.as_bytes())?;
-        let raw = fd.as_raw_fd();
-        absent_as_none(read_value(|ptr, len| {
-            // SAFETY: `raw` is an open fd borrowed for the call; `n` is a valid
-            // C string; `ptr`/`len` describe a writable buffer or are null/0.
-            unsafe { libc::fgetxattr(raw, n.as_ptr(), ptr, len) }
         }))
     }
 
@@ -1258,6 +1318,37 @@ pub(crate) mod inroot;
 
 /// Sets `no_new_privs`: no `execve` grants privileges again (setuid bits and file
 /// capabilities are ignored), and a seccomp filter may be loaded without `CAP_SYS_ADMIN`.
+/// Takes this process (a container's PID 1, not a session leader) out of the caller's
+/// process group and away from the caller's controlling terminal, without a new session:
+/// `setpgid(0, 0)`, then `ioctl(TIOCNOTTY)` on `/dev/tty` if there is a terminal to leave.
+/// Afterwards `/dev/tty` fails with ENXIO here and in every process forked later, and
+/// `TIOCSTI` on the caller's terminal (e.g. inherited as stdin) needs `CAP_SYS_ADMIN`.
+/// The caller keeps its terminal: `TIOCNOTTY` by a process that does not lead its session
+/// clears its own link only.
+pub(crate) fn leave_terminal() -> SysResult<()> {
+    no_path(
+        "setpgid(0, 0)",
+        nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)),
+    )?;
+    let tty = Path::new("/dev/tty");
+    let flags = nix::fcntl::OFlag::O_RDWR
+        | nix::fcntl::OFlag::O_NOCTTY
+        | nix::fcntl::OFlag::O_NONBLOCK
+        | nix::fcntl::OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::open(tty, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // No controlling terminal (ENXIO), or one that was hung up (EIO): nothing to leave.
+        Err(Errno::ENXIO) | Err(Errno::EIO) => return Ok(()),
+        Err(e) => return Err(SysError::new("open", Some(tty), e)),
+    };
+    // SAFETY: TIOCNOTTY takes no argument; `fd` is an open terminal.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCNOTTY) };
+    match rc {
+        0 => Ok(()),
+        _ => Err(SysError::new("ioctl(TIOCNOTTY)", Some(tty), Errno::last())),
+    }
+}
+
 pub(crate) fn set_no_new_privs() -> SysResult<()> {
     no_path(
         "prctl(PR_SET_NO_NEW_PRIVS)",
@@ -1269,25 +1360,29 @@ pub(crate) fn set_no_new_privs() -> SysResult<()> {
 mod tests {
     use super::*;
 
-    /// A pidfd is given only for a live child of the named parent, and signals that process.
+    /// A child comes with its pidfd from the clone itself; it is signalled and reaped
+    /// through it, and once reaped the pidfd reaches no other process.
     #[test]
-    fn pidfds_only_for_children_of_the_parent() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        assert!(pidfd_of_child(pid, 1).is_none(), "not init's child");
-        let fd = pidfd_of_child(pid, std::process::id() as i32).expect("our child");
-        pidfd_signal(&fd, Signal::SIGKILL).unwrap();
-        let status = child.wait().unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(libc::SIGKILL));
-        // Reaped: the pidfd still names that process, which is gone; no other gets it.
+    fn children_are_signalled_and_reaped_through_their_pidfd() {
+        let req = ExecRequest {
+            program: c"/bin/sleep".into(),
+            argv: vec![c"sleep".into(), c"60".into()],
+            envp: Vec::new(),
+            fds: Vec::new(),
+            id_maps: None,
+            ambient_caps: false,
+            cgroup: None,
+        };
+        let (_pid, pidfd) = clone_exec(CloneFlags::empty(), &req).unwrap();
+        pidfd_signal(&pidfd, Signal::SIGKILL).unwrap();
         assert_eq!(
-            pidfd_signal(&fd, Signal::SIGKILL).unwrap_err().errno,
+            wait_pidfd(&pidfd).unwrap(),
+            nix::sys::wait::WaitStatus::Signaled(Pid::from_raw(0), Signal::SIGKILL, false)
+        );
+        assert_eq!(
+            pidfd_signal(&pidfd, Signal::SIGKILL).unwrap_err().errno,
             Errno::ESRCH
         );
-        assert!(pidfd_of_child(pid, std::process::id() as i32).is_none());
+        assert_eq!(wait_pidfd(&pidfd).unwrap_err().errno, Errno::ECHILD);
     }
 }

@@ -23,25 +23,26 @@ use std::path::Path;
 use crate::sys::xattr;
 
 /// xattr read by rootless overlay mounts (`userxattr`) to mark an opaque directory.
-pub const OPAQUE_XATTR_USER: &str = "user.overlay.opaque";
+pub(crate) const OPAQUE_XATTR_USER: &str = "user.overlay.opaque";
 /// xattr read by ordinary (root) overlay mounts to mark an opaque directory.
-pub const OPAQUE_XATTR_TRUSTED: &str = "trusted.overlay.opaque";
+pub(crate) const OPAQUE_XATTR_TRUSTED: &str = "trusted.overlay.opaque";
 /// Prefix of a whiteout marker in a layer tar: `.wh.NAME` deletes `NAME`.
-pub const TAR_WHITEOUT_PREFIX: &str = ".wh.";
+pub(crate) const TAR_WHITEOUT_PREFIX: &str = ".wh.";
 /// Name of the opaque-directory marker in a layer tar.
-pub const TAR_OPAQUE_MARKER: &str = ".wh..wh..opq";
+pub(crate) const TAR_OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// Prefix of tar whiteout metadata names (`.wh..wh.*`) that are not whiteouts.
-pub const TAR_WHITEOUT_META_PREFIX: &str = ".wh..wh.";
+pub(crate) const TAR_WHITEOUT_META_PREFIX: &str = ".wh..wh.";
 
 /// Returns true if `meta` (from `symlink_metadata`) describes an overlay
 /// whiteout: a character device with device number 0/0.
-pub fn is_whiteout(meta: &Metadata) -> bool {
+pub(crate) fn is_whiteout(meta: &Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
 /// Returns true if the entry at `path` (not following symlinks) is a whiteout.
 /// A missing path is not a whiteout.
-pub fn is_whiteout_path(path: &Path) -> io::Result<bool> {
+#[cfg(test)]
+pub(crate) fn is_whiteout_path(path: &Path) -> io::Result<bool> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) => Ok(is_whiteout(&meta)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -53,26 +54,16 @@ pub fn is_whiteout_path(path: &Path) -> io::Result<bool> {
 ///
 /// Fails with `AlreadyExists` if something is already there. Works without
 /// privileges on Linux ≥ 5.8.
-pub fn make_whiteout(path: &Path) -> io::Result<()> {
+pub(crate) fn make_whiteout(path: &Path) -> io::Result<()> {
     crate::sys::mknod(path, nix::sys::stat::SFlag::S_IFCHR, 0, 0, 0)
         .map_err(|e| io::Error::from_raw_os_error(e.errno as i32))
 }
 
 /// Returns true if the directory at `path` is opaque (`user.overlay.opaque` or
 /// `trusted.overlay.opaque` is `y`). Does not follow a symlink at `path`.
-pub fn is_opaque(path: &Path) -> io::Result<bool> {
+pub(crate) fn is_opaque(path: &Path) -> io::Result<bool> {
     for name in [OPAQUE_XATTR_USER, OPAQUE_XATTR_TRUSTED] {
         if xattr::lget(path, name)?.as_deref() == Some(b"y") {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// Like [`is_opaque`], for an open directory.
-pub fn is_opaque_fd(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    for name in [OPAQUE_XATTR_USER, OPAQUE_XATTR_TRUSTED] {
-        if xattr::fget(fd, name)?.as_deref() == Some(b"y") {
             return Ok(true);
         }
     }
@@ -98,7 +89,7 @@ fn no_user_xattrs(e: io::Error) -> io::Error {
 ///
 /// Fails with `InvalidInput` if `path` is not a directory (symlinks are not
 /// followed), or if the filesystem does not support user xattrs.
-pub fn make_opaque(path: &Path) -> io::Result<()> {
+pub(crate) fn make_opaque(path: &Path) -> io::Result<()> {
     let meta = std::fs::symlink_metadata(path)?;
     if !meta.is_dir() {
         return Err(io::Error::new(
@@ -118,7 +109,7 @@ pub fn make_opaque(path: &Path) -> io::Result<()> {
 }
 
 /// Like [`make_opaque`], for an open directory (`fd` must not be an `O_PATH` fd).
-pub fn make_opaque_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn make_opaque_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     xattr::fset(fd, OPAQUE_XATTR_USER, b"y").map_err(no_user_xattrs)?;
     match xattr::fset(fd, OPAQUE_XATTR_TRUSTED, b"y") {
         Ok(()) => Ok(()),
@@ -127,22 +118,9 @@ pub fn make_opaque_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// Removes both opaque xattrs from the directory at `path` (missing ones and
-/// a `trusted.*` one the process may not touch are ignored).
-pub fn clear_opaque(path: &Path) -> io::Result<()> {
-    for name in [OPAQUE_XATTR_USER, OPAQUE_XATTR_TRUSTED] {
-        match xattr::lremove(path, name) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) || is_permission_error(&e) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Returns true if `name` is an overlayfs-private xattr (`trusted.overlay.*`
 /// or `user.overlay.*`), which must never be copied from or into an image.
-pub fn is_overlay_xattr(name: &[u8]) -> bool {
+pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
     name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
 }
 
@@ -153,7 +131,6 @@ fn is_permission_error(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
 
     #[test]
     fn whiteout_round_trip() {
@@ -196,10 +173,6 @@ mod tests {
                 Some(&b"y"[..])
             );
         }
-        let f = std::fs::File::open(&d).unwrap();
-        assert!(is_opaque_fd(f.as_fd()).unwrap());
-        clear_opaque(&d).unwrap();
-        assert!(!is_opaque(&d).unwrap());
     }
 
     #[test]

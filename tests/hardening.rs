@@ -155,6 +155,32 @@ mod probes {
         }
     }
 
+    /// The controlling terminal as the command sees it: `tty_nr` of `/proc/self/stat`,
+    /// opening `/dev/tty`, and `TIOCSTI` on stdin (the caller's terminal, in the test;
+    /// the byte pushed, if it gets through, lands in the test's own pty).
+    fn terminal() -> String {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let tty_nr = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(4)
+            .unwrap();
+        let tty = c("/dev/tty");
+        // SAFETY: a NUL-terminated path and a one-byte buffer, alive for the calls.
+        let (open, sti) = unsafe {
+            let fd = libc::open(tty.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+            let open = report(fd as libc::c_long);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            let sti = report(libc::ioctl(0, libc::TIOCSTI, c"x".as_ptr()) as libc::c_long);
+            (open, sti)
+        };
+        format!("tty_nr {tty_nr}, /dev/tty {open}, tiocsti {sti}")
+    }
+
     pub(super) fn run(name: &str) -> String {
         let env = |k: &str| std::env::var(k).unwrap().parse::<u32>().unwrap();
         // SAFETY (the raw calls below): system calls with integer arguments or null
@@ -178,6 +204,7 @@ mod probes {
                 "unshare-user" => report(libc::unshare(libc::CLONE_NEWUSER) as libc::c_long),
                 "euid" => format!("ok {}", libc::geteuid()),
                 "tiocsti" => report(libc::ioctl(0, libc::TIOCSTI, c"x".as_ptr()) as libc::c_long),
+                "terminal" => terminal(),
                 other => panic!("no probe {other}"),
             }
         }
@@ -218,6 +245,49 @@ fn confined_by_default_and_not_when_privileged() {
     assert_eq!(r, format!("errno {}", libc::EPERM));
     let r = f.probe(f.container(Image::host()).privileged(), "tiocsti");
     assert_eq!(r, format!("errno {}", libc::ENOTTY));
+}
+
+/// `pristine run` with a pty as its controlling terminal (`script` makes one): the
+/// container has no controlling terminal, `/dev/tty` is ENXIO, and `TIOCSTI` on the
+/// terminal it has as stdin is refused; privileged too, where only `CAP_SYS_ADMIN` (root's)
+/// may still push input into a terminal that is not its own.
+#[test]
+fn the_callers_terminal_is_out_of_reach() {
+    let f = Fixture::new();
+    let probe = std::env::current_exe().unwrap();
+    for privileged in [false, true] {
+        let command = format!(
+            "{bin} run --store {store} --bind {probe}:{PROBE}:ro --env PRISTINE_PROBE=terminal \
+             {flag} -- {PROBE} --ignored --exact probe --nocapture; \
+             (exec 3<>/dev/tty) && echo caller-has-a-terminal",
+            bin = common::pristine_bin().display(),
+            store = f.store.path().display(),
+            probe = probe.display(),
+            flag = if privileged { "--privileged" } else { "" },
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run script (util-linux), which gives the test a pty");
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+        assert!(out.status.success(), "{text}");
+        // The attack's premise: the caller has a terminal that /dev/tty reaches.
+        assert!(text.contains("caller-has-a-terminal"), "{text}");
+        // (A byte that root's TIOCSTI pushes in is echoed at the start of the line.)
+        let line = text
+            .lines()
+            .find_map(|l| l.split_once("PROBE ").map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("the probe said nothing: {text}"));
+        let refused = format!("tty_nr 0, /dev/tty errno {}, tiocsti ", libc::ENXIO);
+        assert!(
+            line.starts_with(&refused),
+            "privileged {privileged}: {line}"
+        );
+        if !privileged || !common::is_root() {
+            assert!(line.ends_with(&format!("errno {}", libc::EPERM)), "{line}");
+        }
+    }
 }
 
 #[test]
@@ -520,4 +590,68 @@ fn unknown_capabilities_are_a_clear_error() {
 #[test]
 fn rootless_mode_passes_too() {
     common::rerun_as_nobody("rootless_mode_passes_too");
+}
+
+/// `pristine shell` on a terminal (a pty from `script`): the shell reads and answers it,
+/// Ctrl-C (the terminal's SIGINT, which pristine and PID 1 pass on to the command's process
+/// group) interrupts the command the shell runs, and the shell's exit status comes back.
+#[test]
+fn pristine_shell_on_a_terminal_is_interactive_and_ctrl_c_interrupts_its_command() {
+    use std::io::{Read, Write};
+    let f = Fixture::new();
+    let command = format!(
+        "exec {bin} shell host --store {store}",
+        bin = common::pristine_bin().display(),
+        store = f.store.path().display(),
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script (util-linux), which gives the shell a pty");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    // Waits for `marker` in the output (a guard against hanging, not a timing assertion).
+    let wait_for = |marker: &str| {
+        for _ in 0..600 {
+            if seen.lock().unwrap().contains(marker) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{marker:?} never came: {}", seen.lock().unwrap());
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    // `$((…))` so that the terminal's echo of the input is not mistaken for the answer.
+    stdin.write_all(b"echo ready-$((1+1))\n").unwrap();
+    wait_for("ready-2");
+    stdin
+        .write_all(b"echo started-$((2+2)); sleep 600; echo slept-$((3+3))\n")
+        .unwrap();
+    wait_for("started-4");
+    stdin.write_all(b"\x03").unwrap();
+    stdin.write_all(b"echo after-$((4+4))-$?\n").unwrap();
+    wait_for("after-8-130");
+    stdin.write_all(b"exit 7\n").unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let text = seen.lock().unwrap().clone();
+    assert!(!text.contains("slept-6"), "{text}");
+    assert_eq!(status.code(), Some(7), "{text}");
 }

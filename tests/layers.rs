@@ -160,11 +160,11 @@ fn whiteouts_and_opaque_directories_stack() {
     let top = image.layers().last().unwrap();
     let meta = std::fs::symlink_metadata(top.join("srv/a")).unwrap();
     assert!(
-        pristine::whiteout::is_whiteout(&meta),
+        common::layer_format::is_whiteout(&meta),
         "deletion is a 0/0 device"
     );
     assert!(
-        pristine::whiteout::is_opaque(&top.join("srv/d")).unwrap(),
+        common::layer_format::is_opaque(&top.join("srv/d")),
         "replaced dir is opaque"
     );
 }

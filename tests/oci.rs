@@ -4,9 +4,9 @@
 //! podman is installed) interoperability with `podman load` / `podman save`.
 
 mod common;
+use common::layer_format as whiteout;
 
 use pristine::oci::{export_archive, extract_layer, import_archive, ImageConfig, OciError};
-use pristine::whiteout;
 use std::collections::BTreeMap;
 use std::error::Error as _;
 use std::fs;
@@ -210,7 +210,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, Node> {
             } else {
                 m.mode() & 0o7777
             };
-            let opaque = ft.is_dir() && whiteout::is_opaque(&p).unwrap();
+            let opaque = ft.is_dir() && whiteout::is_opaque(&p);
             out.insert(
                 rel,
                 Node {
@@ -286,11 +286,11 @@ fn build_layers(work: &Path) -> Vec<PathBuf> {
     write_file(&top.join("etc/config"), b"version=2\n", 0o644);
     // Deleted files.
     fs::create_dir_all(top.join("bin")).unwrap();
-    whiteout::make_whiteout(&top.join("bin/tool")).unwrap();
-    whiteout::make_whiteout(&top.join("etc/secret")).unwrap();
+    whiteout::make_whiteout(&top.join("bin/tool"));
+    whiteout::make_whiteout(&top.join("etc/secret"));
     // Replaced directory: opaque, with new content only.
     write_file(&top.join("data/old/c.txt"), b"c\n", 0o644);
-    whiteout::make_opaque(&top.join("data/old")).unwrap();
+    whiteout::make_opaque(&top.join("data/old"));
     // Replaced symlink.
     symlink("etc/other", top.join("config-link")).unwrap();
 
@@ -360,10 +360,10 @@ fn export_import_round_trip_preserves_layers() {
     );
     // The top layer's deletions are whiteouts, its replaced dir is opaque.
     let top = &img.layers[1];
-    assert!(whiteout::is_whiteout_path(&top.join("bin/tool")).unwrap());
-    assert!(whiteout::is_whiteout_path(&top.join("etc/secret")).unwrap());
-    assert!(whiteout::is_opaque(&top.join("data/old")).unwrap());
-    assert!(!whiteout::is_opaque(&top.join("data")).unwrap());
+    assert!(whiteout::is_whiteout_path(&top.join("bin/tool")));
+    assert!(whiteout::is_whiteout_path(&top.join("etc/secret")));
+    assert!(whiteout::is_opaque(&top.join("data/old")));
+    assert!(!whiteout::is_opaque(&top.join("data")));
     if is_root() {
         let m = fs::symlink_metadata(base.join("owned")).unwrap();
         assert_eq!((m.uid(), m.gid()), (1234, 5678));
@@ -652,7 +652,7 @@ fn nested_index_selects_host_platform_and_mixed_compression() {
         fs::read(img.layers[0].join("hello.txt")).unwrap(),
         b"hello\n"
     );
-    assert!(whiteout::is_whiteout_path(&img.layers[1].join("hello.txt")).unwrap());
+    assert!(whiteout::is_whiteout_path(&img.layers[1].join("hello.txt")));
     assert_ne!(img.layer_digests[0], img.diff_ids[0], "layer 0 is gzip");
 }
 

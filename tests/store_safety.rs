@@ -564,6 +564,7 @@ fn fuzz_recipes(store: &Path, dir: &Path, rng: &mut Rng) {
         "base = \"host\"\n[[layer]]\nname = VALUE\n",
         "base = \"host\"\n[[layer]]\nname = \"l\"\ntimeout = VALUE\n",
         "base = \"host\"\n[[layer]]\nname = \"l\"\nkeep_setuid = VALUE\n",
+        "base = \"host\"\n[[layer]]\nname = \"l\"\nmax_size = VALUE\n",
         "base = \"host\"\n[[layer]]\nname = \"l\"\n[[layer.step]]\nrun = { argv = [VALUE] }\n",
         "base = \"host\"\n[[layer]]\nname = \"l\"\n[[layer.step]]\nrun = { argv = [\"true\"], workdir = VALUE }\n",
         "base = \"host\"\n[[layer]]\nname = \"l\"\n[[layer.step]]\nrun = { argv = [\"true\"], user = VALUE }\n",
@@ -720,14 +721,19 @@ fn broken_pipes_end_output_quietly_and_keep_the_exit_code() {
          k=$(ls -d {store}/kept/* | head -1); \
          {bin} diff $k | head -1 >/dev/null; s2=${{PIPESTATUS[0]}}; \
          {bin} layers | head -0; s3=${{PIPESTATUS[0]}}; \
-         echo $s1 $s2 $s3",
+         {bin} store | head -0; s4=${{PIPESTATUS[0]}}; \
+         {bin} store --unmount | head -0; s5=${{PIPESTATUS[0]}}; \
+         {bin} wrap --keep-failed -- /bin/sh -c 'echo x > /f; exit 4' 2>&1 | head -0; s6=${{PIPESTATUS[0]}}; \
+         {bin} wrap --timeout 1 -- /bin/sleep 30 2>&1 | head -0; s7=${{PIPESTATUS[0]}}; \
+         echo $s1 $s2 $s3 $s4 $s5 $s6 $s7",
         bin = pristine_bin().display(),
         store = store.display()
     );
     let out = run(&mut shell("bash", &store, &script));
     let text = stdout(&out);
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
-    assert_eq!(text.lines().last(), Some("3 0 0"), "{text}");
+    // run, diff, layers, store, store --unmount, wrap (a kept failure), wrap (a timeout)
+    assert_eq!(text.lines().last(), Some("3 0 0 0 0 4 124"), "{text}");
 }
 
 /// Each bad value named in the issue gets its own clear error, before anything is created.
@@ -853,4 +859,66 @@ fn containers_in_two_pid_namespaces_get_distinct_ids() {
 #[test]
 fn rootless_mode_passes_too() {
     common::rerun_as_nobody("rootless_mode_passes_too");
+}
+
+/// The library, not only the CLI, refuses a size it cannot enforce: a sized tmpfs upper
+/// that is also to be kept (keeping puts the upper layer on disk, unsized) is a typed
+/// error, and nothing is created.
+#[test]
+fn a_sized_upper_that_would_be_kept_is_refused_by_the_library() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s");
+    for keep in [pristine::Keep::OnFailure, pristine::Keep::Always] {
+        let err = pristine::Container::new(pristine::Image::host())
+            .store(&store)
+            .upper(pristine::Upper::Tmpfs(pristine::Size::mib(64)))
+            .keep(keep)
+            .run(["true"])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                pristine::Error::Config(pristine::ConfigError::UpperSizeNotEnforced { size })
+                    if size == pristine::Size::mib(64)
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("at most 64 MiB"), "{err}");
+        assert!(!store.exists(), "the refusal created the store");
+    }
+}
+
+/// A layer is bounded (`max_size`, default 16 GiB): a step that leaves it larger fails the
+/// build with an error naming the layer, the limit and how to raise it, and nothing is
+/// published; with the limit raised the same layer builds.
+#[test]
+fn a_layer_larger_than_its_bound_fails_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s");
+    let recipe = tmp.path().join("r.toml");
+    let layer = |max: &str| {
+        format!(
+            "name = \"big\"\nbase = \"host\"\n[[layer]]\nname = \"big\"\nmax_size = \"{max}\"\n\
+             [[layer.step]]\nrun = {{ argv = [\"sh\", \"-c\", \"mkdir -p /srv && head -c 3145728 /dev/urandom > /srv/big\"] }}\n"
+        )
+    };
+    std::fs::write(&recipe, layer("1m")).unwrap();
+    let out = run(cli(&store).args(["build"]).arg(&recipe));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("layer \"big\": after step 1"), "{err}");
+    assert!(err.contains("more than its limit of 1 MiB"), "{err}");
+    assert!(err.contains("max_size"), "{err}");
+    assert!(
+        staging_entries(&store).is_empty(),
+        "a refused layer leaves no staging"
+    );
+    let published = std::fs::read_dir(store.join("layers"))
+        .map(|d| d.flatten().any(|e| e.path().join("root/srv/big").exists()))
+        .unwrap_or(false);
+    assert!(!published, "the oversized layer was published");
+    std::fs::write(&recipe, layer("8m")).unwrap();
+    let out = run(cli(&store).args(["build"]).arg(&recipe));
+    assert!(out.status.success(), "{}", stderr(&out));
+    newest_layer_with(&store, "srv/big");
 }

@@ -117,8 +117,9 @@ struct Started {
     pid: Pid,
     /// Whether `pid` is our child (not the zygote's).
     is_child: bool,
-    /// A pidfd to signal it by (a zygote's container), kept open until the caller's done.
-    pidfd: Option<std::os::fd::OwnedFd>,
+    /// Its pidfd, from the clone itself on every path: it is signalled and (if our child)
+    /// waited for through it, never by a pid that may have been reused.
+    pidfd: std::os::fd::OwnedFd,
     /// Whether the spec reached an exec'd init (always true for the other paths).
     spec_sent: bool,
     started: Instant,
@@ -208,6 +209,9 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
         .clone()
         .unwrap_or_else(|| format!("pristine-{id}"));
     check_limits(c, &hostname)?;
+    if let (Upper::Tmpfs(size), true) = (&c.upper, c.keep != Keep::Never) {
+        return Err(ConfigError::UpperSizeNotEnforced { size: *size }.into());
+    }
     let mut privileges = c.privileges.clone();
     for cap in &mut privileges.cap_add {
         *cap = crate::confine::parse_capability(cap)
@@ -257,11 +261,14 @@ fn lay_out(c: &Container, v: &Validated) -> Result<Layout, Error> {
     };
     let upper = match (&cdir, &own_upper, &c.upper) {
         (Some(d), _, _) => UpperPlacement::Disk {
+            beneath: store.root().to_path_buf(),
             upper: d.upper(),
             work: d.work(),
             volatile: true,
         },
         (None, Some(own), _) => UpperPlacement::Disk {
+            // Canonical: its work directory is beside it.
+            beneath: own.upper.parent().unwrap_or(Path::new("/")).to_path_buf(),
             upper: own.upper.clone(),
             work: own.work.clone(),
             volatile: false,
@@ -434,24 +441,19 @@ fn start(
     // fork, so each container only loads it.
     crate::setup::prepare(&spec.ops);
     let (pid, is_child, spec_w, pidfd) = if sys::single_threaded() {
-        let pid = fork_init(spec, flags, id_maps.as_ref(), pipes).map_err(err)?;
-        (pid, true, None, None)
+        let (pid, pidfd) = fork_init(spec, flags, id_maps.as_ref(), pipes).map_err(err)?;
+        (pid, true, None, pidfd)
     } else if let Some(started) = zygote_init(spec, flags, id_maps.as_ref(), pipes) {
         // Not our child: the kernel reaps it for the zygote, and may reuse its pid.
         let (pid, pidfd) = started.map_err(err)?;
         (pid, false, None, pidfd)
     } else {
-        let (pid, spec_w) = exec_init(v, spec, flags, id_maps, pipes)?;
-        (pid, true, Some(spec_w), None)
+        let (pid, pidfd, spec_w) = exec_init(v, spec, flags, id_maps, pipes)?;
+        (pid, true, Some(spec_w), pidfd)
     };
     pipes.child_ends.clear();
-    // Our own child cannot be reaped before our waitpid, so its pidfd is always its own.
-    let pidfd = match is_child {
-        true => sys::pidfd_of_child(pid.as_raw(), std::process::id() as i32),
-        false => pidfd,
-    };
     if let Some(f) = forwarding {
-        f.forward_to(pid, pidfd.as_ref().map(|fd| fd.as_raw_fd()));
+        f.forward_to(pid, Some(pidfd.as_raw_fd()));
     }
     // Written after clone: the init reads it as soon as it runs, so no pipe buffer limit.
     let spec_sent = match spec_w {
@@ -477,7 +479,7 @@ fn fork_init(
     flags: nix::sched::CloneFlags,
     id_maps: Option<&sys::IdMaps>,
     pipes: &Pipes,
-) -> Result<Pid, sys::SysError> {
+) -> Result<(Pid, std::os::fd::OwnedFd), sys::SysError> {
     let report_fd = pipes.report_w.as_raw_fd();
     let mut child = || {
         // SAFETY: in the forked child, the report pipe's write end is ours alone.
@@ -510,7 +512,7 @@ fn zygote_init(
     flags: nix::sched::CloneFlags,
     id_maps: Option<&sys::IdMaps>,
     pipes: &Pipes,
-) -> Option<Result<(Pid, Option<std::os::fd::OwnedFd>), sys::SysError>> {
+) -> Option<Result<(Pid, std::os::fd::OwnedFd), sys::SysError>> {
     let stdio = match &pipes.fds[..] {
         [(i, 0), (o, 1), (e, 2)] => [*i, *o, *e],
         _ => [0, 1, 2],
@@ -531,7 +533,7 @@ fn exec_init(
     flags: nix::sched::CloneFlags,
     id_maps: Option<sys::IdMaps>,
     pipes: &mut Pipes,
-) -> Result<(Pid, std::os::fd::OwnedFd), Error> {
+) -> Result<(Pid, std::os::fd::OwnedFd, std::os::fd::OwnedFd), Error> {
     let program = init_program().ok_or(Error::InitNotFound)?;
     let (spec_r, spec_w) = pipe("create the spec pipe")?;
     let mut fds = pipes.fds.clone();
@@ -547,8 +549,8 @@ fn exec_init(
         id_maps,
         cgroup: cgroup.as_ref().map(|fd| fd.as_raw_fd()),
     };
-    let pid = sys::clone_exec(flags, &req).map_err(|e| start_error(e, v.rootless))?;
-    Ok((pid, spec_w))
+    let (pid, pidfd) = sys::clone_exec(flags, &req).map_err(|e| start_error(e, v.rootless))?;
+    Ok((pid, pidfd, spec_w))
 }
 
 /// Stage 5: wait for the end (or the timeout), collecting output and the init's report.
@@ -575,7 +577,7 @@ fn wait_for(
         report,
         wait,
         timed_out,
-    } = supervise(s.pid, s.is_child, s.pidfd.as_ref(), report_r, out, deadline);
+    } = supervise(s.is_child, &s.pidfd, report_r, out, deadline);
     let duration = s.started.elapsed();
     let report: Option<InitReport> = serde_json::from_slice(&report).ok();
     let oom_killed = cgroup.and_then(|cg| cg.oom_killed());

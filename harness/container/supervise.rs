@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
+use nix::sys::wait::WaitStatus;
 
 use crate::sys;
 
@@ -23,13 +22,12 @@ pub(super) struct Supervised {
 /// Collects everything until every pipe is closed, which happens when the init and with it
 /// every process of the container are gone (PID 1 exiting kills the PID namespace). On the
 /// deadline the init is SIGKILLed, which takes the whole container down at once, including
-/// processes that ignore SIGTERM: through its pidfd (a zygote's container is reaped by the
-/// kernel, and its pid may be reused), or by pid if there is no pidfd and it is our child
-/// (not reaped before our `waitpid`, so its pid is still its own).
+/// processes that ignore SIGTERM. Both the kill and the wait go through its pidfd (from the
+/// clone itself), never by pid: a zygote's container is reaped by the kernel, and its pid
+/// may be reused at once.
 pub(super) fn supervise(
-    pid: Pid,
     is_child: bool,
-    pidfd: Option<&OwnedFd>,
+    pidfd: &OwnedFd,
     report: OwnedFd,
     output: Option<(OwnedFd, OwnedFd)>,
     deadline: Option<Instant>,
@@ -46,12 +44,7 @@ pub(super) fn supervise(
             Some(d) if !timed_out => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    let _ = match (pidfd, is_child) {
-                        (Some(fd), _) => sys::pidfd_signal(fd, Signal::SIGKILL),
-                        (None, true) => sys::kill(pid.as_raw(), Signal::SIGKILL),
-                        // A zygote's container without a pidfd was already gone.
-                        (None, false) => Ok(()),
-                    };
+                    let _ = sys::pidfd_signal(pidfd, Signal::SIGKILL);
                     timed_out = true;
                     continue;
                 }
@@ -101,11 +94,11 @@ pub(super) fn supervise(
     let wait = if !is_child {
         "ended (started by the zygote)".to_string()
     } else {
-        match waitpid(pid, None) {
+        match sys::wait_pidfd(pidfd) {
             Ok(WaitStatus::Exited(_, code)) => format!("exit code {code}"),
             Ok(WaitStatus::Signaled(_, sig, _)) => format!("signal {sig}"),
             Ok(other) => format!("{other:?}"),
-            Err(e) => format!("waitpid failed: {e}"),
+            Err(e) => format!("waitid failed: {e}"),
         }
     };
     let mut it = streams.into_iter().map(|(_, d)| d);

@@ -4,9 +4,11 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{mpsc, Mutex, OnceLock};
 
+use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::socket::{
-    recv, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
 };
 use nix::unistd::Pid;
 
@@ -16,8 +18,6 @@ use crate::sys::{self, ExecRequest, IdMaps, SysError};
 struct Client {
     sock: OwnedFd,
     alive: bool,
-    /// The zygote's pid: the parent of every container it starts.
-    pid: i32,
 }
 
 /// The process's zygote, started on first use; `None` if it cannot be (no init program).
@@ -59,31 +59,32 @@ fn start() -> Option<Mutex<Client>> {
         .spawn(move || {
             let started = sys::clone_exec(CloneFlags::empty(), &req);
             drop(theirs);
-            let _ = tx.send(started.ok().map(|p| p.as_raw()));
+            // The zygote's pidfd closes here: it is never waited for (it dies with this
+            // thread's process).
+            let _ = tx.send(started.ok().map(|(p, _)| p.as_raw()));
             loop {
                 std::thread::park();
             }
         })
         .ok()?;
-    let pid = rx.recv().ok()??;
+    let _pid = rx.recv().ok()??;
     Some(Mutex::new(Client {
         sock: ours,
         alive: true,
-        pid,
     }))
 }
 
 /// Asks the zygote to start a container. `None` if there is no working zygote (the caller
 /// then execs an init itself); `Some(Err)` if the zygote could not clone. The container's
 /// PID 1 is not the caller's child (the kernel reaps it for the zygote, and may give its
-/// pid to another process): it comes with a pidfd to signal it by, `None` if it is
-/// already gone.
+/// pid to another process): it comes with its pidfd, which the zygote got from the clone
+/// and passed on with its reply.
 pub(super) fn start_container(
     spec: &InitSpec,
     flags: CloneFlags,
     id_maps: Option<&IdMaps>,
     fds: [RawFd; 4],
-) -> Option<Result<(Pid, Option<OwnedFd>), SysError>> {
+) -> Option<Result<(Pid, OwnedFd), SysError>> {
     let client = client()?;
     let request = serde_json::to_vec(&Request {
         spec,
@@ -112,25 +113,52 @@ pub(super) fn start_container(
         return None;
     }
     let mut buf = [0u8; 4096];
-    let n = match recv(c.sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-        Ok(n) if n > 0 => n,
-        _ => {
-            c.alive = false;
-            return None;
-        }
+    let Some((n, pidfd)) = receive_reply(&c.sock, &mut buf) else {
+        c.alive = false;
+        return None;
     };
-    let zygote = c.pid;
     drop(c);
     match serde_json::from_slice::<ZygoteReply>(&buf[..n]).ok()? {
+        // Started without its pidfd cannot happen (the zygote sends one with every
+        // `Started`); it would be an error, not a reason to start the container again.
         ZygoteReply::Started(pid) => {
-            Some(Ok((Pid::from_raw(pid), sys::pidfd_of_child(pid, zygote))))
+            Some(pidfd.map(|fd| (Pid::from_raw(pid), fd)).ok_or_else(|| {
+                SysError::new(
+                    "receive the container's pidfd from the zygote",
+                    None,
+                    Errno::EPROTO,
+                )
+            }))
         }
-        ZygoteReply::Failed { errno, .. } => Some(Err(SysError::new(
-            "clone",
-            None,
-            nix::errno::Errno::from_raw(errno),
-        ))),
+        ZygoteReply::Failed { errno, .. } => {
+            Some(Err(SysError::new("clone", None, Errno::from_raw(errno))))
+        }
     }
+}
+
+/// Receives the zygote's reply into `buf`, with the pidfd that comes with `Started`:
+/// its length and that descriptor, `None` if the zygote is gone.
+fn receive_reply(sock: &OwnedFd, buf: &mut [u8]) -> Option<(usize, Option<OwnedFd>)> {
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()
+    .filter(|m| m.bytes > 0)?;
+    let mut pidfd = None;
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: SCM_RIGHTS installed this descriptor in our process, for us.
+                pidfd = Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            }
+        }
+    }
+    Some((msg.bytes, pidfd))
 }
 
 /// The zygote's `ZygoteRequest` (`init/zygote.rs`), borrowing the spec: keep the fields alike.

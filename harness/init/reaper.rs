@@ -92,6 +92,9 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
     // threads), so the child may run arbitrary code; it still only makes system calls.
     let child = match unsafe { fork() }.map_err(|e| e as i32)? {
         ForkResult::Child => {
+            // The command leads a process group of its own, as a shell's job would, so
+            // that a terminal's SIGINT and SIGQUIT reach all of it (`wait_loop`).
+            let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
             let _ = sys::set_signal_mask(&command_mask);
             sys::reset_sigpipe();
             // SAFETY: `argv` and `envp` are NULL-terminated arrays of pointers into
@@ -112,11 +115,25 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
     Ok(wait_loop(child, &mask))
 }
 
+/// Where a forwarded signal goes: SIGINT and SIGQUIT, which a terminal sends to its whole
+/// foreground process group (Ctrl-C, Ctrl-Backslash), to the command's process group, so that in
+/// `pristine shell` they interrupt the shell's running command as they would on the
+/// terminal; the others to the command alone.
+fn forward_target(child: Pid, sig: Signal) -> i32 {
+    match sig {
+        Signal::SIGINT | Signal::SIGQUIT => -child.as_raw(),
+        _ => child.as_raw(),
+    }
+}
+
 fn wait_loop(child: Pid, mask: &SigSet) -> Ended {
     loop {
         let Ok(sig) = mask.wait() else { continue };
         if sig != Signal::SIGCHLD {
-            let _ = sys::kill(child.as_raw(), sig);
+            // The command may have left its group (`setsid`): then it gets the signal alone.
+            if sys::kill(forward_target(child, sig), sig).is_err() {
+                let _ = sys::kill(child.as_raw(), sig);
+            }
             continue;
         }
         // Reap everything that has exited: the command, and orphans re-parented to us.

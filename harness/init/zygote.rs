@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{recvmsg, send, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
 use super::wire::InitSpec;
@@ -44,7 +44,9 @@ pub(crate) struct ZygoteRequest {
 /// The answer to a [`ZygoteRequest`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ZygoteReply {
-    /// The container's PID 1, as a pid of the caller's (and zygote's) namespace.
+    /// The container's PID 1, as a pid of the caller's (and zygote's) namespace. Sent with
+    /// one descriptor, its pidfd from the clone itself: the kernel reaps the zygote's
+    /// children at once, so the caller could not open one safely by pid.
     Started(i32),
     /// `clone` failed.
     Failed { op: String, errno: i32 },
@@ -95,29 +97,35 @@ pub(crate) fn serve() -> i32 {
         if len == 0 {
             return 0; // the caller is gone
         }
-        let reply = match (
+        let (reply, pidfd) = match (
             serde_json::from_slice::<ZygoteRequest>(&buf[..len]),
             fds.len(),
         ) {
             (Ok(req), 4) => start(&req, &fds),
-            (Ok(_), n) => ZygoteReply::Failed {
-                op: format!("zygote request with {n} descriptors instead of 4"),
-                errno: libc::EINVAL,
-            },
-            (Err(e), _) => ZygoteReply::Failed {
-                op: format!("parse zygote request: {e}"),
-                errno: libc::EINVAL,
-            },
+            (Ok(_), n) => failed(
+                format!("zygote request with {n} descriptors instead of 4"),
+                libc::EINVAL,
+            ),
+            (Err(e), _) => failed(format!("parse zygote request: {e}"), libc::EINVAL),
         };
         drop(fds);
         let json = serde_json::to_vec(&reply).expect("replies serialize");
-        if send(sock.as_raw_fd(), &json, MsgFlags::empty()).is_err() {
+        let iov = [std::io::IoSlice::new(&json)];
+        let raw: Vec<RawFd> = pidfd.iter().map(AsRawFd::as_raw_fd).collect();
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let cmsg = if raw.is_empty() { &[][..] } else { &cmsg[..] };
+        if sendmsg::<()>(sock.as_raw_fd(), &iov, cmsg, MsgFlags::empty(), None).is_err() {
             return 1;
         }
+        drop(pidfd);
     }
 }
 
-fn start(req: &ZygoteRequest, fds: &[OwnedFd]) -> ZygoteReply {
+fn failed(op: String, errno: i32) -> (ZygoteReply, Option<OwnedFd>) {
+    (ZygoteReply::Failed { op, errno }, None)
+}
+
+fn start(req: &ZygoteRequest, fds: &[OwnedFd]) -> (ZygoteReply, Option<OwnedFd>) {
     let maps = match (&req.uid_map, &req.gid_map) {
         (Some(u), Some(g)) => Some(IdMaps {
             uid_map: u.clone(),
@@ -156,10 +164,7 @@ fn start(req: &ZygoteRequest, fds: &[OwnedFd]) -> ZygoteReply {
         )
     };
     match started {
-        Ok(pid) => ZygoteReply::Started(pid.as_raw()),
-        Err(e) => ZygoteReply::Failed {
-            op: e.op.to_string(),
-            errno: e.errno as i32,
-        },
+        Ok((pid, pidfd)) => (ZygoteReply::Started(pid.as_raw()), Some(pidfd)),
+        Err(e) => failed(e.op.to_string(), e.errno as i32),
     }
 }

@@ -222,6 +222,7 @@ impl Recipe {
             progress.event(&BuildEvent::StepStarted(pos, &describe(step)));
             let started = Instant::now();
             let result = self.run_step(ctx, &upper, index, step);
+            let result = result.and_then(|()| check_size(ctx.layer, &upper, index));
             if let Err(e) = &result {
                 report_failure(progress, pos, e);
             }
@@ -301,6 +302,43 @@ impl Recipe {
         }
         Ok(())
     }
+}
+
+/// The layer's bound ([`LayerSpec::max_size`]) against what `upper` takes on disk after
+/// step `index`. Checked after each step: the bound decides what may be published, not
+/// how much a step may write while it runs.
+fn check_size(layer: &LayerSpec, upper: &Path, index: usize) -> Result<(), BuildError> {
+    let limit = layer
+        .max_size
+        .unwrap_or(super::recipe::DEFAULT_LAYER_MAX_SIZE);
+    let used = disk_usage(upper);
+    match used > limit.get() {
+        true => Err(BuildError::LayerTooLarge {
+            layer: layer.name.clone(),
+            step: index,
+            limit,
+            used,
+        }),
+        false => Ok(()),
+    }
+}
+
+/// Bytes a tree takes on disk (allocated blocks, so sparse files count what they hold),
+/// symlinks not followed.
+fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if let Ok(m) = e.metadata() {
+                total = total.saturating_add(m.blocks().saturating_mul(512));
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+    total
 }
 
 /// Tells `progress` that step `step` failed with `e`: how it ended, and its output.

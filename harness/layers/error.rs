@@ -73,6 +73,25 @@ pub enum BuildError {
         /// The device node, inside the image.
         path: PathBuf,
     },
+    /// A step left the layer larger than its bound.
+    #[error(
+        "layer {layer:?}: after step {}, the layer takes {} on disk, more than its limit of {}; \
+         raise the limit with `max_size = \"…\"` in the recipe's [[layer]] \
+         (LayerSpec::max_size), or make the steps write less",
+        step + 1,
+        crate::size::human(*used),
+        crate::size::human(limit.get())
+    )]
+    LayerTooLarge {
+        /// The layer's name.
+        layer: String,
+        /// The step after which it was found (0-based).
+        step: usize,
+        /// The bound.
+        limit: crate::Size,
+        /// Bytes on disk the layer took.
+        used: u64,
+    },
     /// No image of that name is in the store.
     #[error("no image named {0:?} in the store (see `pristine images`)")]
     UnknownImage(String),

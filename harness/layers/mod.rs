@@ -19,6 +19,6 @@ pub use portable::{export_image, import_image, resolve_image};
 #[cfg(test)]
 pub(crate) use progress::reporter_installed;
 pub use progress::{with_progress, BuildEvent, LayerPos, Progress, StderrProgress, StepPos};
-pub use recipe::{BaseSpec, LayerSpec, Recipe, Step};
+pub use recipe::{BaseSpec, LayerSpec, Recipe, Step, DEFAULT_LAYER_MAX_SIZE};
 pub use ship::{load_store, save_store, ShipReport};
 pub use squash::{squash_deep_stack, SQUASH_ABOVE};

@@ -63,6 +63,34 @@ pub struct LayerSpec {
     /// store's owner can reach a layer either way (the store is 0700).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_setuid: bool,
+    /// The most disk space the layer may take (default [`DEFAULT_LAYER_MAX_SIZE`], 16 GiB;
+    /// `max_size = "2g"` in TOML). Checked after every step: a build whose layer grew past
+    /// it fails and publishes nothing. Not part of the layer's key.
+    #[serde(
+        default,
+        with = "size_serde_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_size: Option<crate::Size>,
+}
+
+/// The default bound of a layer's size ([`LayerSpec::max_size`](struct@LayerSpec)).
+pub const DEFAULT_LAYER_MAX_SIZE: crate::Size = crate::Size::mib(16 * 1024);
+
+mod size_serde_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<crate::Size>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(&v.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<crate::Size>, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 mod humantime_serde_opt {
@@ -93,6 +121,7 @@ impl LayerSpec {
             steps: Vec::new(),
             timeout: None,
             keep_setuid: false,
+            max_size: None,
         }
     }
 
@@ -137,6 +166,13 @@ impl LayerSpec {
             from: from.into(),
             to: to.into(),
         });
+        self
+    }
+
+    /// Bounds the disk space the layer may take (see
+    /// [`LayerSpec::max_size`](struct@LayerSpec)).
+    pub fn max_size(mut self, size: crate::Size) -> Self {
+        self.max_size = Some(size);
         self
     }
 

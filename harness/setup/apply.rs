@@ -93,6 +93,7 @@ fn apply_one(sys: &dyn Syscall, op: &SetupOp) -> Result<(), SysError> {
             lowers,
             upper,
             work,
+            beneath,
             userxattr,
             nosuid,
             volatile,
@@ -101,6 +102,12 @@ fn apply_one(sys: &dyn Syscall, op: &SetupOp) -> Result<(), SysError> {
                 true => NOSUID_NODEV,
                 false => MsFlags::empty(),
             };
+            // Held until the mount is made: overlayfs gets their /proc/self/fd links.
+            let (upper_dir, work_dir) = (
+                sys.open_overlay_dir(beneath, upper)?,
+                sys.open_overlay_dir(beneath, work)?,
+            );
+            let (upper, work) = (&upper_dir.path, &work_dir.path);
             let data = match overlay_options(lowers, upper, work, *userxattr, *volatile) {
                 Ok(data) => data,
                 // Too many layers for one option page: one `lowerdir+` per layer instead.
@@ -177,6 +184,7 @@ fn apply_one(sys: &dyn Syscall, op: &SetupOp) -> Result<(), SysError> {
         SetupOp::MaskPath { path } => sys.mask(path),
         SetupOp::ReadOnlyPath { path } => sys.read_only(path),
         SetupOp::LimitCapabilities { keep } => sys.limit_capabilities(keep),
+        SetupOp::LeaveTerminal => sys.leave_terminal(),
         SetupOp::NoNewPrivileges => sys.set_no_new_privs(),
         SetupOp::Seccomp { caps } => sys.load_seccomp(caps),
     }

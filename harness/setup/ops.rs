@@ -50,6 +50,9 @@ pub enum SetupOp {
         upper: PathBuf,
         /// Overlay work directory, on the same filesystem as `upper`.
         work: PathBuf,
+        /// `upper` and `work` are opened from here without following a symlink, and
+        /// overlayfs gets their descriptors (see `sys::inroot::DirBeneath`).
+        beneath: PathBuf,
         /// Use `user.overlay.*` xattrs (required inside a user namespace).
         userxattr: bool,
         /// Mount `nosuid,nodev` (every container but a privileged one).
@@ -157,6 +160,10 @@ pub enum SetupOp {
         /// Canonical capability names, sorted.
         keep: Vec<String>,
     },
+    /// Leave the caller's process group and controlling terminal (`setpgid`, `TIOCNOTTY`):
+    /// nothing in the container can open the caller's `/dev/tty`, push input into it or
+    /// signal the caller's process group.
+    LeaveTerminal,
     /// `prctl(PR_SET_NO_NEW_PRIVS)`: setuid binaries and file capabilities grant nothing.
     NoNewPrivileges,
     /// Load Docker's default seccomp profile, opened for the capabilities in `caps`.
@@ -199,6 +206,7 @@ impl fmt::Display for SetupOp {
                 lowers,
                 upper,
                 work,
+                beneath: _,
                 userxattr,
                 nosuid,
                 volatile,
@@ -269,6 +277,7 @@ impl fmt::Display for SetupOp {
             SetupOp::LimitCapabilities { keep } => {
                 write!(f, "limit capabilities to {}", keep.join(","))
             }
+            SetupOp::LeaveTerminal => write!(f, "leave the caller's terminal and process group"),
             SetupOp::NoNewPrivileges => write!(f, "set no_new_privs"),
             SetupOp::Seccomp { .. } => write!(f, "load seccomp filter (Docker's default)"),
         }

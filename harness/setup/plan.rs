@@ -54,6 +54,8 @@ pub(crate) enum UpperPlacement {
     },
     /// On disk, in the container's own runtime directory.
     Disk {
+        /// The directory `upper` and `work` are below, reached from it without symlinks.
+        beneath: PathBuf,
         /// Upper directory.
         upper: PathBuf,
         /// Work directory (same filesystem as `upper`).
@@ -94,6 +96,10 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             (upper.clone(), work.clone(), crate::Size::mib(1))
         }
     };
+    let beneath = match input.upper {
+        UpperPlacement::Tmpfs { .. } => base.to_path_buf(),
+        UpperPlacement::Disk { beneath, .. } => beneath.clone(),
+    };
     // A confined container honours no setuid bit and opens no device node outside /dev.
     let nosuid = !input.privileges.privileged;
     let volatile = matches!(input.upper, UpperPlacement::Disk { volatile: true, .. });
@@ -122,6 +128,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
             lowers: lowers.clone(),
             upper: upper.clone(),
             work: work.clone(),
+            beneath: beneath.clone(),
             userxattr: input.rootless,
             nosuid,
             volatile,
@@ -144,6 +151,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 lowers,
                 upper: upper.clone(),
                 work: work.clone(),
+                beneath: beneath.clone(),
                 userxattr: input.rootless,
                 nosuid,
                 volatile,
@@ -172,6 +180,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
                 base,
                 upper: &upper,
                 work: &work,
+                beneath: &beneath,
                 root: &root,
                 layers,
                 nested: &nested,
@@ -207,6 +216,8 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
         name: input.hostname.to_string(),
     });
     ops.push(SetupOp::LoopbackUp);
+    // Also privileged: the caller's terminal and process group are the caller's.
+    ops.push(SetupOp::LeaveTerminal);
     if !input.privileges.privileged {
         ops.extend(confinement(input.privileges));
     }
@@ -240,9 +251,8 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<SetupOp>, OverlayOptions
 /// capabilities (bounding set first, while `CAP_SETPCAP` is still there), `no_new_privs`,
 /// and the seccomp filter last, since it forbids what came before.
 ///
-/// No new session (`setsid`), unlike runc: with the scheduler's autogroups (on by default)
-/// each session is a task group of its own, and a container in one took 3.5–6.6 ms longer
-/// here. The filter refuses `TIOCSTI` instead, as bubblewrap does without `--new-session`.
+/// The caller's terminal is left by [`SetupOp::LeaveTerminal`], before this, rather than by
+/// a new session (`setsid`, as runc does): see README's threat model for the measurement.
 fn confinement(privileges: &Privileges) -> Vec<SetupOp> {
     let mut ops: Vec<SetupOp> = procfs::MASKED
         .iter()
@@ -268,6 +278,8 @@ struct HostDirs<'a> {
     base: &'a Path,
     upper: &'a Path,
     work: &'a Path,
+    /// Where `upper` and `work` are opened from without symlinks.
+    beneath: &'a Path,
     root: &'a Path,
     /// Layers over the host root, uppermost first.
     layers: &'a [PathBuf],
@@ -321,6 +333,7 @@ impl HostDirs<'_> {
                         lowers,
                         upper: self.upper.join(&rel_name),
                         work: self.work.join(&rel_name),
+                        beneath: self.beneath.to_path_buf(),
                         userxattr: self.userxattr,
                         nosuid: self.nosuid,
                         volatile: self.volatile,
@@ -405,6 +418,7 @@ impl HostDirs<'_> {
             lowers,
             upper: self.upper.join(rel),
             work: self.work.join(rel),
+            beneath: self.beneath.to_path_buf(),
             userxattr: self.userxattr,
             nosuid: self.nosuid,
             volatile: self.volatile,
@@ -654,6 +668,7 @@ mod tests {
             layers: vec![],
         };
         let upper = UpperPlacement::Disk {
+            beneath: "/store".into(),
             upper: "/store/containers/x/upper".into(),
             work: "/store/containers/x/work".into(),
             volatile: false,

@@ -42,6 +42,9 @@ pub(crate) trait Syscall {
         volatile: bool,
     ) -> SysResult<()>;
     /// Creates a directory and its parents, with `mode`.
+    /// Opens an overlay's upper or work directory `path` below `beneath` without following
+    /// a symlink; overlayfs is given the returned [`OverlayDir::path`].
+    fn open_overlay_dir(&self, beneath: &Path, path: &Path) -> SysResult<OverlayDir>;
     fn mkdir(&self, path: &Path, mode: u32) -> SysResult<()>;
     /// Binds `source` onto `target` (created as a file or directory like `source`), with
     /// `MOUNT_ATTR_*` attributes `attrs` on every mount of the bound tree.
@@ -59,6 +62,7 @@ pub(crate) trait Syscall {
     fn sethostname(&self, name: &str) -> SysResult<()>;
     fn loopback_up(&self) -> SysResult<()>;
     fn limit_capabilities(&self, keep: &[String]) -> SysResult<()>;
+    fn leave_terminal(&self) -> SysResult<()>;
     fn set_no_new_privs(&self) -> SysResult<()>;
     fn load_seccomp(&self, caps: &[String]) -> SysResult<()>;
     /// Whether `path` exists (not following a final symlink).
@@ -115,6 +119,13 @@ impl Linux {
     }
 }
 
+/// An overlay's upper or work directory, as overlayfs is to be given it: for the real
+/// system, the `/proc/self/fd/N` link of a descriptor held here until the mount is made.
+pub(crate) struct OverlayDir {
+    pub(crate) path: PathBuf,
+    _held: Option<sys::inroot::DirBeneath>,
+}
+
 pub(crate) fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> SysError {
     SysError::new(
         op,
@@ -161,6 +172,14 @@ impl Syscall for Linux {
         volatile: bool,
     ) -> SysResult<()> {
         sys::mount_overlay_layered(target, lowers, upper, work, userxattr, volatile)
+    }
+
+    fn open_overlay_dir(&self, beneath: &Path, path: &Path) -> SysResult<OverlayDir> {
+        let dir = sys::inroot::DirBeneath::open(beneath, path)?;
+        Ok(OverlayDir {
+            path: dir.proc_path(),
+            _held: Some(dir),
+        })
     }
 
     fn mkdir(&self, path: &Path, mode: u32) -> SysResult<()> {
@@ -274,6 +293,10 @@ impl Syscall for Linux {
         crate::confine::caps::limit(keep)
     }
 
+    fn leave_terminal(&self) -> SysResult<()> {
+        sys::leave_terminal()
+    }
+
     fn set_no_new_privs(&self) -> SysResult<()> {
         sys::set_no_new_privs()
     }
@@ -308,6 +331,55 @@ mod tests {
         assert!(Linux { root: None }
             .mkdir(&upper.path().join("etc"), 0o755)
             .is_ok());
+    }
+
+    /// A symlink planted anywhere below the store on the way to an upper or work directory
+    /// (here `containers`, and the upper itself) is refused, not followed; overlayfs is
+    /// given the descriptor of the directory that was opened.
+    #[test]
+    fn overlay_directories_are_opened_beneath_the_store_without_symlinks() {
+        let store = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(elsewhere.path().join("x/upper")).unwrap();
+        let sys = Linux { root: None };
+        let planted = store.path().join("containers");
+        std::os::unix::fs::symlink(elsewhere.path(), &planted).unwrap();
+        let err = sys
+            .open_overlay_dir(store.path(), &planted.join("x/upper"))
+            .err()
+            .expect("a symlinked store directory is refused");
+        assert_eq!(err.errno, Errno::ELOOP, "{err}");
+        assert!(err.to_string().contains("refused, not followed"), "{err}");
+        std::fs::remove_file(&planted).unwrap();
+        std::fs::create_dir_all(planted.join("x")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("x/upper"), planted.join("x/upper"))
+            .unwrap();
+        let err = sys
+            .open_overlay_dir(store.path(), &planted.join("x/upper"))
+            .err()
+            .expect("a symlinked upper is refused");
+        assert_eq!(err.errno, Errno::ELOOP, "{err}");
+        // Outside `beneath` is not below the store at all.
+        let err = sys
+            .open_overlay_dir(store.path(), &elsewhere.path().join("x/upper"))
+            .err()
+            .expect("a directory outside the store is refused");
+        assert_eq!(err.errno, Errno::EXDEV, "{err}");
+        // The real thing: opened, and overlayfs gets the descriptor's link to it.
+        std::fs::remove_file(planted.join("x/upper")).unwrap();
+        std::fs::create_dir(planted.join("x/upper")).unwrap();
+        let dir = sys
+            .open_overlay_dir(store.path(), &planted.join("x/upper"))
+            .unwrap();
+        assert!(
+            dir.path.starts_with("/proc/self/fd/"),
+            "{}",
+            dir.path.display()
+        );
+        assert_eq!(
+            std::fs::canonicalize(&dir.path).unwrap(),
+            std::fs::canonicalize(planted.join("x/upper")).unwrap()
+        );
     }
 }
 
@@ -365,6 +437,18 @@ impl Syscall for Recorder {
             data.unwrap_or("")
         ))
     }
+    fn open_overlay_dir(&self, beneath: &Path, path: &Path) -> SysResult<OverlayDir> {
+        let rel = path.strip_prefix(beneath).unwrap_or(path);
+        self.record(format!(
+            "openat2 {} {} RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS",
+            beneath.display(),
+            rel.display()
+        ))?;
+        Ok(OverlayDir {
+            path: path.to_path_buf(),
+            _held: None,
+        })
+    }
     fn mount_overlay_layered(
         &self,
         target: &Path,
@@ -419,6 +503,9 @@ impl Syscall for Recorder {
     }
     fn limit_capabilities(&self, keep: &[String]) -> SysResult<()> {
         self.record(format!("capabilities {}", keep.join(",")))
+    }
+    fn leave_terminal(&self) -> SysResult<()> {
+        self.record("setpgid 0 0; ioctl /dev/tty TIOCNOTTY".into())
     }
     fn set_no_new_privs(&self) -> SysResult<()> {
         self.record("prctl PR_SET_NO_NEW_PRIVS".into())

@@ -31,6 +31,53 @@ fn how(flags: OFlag, resolve: ResolveFlag) -> OpenHow {
 /// links of the container's own making would lead out).
 const IN_ROOT: ResolveFlag = ResolveFlag::RESOLVE_IN_ROOT.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
 
+/// A directory of pristine's own (an overlay's upper or work directory) opened below a
+/// trusted one (the store, the container's tmpfs, the parent of a caller's upper
+/// directory) without following any symlink on the way (`RESOLVE_BENEATH` and
+/// `RESOLVE_NO_SYMLINKS`): nothing planted in the store can redirect it. overlayfs gets
+/// its descriptor's `/proc/self/fd/N` link ([`DirBeneath::proc_path`]), so the directory
+/// it mounts is the one opened here, whatever happens to the path afterwards.
+pub(crate) struct DirBeneath {
+    fd: OwnedFd,
+}
+
+impl DirBeneath {
+    pub(crate) fn open(beneath: &Path, path: &Path) -> SysResult<DirBeneath> {
+        let rel = path
+            .strip_prefix(beneath)
+            .map_err(|_| SysError::new("open below the store", Some(path), Errno::EXDEV))?;
+        let rel = match rel.as_os_str().is_empty() {
+            true => Path::new("."),
+            false => rel,
+        };
+        let top = nix::fcntl::open(
+            beneath,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SysError::new("open", Some(beneath), e))?;
+        let resolve = ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+        let fd = openat2(top.as_fd(), rel, how(OFlag::O_PATH | OFlag::O_DIRECTORY, resolve))
+            .map_err(|e| {
+                let op = match e {
+                    Errno::ELOOP | Errno::EXDEV => {
+                        "open an overlay directory (a symlink is on the way to it; refused, not followed)"
+                    }
+                    _ => "open an overlay directory",
+                };
+                SysError::new(op, Some(path), e)
+            })?;
+        Ok(DirBeneath { fd })
+    }
+
+    /// The descriptor's magic link, for overlayfs's `upperdir=`/`workdir=` options.
+    pub(crate) fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+}
+
 /// What to create at the end of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {

@@ -383,7 +383,7 @@ impl Harness {
     pub fn run(self) -> ! {
         let finished = self.execute(&Arguments::from_args());
         if let Some(s) = finished.summary() {
-            eprintln!("{s}");
+            say!("{s}");
         }
         finished.conclusion.exit()
     }
@@ -541,8 +541,21 @@ impl RunConfig {
             },
             _ => s.keep.unwrap_or(Keep::Never),
         };
+        // A sized tmpfs upper cannot be kept (keeping puts it on disk, unsized): the size,
+        // which the harness's author chose, wins over the environment's wish to keep.
+        let keep = match (&s.upper, keep) {
+            (Some(Upper::Tmpfs(size)), k) if k != Keep::Never && s.keep.is_none() => {
+                warnings.push(format!(
+                    "not keeping failed tests' upper layers ({KEEP_ENV}): this harness's upper \
+                     layer is a tmpfs of at most {size} (Harness::upper), and a kept one would \
+                     be on disk without that limit"
+                ));
+                Keep::Never
+            }
+            (_, k) => k,
+        };
         for w in &warnings {
-            eprintln!("pristine: {w}");
+            say!("pristine: {w}");
         }
         RunConfig {
             timeout,
@@ -706,8 +719,8 @@ fn run_trial(
     let passed = out.status.success() && !out.timed_out;
     if passed {
         if config.nocapture {
-            print!("{stdout}");
-            eprint!("{}", out.stderr_str());
+            put!(std::io::stdout(), "{stdout}");
+            put!(std::io::stderr(), "{}", out.stderr_str());
         }
         return (Ok(()), Some(timing));
     }

@@ -78,7 +78,7 @@ pub(crate) fn run(groups: &[Group], name: &str) -> ! {
         .iter()
         .find_map(|g| g.tests.iter().find(|t| t.name == name).map(|t| (g, t)))
     else {
-        eprintln!("pristine: no test named {name:?} in this binary (inside its container)");
+        say!("pristine: no test named {name:?} in this binary (inside its container)");
         std::process::exit(2);
     };
     let mut running: Vec<Running> = Vec::new();
@@ -86,7 +86,7 @@ pub(crate) fn run(groups: &[Group], name: &str) -> ! {
         match service.start() {
             Ok(r) => running.push(r),
             Err(e) => {
-                eprintln!("error: {e}");
+                say!("error: {e}");
                 print_logs(&mut running, Some(service));
                 finish(2, None);
             }
@@ -111,7 +111,7 @@ pub(crate) fn run(groups: &[Group], name: &str) -> ! {
                 msg.push_str(&format!("\n  caused by: {s}"));
                 source = s.source();
             }
-            eprintln!("{msg}");
+            say!("{msg}");
             1
         }
         // The panic hook has printed the message.

@@ -11,6 +11,23 @@
 //! - `registered.rs`: tests declared with [`#[pristine::test]`](crate::test).
 //! - [`wrap`]: the nextest wrapper.
 
+/// `eprintln!` that ignores a closed or failing stderr (`pristine wrap … 2>&1 | head -1`)
+/// instead of panicking: a message is never worth a panic or a lost exit status.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// `print!`/`eprint!` of a whole text, ignoring a closed stream, as [`say!`].
+macro_rules! put {
+    ($stream:expr, $($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!($stream.lock(), $($arg)*);
+    }};
+}
+
 pub mod carry;
 mod harness;
 mod inside;

@@ -82,19 +82,19 @@ pub fn run(args: WrapArgs) -> ExitCode {
     let (bin, rest) = match args.command.split_first() {
         Some((b, r)) => (PathBuf::from(b), r.to_vec()),
         None => {
-            eprintln!("pristine wrap: no test binary given");
+            say!("pristine wrap: no test binary given");
             return ExitCode::from(125);
         }
     };
     if is_listing(&rest) {
         let err = std::process::Command::new(&bin).args(&rest).exec();
-        eprintln!("pristine wrap: failed to run {}: {err}", bin.display());
+        say!("pristine wrap: failed to run {}: {err}", bin.display());
         return ExitCode::from(125);
     }
     match run_in_container(&args, &bin, &rest) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("pristine wrap: {e}");
+            say!("pristine wrap: {e}");
             ExitCode::from(125)
         }
     }
@@ -162,23 +162,27 @@ fn run_in_container(
         .run(&argv)
         .map_err(|e| format!("failed to run {} in a container: {e}", bin.display()))?;
     if out.timed_out {
-        eprintln!(
+        say!(
             "pristine wrap: {} timed out and was killed with its container {}",
             bin.display(),
             out.id
         );
     }
     if let Some(limit) = out.oom_killed {
-        eprintln!(
+        say!(
             "pristine wrap: {} killed: out of memory, limit {}",
             bin.display(),
             crate::size::human(limit)
         );
     }
     if let Some(k) = &out.kept {
-        eprintln!("pristine wrap: kept upper layer: {}", k.upper().display());
+        say!("pristine wrap: kept upper layer: {}", k.upper().display());
         let diff = k.diff().map_err(|e| e.to_string());
-        eprint!("{}", render_diff(diff.as_deref().map_err(Clone::clone)));
+        put!(
+            std::io::stderr(),
+            "{}",
+            render_diff(diff.as_deref().map_err(Clone::clone))
+        );
     }
     Ok(match (out.timed_out, out.status.code()) {
         (true, _) => 124,

@@ -147,3 +147,53 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// overlayfs's layer format as README describes it ("Overlay-native"), read and written
+/// here on its own rather than through pristine's internals, so that the tests check
+/// what pristine writes against the format itself: a whiteout is a character device 0/0,
+/// an opaque directory has `user.overlay.opaque` (and, as root, `trusted.overlay.opaque`)
+/// set to `y`.
+pub mod layer_format {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::path::Path;
+
+    /// Whether `meta` (of `symlink_metadata`) is a whiteout.
+    pub fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+        meta.file_type().is_char_device() && meta.rdev() == 0
+    }
+
+    /// Whether the entry at `path` is a whiteout (a missing one is not).
+    pub fn is_whiteout_path(path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok_and(|m| is_whiteout(&m))
+    }
+
+    /// Makes a whiteout at `path` (unprivileged on Linux 5.8 and later).
+    pub fn make_whiteout(path: &Path) {
+        use nix::sys::stat::{mknod, Mode, SFlag};
+        mknod(path, SFlag::S_IFCHR, Mode::empty(), 0)
+            .unwrap_or_else(|e| panic!("mknod whiteout {}: {e}", path.display()));
+    }
+
+    /// Whether the directory at `path` is opaque.
+    pub fn is_opaque(path: &Path) -> bool {
+        ["user.overlay.opaque", "trusted.overlay.opaque"]
+            .iter()
+            .any(|name| {
+                let mut buf = [0u8; 8];
+                matches!(rustix::fs::lgetxattr(path, *name, &mut buf), Ok(1) if buf[0] == b'y')
+            })
+    }
+
+    /// Makes the directory at `path` opaque.
+    pub fn make_opaque(path: &Path) {
+        let set =
+            |name: &str| rustix::fs::lsetxattr(path, name, b"y", rustix::fs::XattrFlags::empty());
+        set("user.overlay.opaque")
+            .unwrap_or_else(|e| panic!("set user.overlay.opaque on {}: {e}", path.display()));
+        if super::is_root() {
+            set("trusted.overlay.opaque").unwrap_or_else(|e| {
+                panic!("set trusted.overlay.opaque on {}: {e}", path.display())
+            });
+        }
+    }
+}

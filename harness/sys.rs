@@ -171,6 +171,18 @@ pub fn is_overlayfs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == OVERLAYFS_SUPER_MAGIC)
 }
 
+/// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a mount's 64-bit id, never reused until reboot.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+/// The never-reused id of the mount that holds `path` (`STATX_MNT_ID_UNIQUE`, Linux 6.8),
+/// or `None` on older kernels, where mount ids are reused and so identify nothing.
+pub fn unique_mount_id(path: &Path) -> Option<u64> {
+    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
+    let flags = StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
+    let st = statx(CWD, path, AtFlags::empty(), flags).ok()?;
+    (st.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id)
+}
+
 /// The calling process's effective uid and gid.
 pub fn effective_ids() -> (u32, u32) {
     (

@@ -827,6 +827,64 @@ pub(crate) unsafe fn clone_fork(
     .map_err(|e| SysError::new("clone", None, e))
 }
 
+/// Starts a child that shares this process's memory until it execs or exits
+/// (`CLONE_VM | CLONE_VFORK`, the way `posix_spawn` starts one): no page tables are copied,
+/// and neither side then takes copy-on-write faults, which a fork of pristine's own (large)
+/// process costs. The calling thread is suspended until the child has exec'd or exited.
+/// Every signal is blocked around the clone, and the child sets every caught signal back
+/// to its default before `child` runs, so no handler of the caller's can run in the child
+/// on the shared memory; `child` sets the mask the command is to have.
+///
+/// # Safety
+/// `child` runs on a stack of its own but in the caller's memory: it may make only
+/// async-signal-safe calls, write no memory but its own stack (no allocation, no lock),
+/// and must end in `execve` or [`exit_now`], never return or unwind.
+pub(crate) unsafe fn spawn_vforked(child: &mut dyn FnMut()) -> SysResult<Pid> {
+    let mut stack = vec![0u8; 64 * 1024];
+    let old = block_signals(&SigSet::all())?;
+    let mut body = || -> isize {
+        reset_caught_signals();
+        child();
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: with CLONE_VM the child runs `body` in our memory, on `stack` (alive until
+    // it execs or exits, since CLONE_VFORK suspends us until then); `body` only makes
+    // system calls (the caller's guarantee for `child`) and never returns.
+    let started = unsafe {
+        nix::sched::clone(
+            Box::new(&mut body),
+            &mut stack,
+            CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+            Some(Signal::SIGCHLD as i32),
+        )
+    };
+    let _ = set_signal_mask(&old);
+    started.map_err(|e| SysError::new("clone", None, e))
+}
+
+/// Sets every signal that has a handler back to its default disposition (ignored ones stay
+/// ignored): in a vfork-style child, where a handler would run on its parent's memory.
+/// Async-signal-safe.
+fn reset_caught_signals() {
+    for sig in 1..=libc::SIGRTMAX() {
+        // SAFETY: `sigaction` reads and writes the two structs on this stack; the C
+        // library refuses (EINVAL) the signals it reserves, which are then left alone.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
+                || old.sa_sigaction == libc::SIG_DFL
+                || old.sa_sigaction == libc::SIG_IGN
+            {
+                continue;
+            }
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &default, std::ptr::null_mut());
+        }
+    }
+}
+
 /// `struct clone_args` of `clone3(2)` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
 #[repr(C)]
 #[derive(Default)]

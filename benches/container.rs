@@ -22,7 +22,12 @@
 //! At the end a summary is printed: criterion's medians (from its `estimates.json`) and,
 //! because groups measured minutes apart see different loads on a shared machine, the
 //! medians of an interleaved pass (every cycle case in turn, in short blocks), with the
-//! ratios of both, and the throughput in containers per second. HTML plots are off.
+//! ratios of both, and the throughput in containers per second. Then the throughput cases
+//! again, interleaved: in each round the floor, the library, `pristine run` and bubblewrap
+//! each run 40 containers on 2 workers, in turn, and the medians of the rounds and their
+//! ratios are printed (the ratios to hold against bubblewrap). HTML plots are off.
+//! A filter that matches no benchmark (`cargo bench --bench container -- interleaved`)
+//! skips criterion's groups and runs only the interleaved passes.
 //!
 //! The kernel floor needs root (it mounts without a user namespace) and is skipped, like a
 //! missing or unusable `bwrap`, with a printed note. Being a fork-like clone of this
@@ -108,7 +113,10 @@ fn main() {
     if benching {
         let rounds = if quick { 8 } else { 40 };
         let inter = interleaved(rounds, &store, floor, bwrap.as_deref());
+        let rates =
+            interleaved_throughput(if quick { 3 } else { 7 }, &store, floor, bwrap.as_deref());
         print_summary(started, &load_before, rounds, &inter);
+        print_throughput(&rates);
     }
 }
 
@@ -630,6 +638,80 @@ fn interleaved(
         }
     }
     times
+}
+
+/// One benchmark case that several workers run at once.
+type SyncCase<'a> = Box<dyn Fn() + Sync + 'a>;
+
+/// Containers per round and case of the interleaved throughput pass (split over the workers).
+const INTERLEAVED_CONTAINERS: u64 = 40;
+
+/// Throughput with [`WORKERS`] workers, the cases in turn within each round (criterion's
+/// `throughput/` group runs them minutes apart, under different loads): containers per
+/// second of every round, per case.
+fn interleaved_throughput(
+    rounds: usize,
+    store: &Path,
+    floor: Option<&Floor>,
+    bwrap: Option<&Path>,
+) -> Vec<(&'static str, Vec<f64>)> {
+    let mut cases: Vec<(&'static str, SyncCase<'_>)> = vec![
+        ("pristine_tmpfs", Box::new(|| pristine_true(store, None))),
+        ("pristine_cli", Box::new(|| pristine_cli_true(store))),
+    ];
+    if let Some(floor) = floor {
+        cases.insert(0, ("kernel_floor", Box::new(|| floor_true(floor))));
+    }
+    if let Some(bwrap) = bwrap {
+        cases.push(("bwrap", Box::new(|| bwrap_true(bwrap))));
+    }
+    let mut rates: Vec<(&'static str, Vec<f64>)> =
+        cases.iter().map(|(n, _)| (*n, Vec::new())).collect();
+    for _ in 0..rounds {
+        for ((_, one), (_, r)) in cases.iter().zip(rates.iter_mut()) {
+            // Untimed, as in `interleaved`: what the previous case left behind settles.
+            in_parallel(WORKERS, one.as_ref());
+            let start = Instant::now();
+            in_parallel(INTERLEAVED_CONTAINERS, one.as_ref());
+            r.push(INTERLEAVED_CONTAINERS as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    rates
+}
+
+fn print_throughput(rates: &[(&'static str, Vec<f64>)]) {
+    let rate = |name: &str| {
+        rates
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, r)| median(r))
+    };
+    let rounds = rates.first().map_or(0, |(_, r)| r.len());
+    println!();
+    println!(
+        "throughput, interleaved ({WORKERS} workers, {INTERLEAVED_CONTAINERS} containers per \
+         case and round, {rounds} rounds; median, and each round)"
+    );
+    for (name, r) in rates {
+        let each: Vec<String> = r.iter().map(|v| format!("{v:.0}")).collect();
+        println!(
+            "  {:<32} {:>8} /s   rounds: {}",
+            format!("{THROUGHPUT}/{name}"),
+            rate(name).map_or("?".into(), |v| format!("{v:.0}")),
+            each.join(" ")
+        );
+    }
+    for (a, b) in [
+        ("pristine_tmpfs", "bwrap"),
+        ("pristine_cli", "bwrap"),
+        ("pristine_tmpfs", "kernel_floor"),
+    ] {
+        let ratio = match (rate(a), rate(b)) {
+            (Some(a), Some(b)) => format!("{:.2}x", a / b),
+            _ => "(not run)".into(),
+        };
+        println!("  {:<46} {:>9}", format!("{a} / {b} (rate)"), ratio);
+    }
 }
 
 fn median(v: &[f64]) -> Option<f64> {

@@ -22,7 +22,15 @@
 //! At the end a summary is printed: criterion's medians (from its `estimates.json`) and,
 //! because groups measured minutes apart see different loads on a shared machine, the
 //! medians of an interleaved pass (every cycle case in turn, in short blocks), with the
-//! ratios of both, and the throughput in containers per second. HTML plots are off.
+//! ratios of both, and the throughput in containers per second. Then the throughput cases
+//! again, interleaved: in each round the floor, the library, `pristine run` and bubblewrap
+//! each run 40 containers on 2 workers, in turn, and the medians of the rounds and their
+//! ratios are printed (the ratios to hold against bubblewrap). HTML plots are off.
+//! Before criterion starts, a CPU pass runs the cycle cases in turn, single-threaded, and
+//! reads what this process and its children spent (getrusage): CPU per container against
+//! the kernel floor, robust to the machine's load.
+//! A filter that matches no benchmark (`cargo bench --bench container -- interleaved`)
+//! skips criterion's groups and runs only the interleaved passes.
 //!
 //! The kernel floor needs root (it mounts without a user namespace) and is skipped, like a
 //! missing or unusable `bwrap`, with a printed note. Being a fork-like clone of this
@@ -79,6 +87,9 @@ fn main() {
         .unwrap_or_else(|e| panic!("build the bench layer: {e}"));
     HOST_LAYER.set(layered).expect("set once");
     let (floor, bwrap) = check_everything_works(&store, &floor, find_on_path("bwrap"));
+    // First, while this process is still single-threaded (the library then forks PID 1
+    // itself, and every process of a container is reaped by this one or its children).
+    let cpu = cpu_per_cycle(if quick { 3 } else { 5 }, &store, floor);
 
     // Defaults first, so that criterion's command line (`--sample-size`, ...) overrides them.
     // Plots are off: under load, drawing them took longer than measuring.
@@ -108,7 +119,11 @@ fn main() {
     if benching {
         let rounds = if quick { 8 } else { 40 };
         let inter = interleaved(rounds, &store, floor, bwrap.as_deref());
+        let rates =
+            interleaved_throughput(if quick { 3 } else { 7 }, &store, floor, bwrap.as_deref());
         print_summary(started, &load_before, rounds, &inter);
+        print_throughput(&rates);
+        print_cpu(&cpu);
     }
 }
 
@@ -630,6 +645,164 @@ fn interleaved(
         }
     }
     times
+}
+
+/// Cycles per case and round of the CPU pass.
+const CPU_CYCLES: u32 = 100;
+
+/// CPU time (user + system) of this process and of its reaped descendants, in ms.
+fn cpu_ms() -> f64 {
+    let ms = |who| {
+        // SAFETY: getrusage fills the zeroed struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    ms(libc::RUSAGE_SELF) + ms(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU per container cycle, every case in turn per round: what this process and everything
+/// it starts spend (getrusage), robust to the machine's load where wall times are not.
+/// Work the kernel defers to its own threads (freeing a network namespace) is in no
+/// process's account, for every case alike. bubblewrap is not measured here: its outer
+/// process exits without reaping its PID 1, whose CPU (the setup, the command) then never
+/// reaches this process's account; `tools/cycle-cpu` (perf) compares it.
+fn cpu_per_cycle(
+    rounds: usize,
+    store: &Path,
+    floor: Option<&Floor>,
+) -> Vec<(&'static str, Vec<f64>)> {
+    let mut cases: Vec<(&'static str, Case<'_>)> = vec![
+        ("plain_spawn_true", Box::new(plain_spawn_true)),
+        (
+            "pristine_true_tmpfs",
+            Box::new(|| pristine_true(store, None)),
+        ),
+        (
+            "pristine_true_privileged",
+            Box::new(|| pristine_true_privileged(store)),
+        ),
+        ("pristine_cli_true", Box::new(|| pristine_cli_true(store))),
+    ];
+    if let Some(floor) = floor {
+        cases.insert(1, ("kernel_floor_true", Box::new(|| floor_true(floor))));
+    }
+    let mut cpu: Vec<(&'static str, Vec<f64>)> =
+        cases.iter().map(|(n, _)| (*n, Vec::new())).collect();
+    for _ in 0..rounds {
+        for ((_, run), (_, c)) in cases.iter().zip(cpu.iter_mut()) {
+            run();
+            let before = cpu_ms();
+            for _ in 0..CPU_CYCLES {
+                run();
+            }
+            c.push((cpu_ms() - before) / f64::from(CPU_CYCLES));
+        }
+    }
+    cpu
+}
+
+fn print_cpu(cpu: &[(&'static str, Vec<f64>)]) {
+    let of = |name: &str| {
+        cpu.iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, c)| median(c))
+    };
+    let rounds = cpu.first().map_or(0, |(_, c)| c.len());
+    println!();
+    println!(
+        "CPU per cycle (getrusage of this process and its children, single-threaded, \
+         {CPU_CYCLES} cycles per case and round, {rounds} rounds; median, and each round)"
+    );
+    for (name, c) in cpu {
+        let each: Vec<String> = c.iter().map(|v| format!("{v:.3}")).collect();
+        let vs_floor = match (of(name), of("kernel_floor_true")) {
+            (Some(a), Some(b)) => format!("{:.2}x floor", a / b),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<32} {:>8} ms {:>12}   rounds: {}",
+            format!("{CYCLE}/{name}"),
+            of(name).map_or("?".into(), |v| format!("{v:.3}")),
+            vs_floor,
+            each.join(" ")
+        );
+    }
+}
+
+/// One benchmark case that several workers run at once.
+type SyncCase<'a> = Box<dyn Fn() + Sync + 'a>;
+
+/// Containers per round and case of the interleaved throughput pass (split over the workers).
+const INTERLEAVED_CONTAINERS: u64 = 40;
+
+/// Throughput with [`WORKERS`] workers, the cases in turn within each round (criterion's
+/// `throughput/` group runs them minutes apart, under different loads): containers per
+/// second of every round, per case.
+fn interleaved_throughput(
+    rounds: usize,
+    store: &Path,
+    floor: Option<&Floor>,
+    bwrap: Option<&Path>,
+) -> Vec<(&'static str, Vec<f64>)> {
+    let mut cases: Vec<(&'static str, SyncCase<'_>)> = vec![
+        ("pristine_tmpfs", Box::new(|| pristine_true(store, None))),
+        ("pristine_cli", Box::new(|| pristine_cli_true(store))),
+    ];
+    if let Some(floor) = floor {
+        cases.insert(0, ("kernel_floor", Box::new(|| floor_true(floor))));
+    }
+    if let Some(bwrap) = bwrap {
+        cases.push(("bwrap", Box::new(|| bwrap_true(bwrap))));
+    }
+    let mut rates: Vec<(&'static str, Vec<f64>)> =
+        cases.iter().map(|(n, _)| (*n, Vec::new())).collect();
+    for _ in 0..rounds {
+        for ((_, one), (_, r)) in cases.iter().zip(rates.iter_mut()) {
+            // Untimed, as in `interleaved`: what the previous case left behind settles.
+            in_parallel(WORKERS, one.as_ref());
+            let start = Instant::now();
+            in_parallel(INTERLEAVED_CONTAINERS, one.as_ref());
+            r.push(INTERLEAVED_CONTAINERS as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    rates
+}
+
+fn print_throughput(rates: &[(&'static str, Vec<f64>)]) {
+    let rate = |name: &str| {
+        rates
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, r)| median(r))
+    };
+    let rounds = rates.first().map_or(0, |(_, r)| r.len());
+    println!();
+    println!(
+        "throughput, interleaved ({WORKERS} workers, {INTERLEAVED_CONTAINERS} containers per \
+         case and round, {rounds} rounds; median, and each round)"
+    );
+    for (name, r) in rates {
+        let each: Vec<String> = r.iter().map(|v| format!("{v:.0}")).collect();
+        println!(
+            "  {:<32} {:>8} /s   rounds: {}",
+            format!("{THROUGHPUT}/{name}"),
+            rate(name).map_or("?".into(), |v| format!("{v:.0}")),
+            each.join(" ")
+        );
+    }
+    for (a, b) in [
+        ("pristine_tmpfs", "bwrap"),
+        ("pristine_cli", "bwrap"),
+        ("pristine_tmpfs", "kernel_floor"),
+    ] {
+        let ratio = match (rate(a), rate(b)) {
+            (Some(a), Some(b)) => format!("{:.2}x", a / b),
+            _ => "(not run)".into(),
+        };
+        println!("  {:<46} {:>9}", format!("{a} / {b} (rate)"), ratio);
+    }
 }
 
 fn median(v: &[f64]) -> Option<f64> {

@@ -171,6 +171,18 @@ pub fn is_overlayfs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == OVERLAYFS_SUPER_MAGIC)
 }
 
+/// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a mount's 64-bit id, never reused until reboot.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+/// The never-reused id of the mount that holds `path` (`STATX_MNT_ID_UNIQUE`, Linux 6.8),
+/// or `None` on older kernels, where mount ids are reused and so identify nothing.
+pub fn unique_mount_id(path: &Path) -> Option<u64> {
+    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
+    let flags = StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
+    let st = statx(CWD, path, AtFlags::empty(), flags).ok()?;
+    (st.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id)
+}
+
 /// The calling process's effective uid and gid.
 pub fn effective_ids() -> (u32, u32) {
     (
@@ -575,7 +587,7 @@ fn clone_exec_vfork(
     ptrs: &ExecPtrs,
     err_fd: RawFd,
 ) -> SysResult<(Pid, OwnedFd)> {
-    let mut stack = vec![0u8; 64 * 1024];
+    let mut stack = CloneStack::new(64 * 1024)?;
     let mut child = || -> isize { child_after_clone(req, ptrs, err_fd) };
     let mut child: &mut dyn FnMut() -> isize = &mut child;
     extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
@@ -592,6 +604,7 @@ fn clone_exec_vfork(
     // child's use of them for the same reason. It never returns into our frames. With
     // CLONE_PIDFD the kernel stores the child's pidfd in `pidfd` (the `parent_tid` slot).
     let pid = unsafe {
+        let stack = stack.as_mut_slice();
         let top = stack.as_mut_ptr().add(stack.len());
         let top = top.sub(top as usize % 16);
         libc::clone(
@@ -961,6 +974,106 @@ unsafe fn fork_with_pidfd(
         0 => Ok((0, None)),
         // SAFETY: CLONE_PIDFD gave us this new descriptor, close-on-exec, owned by nobody else.
         p => Ok((p, Some(unsafe { OwnedFd::from_raw_fd(pidfd) }))),
+    }
+}
+
+/// The stack of a clone child: fresh anonymous memory, of which only the pages the child
+/// touches are ever faulted in. (`vec![0; N]` zeroes it first, and past glibc's mmap
+/// threshold, which grows as large blocks are freed, that faults in every page: 80 page
+/// faults per container for the two clones.)
+pub(crate) struct CloneStack {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl CloneStack {
+    pub(crate) fn new(len: usize) -> SysResult<Self> {
+        // SAFETY: a new private anonymous mapping, at an address the kernel chooses.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        match std::ptr::NonNull::new(ptr.cast::<u8>()) {
+            Some(ptr) if ptr.as_ptr().cast() != libc::MAP_FAILED => Ok(CloneStack { ptr, len }),
+            _ => Err(SysError::new("mmap a clone stack", None, Errno::last())),
+        }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `len` bytes mapped readable and writable by `new` (anonymous memory starts
+        // zeroed, so initialised), unmapped only by `drop`; borrowed mutably from `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for CloneStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made by `new`, no longer borrowed.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Starts a child that shares this process's memory until it execs or exits
+/// (`CLONE_VM | CLONE_VFORK`, the way `posix_spawn` starts one): no page tables are copied,
+/// and neither side then takes copy-on-write faults, which a fork of pristine's own (large)
+/// process costs. The calling thread is suspended until the child has exec'd or exited.
+/// Every signal is blocked around the clone, and the child sets every caught signal back
+/// to its default before `child` runs, so no handler of the caller's can run in the child
+/// on the shared memory; `child` sets the mask the command is to have.
+///
+/// # Safety
+/// `child` runs on a stack of its own but in the caller's memory: it may make only
+/// async-signal-safe calls, write no memory but its own stack (no allocation, no lock),
+/// and must end in `execve` or [`exit_now`], never return or unwind.
+pub(crate) unsafe fn spawn_vforked(child: &mut dyn FnMut()) -> SysResult<Pid> {
+    let mut stack = CloneStack::new(64 * 1024)?;
+    let old = block_signals(&SigSet::all())?;
+    let mut body = || -> isize {
+        reset_caught_signals();
+        child();
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: with CLONE_VM the child runs `body` in our memory, on `stack` (alive until
+    // it execs or exits, since CLONE_VFORK suspends us until then); `body` only makes
+    // system calls (the caller's guarantee for `child`) and never returns.
+    let started = unsafe {
+        nix::sched::clone(
+            Box::new(&mut body),
+            stack.as_mut_slice(),
+            CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+            Some(Signal::SIGCHLD as i32),
+        )
+    };
+    let _ = set_signal_mask(&old);
+    started.map_err(|e| SysError::new("clone", None, e))
+}
+
+/// Sets every signal that has a handler back to its default disposition (ignored ones stay
+/// ignored): in a vfork-style child, where a handler would run on its parent's memory.
+/// Async-signal-safe.
+fn reset_caught_signals() {
+    for sig in 1..=libc::SIGRTMAX() {
+        // SAFETY: `sigaction` reads and writes the two structs on this stack; the C
+        // library refuses (EINVAL) the signals it reserves, which are then left alone.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
+                || old.sa_sigaction == libc::SIG_DFL
+                || old.sa_sigaction == libc::SIG_IGN
+            {
+                continue;
+            }
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &default, std::ptr::null_mut());
+        }
     }
 }
 

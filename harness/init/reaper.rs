@@ -7,7 +7,7 @@ use std::path::Path;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::Pid;
 
 use super::entry::cstring;
 use crate::sys;
@@ -88,24 +88,23 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
         .chain(std::iter::once(std::ptr::null()))
         .collect();
 
-    // SAFETY: this process is single-threaded (a freshly exec'd init that started no
-    // threads), so the child may run arbitrary code; it still only makes system calls.
-    let child = match unsafe { fork() }.map_err(|e| e as i32)? {
-        ForkResult::Child => {
-            // The command leads a process group of its own, as a shell's job would, so
-            // that a terminal's SIGINT and SIGQUIT reach all of it (`wait_loop`).
-            let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-            let _ = sys::set_signal_mask(&command_mask);
-            sys::reset_sigpipe();
-            // SAFETY: `argv` and `envp` are NULL-terminated arrays of pointers into
-            // `cmd`'s C strings, all alive until exec; this is the forked child.
-            let errno =
-                unsafe { sys::exec_command(cmd.user, &cmd.workdir, &cmd.path, &argv, &envp) };
-            sys::write_raw(err_w.as_raw_fd(), &(errno as i32).to_ne_bytes());
-            sys::exit_now(127);
-        }
-        ForkResult::Parent { child } => child,
+    let err_fd = err_w.as_raw_fd();
+    let mut exec = || {
+        // The command leads a process group of its own, as a shell's job would, so that a
+        // terminal's SIGINT and SIGQUIT reach all of it (`wait_loop`).
+        let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+        let _ = sys::set_signal_mask(&command_mask);
+        sys::reset_sigpipe();
+        // SAFETY: `argv` and `envp` are NULL-terminated arrays of pointers into `cmd`'s C
+        // strings, all alive until exec; this is the new child, about to exec.
+        let errno = unsafe { sys::exec_command(cmd.user, &cmd.workdir, &cmd.path, &argv, &envp) };
+        sys::write_raw(err_fd, &(errno as i32).to_ne_bytes());
+        sys::exit_now(127);
     };
+    // SAFETY: the child (sharing our memory until it execs) only makes system calls on
+    // data prepared above (`sigprocmask`, `sigaction`, `prctl`, credentials, `chdir`,
+    // `execve`, `write`, `_exit`) and writes nothing but its own stack.
+    let child = unsafe { sys::spawn_vforked(&mut exec) }.map_err(|e| e.errno as i32)?;
     drop(err_w);
     let mut buf = [0u8; 4];
     if let Ok(4) = nix::unistd::read(&err_r, &mut buf) {

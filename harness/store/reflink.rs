@@ -5,6 +5,7 @@
 //! ```text
 //! STORE/reflink.img    a sparse XFS image (made as root when STORE's filesystem cannot reflink)
 //! STORE/reflink.lock   held while the image is made, found or mounted
+//! STORE/reflink.probe  what the last `FICLONE` probes found, per mounted filesystem
 //! STORE/reflink/       the image's mount point, and then the store's data root: layers,
 //!                      images, container uppers all live there, on one filesystem
 //! ```
@@ -96,7 +97,7 @@ impl Policy {
 /// data root is `root` itself and the reason is returned.
 pub(crate) fn data_root(root: &Path, policy: Policy) -> (PathBuf, Reflink) {
     let fstype = fs_type(root).unwrap_or_else(|| "unknown".into());
-    if probe(root) {
+    if probe_remembered(root, root) {
         return (root.to_path_buf(), Reflink::Native { fstype });
     }
     let unavailable = |reason: String| {
@@ -115,7 +116,7 @@ pub(crate) fn data_root(root: &Path, policy: Policy) -> (PathBuf, Reflink) {
     let image = root.join("reflink.img");
     // Found again, as any user: mounted earlier (by root) and backed by our image.
     if let Some((device, fs)) = mounted_image(&mnt, &image) {
-        if probe(&mnt) {
+        if probe_remembered(root, &mnt) {
             return (
                 mnt,
                 Reflink::Image {
@@ -177,6 +178,49 @@ pub(crate) fn unmount(root: &Path) -> Result<bool, String> {
         format!("{e} (containers still running on it? they end first; then run this again)")
     })?;
     Ok(true)
+}
+
+/// The file in the store's location that remembers what [`probe`] found.
+const PROBE_MEMO: &str = "reflink.probe";
+
+/// [`probe`], remembered in `root`'s `reflink.probe` per mounted filesystem (the boot and
+/// the mount's never-reused id): a probe creates and removes a directory and two files,
+/// which on ext4 cost a `pristine run` about a tenth of its CPU, every run. Kernels before
+/// 6.8 (mount ids reused) probe every time. What is remembered only chooses where uppers
+/// go (a wrong answer would cost speed, not isolation); the file is the store owner's.
+fn probe_remembered(root: &Path, dir: &Path) -> bool {
+    let Some(key) = filesystem_key(dir) else {
+        return probe(dir);
+    };
+    let memo = root.join(PROBE_MEMO);
+    let text = std::fs::read_to_string(&memo).unwrap_or_default();
+    let known = text
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(k, _)| *k == key);
+    if let Some((_, answer)) = known {
+        return answer == "yes";
+    }
+    let works = probe(dir);
+    // Other filesystems' lines are kept (the store's own and its image's); a lost race
+    // between two processes only costs the loser's line, probed again next time.
+    let mut lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let line = format!("{key} {}", if works { "yes" } else { "no" });
+    lines.push(&line);
+    let staged = root.join(format!("{PROBE_MEMO}.{}", std::process::id()));
+    let written = std::fs::write(&staged, lines.join("\n") + "\n")
+        .and_then(|()| std::fs::rename(&staged, &memo));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    works
+}
+
+/// Identifies the mounted filesystem that holds `dir` for as long as it stays mounted.
+fn filesystem_key(dir: &Path) -> Option<String> {
+    let mount = sys::unique_mount_id(dir)?;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(format!("{} {mount}", boot.trim()))
 }
 
 /// Whether `dir`'s filesystem clones a file with `FICLONE`.

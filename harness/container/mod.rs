@@ -3,6 +3,7 @@
 mod bind;
 mod builder;
 mod id;
+mod ident;
 mod outcome;
 mod spawn;
 mod supervise;

@@ -11,6 +11,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 
 use super::builder::{Container, Keep, Stdio, Upper, User};
+use super::ident;
 use super::outcome::{ExitStatus, Kept, Outcome};
 use super::supervise::{supervise, Supervised};
 use crate::error::{ConfigError, Error};
@@ -62,27 +63,126 @@ fn cstr(what: &'static str, s: impl AsRef<std::ffi::OsStr>) -> Result<CString, C
     })
 }
 
-fn environment(c: &Container) -> Result<Vec<String>, ConfigError> {
-    let mut env: Vec<String> = Vec::new();
-    if c.inherit_env {
-        for (k, v) in std::env::vars_os() {
-            if let (Some(k), Some(v)) = (k.to_str(), v.to_str()) {
-                if !c.env.iter().any(|(ck, _)| ck == k) {
-                    env.push(format!("{k}={v}"));
-                }
+/// An environment being assembled: a later value of a key replaces an earlier one in
+/// place (in linear time, for images with huge environments).
+#[derive(Default)]
+struct EnvList {
+    vars: Vec<(String, String)>,
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl EnvList {
+    fn set(&mut self, k: &str, v: &str) {
+        match self.index.get(k) {
+            Some(&i) => self.vars[i].1 = v.to_string(),
+            None => {
+                self.index.insert(k.to_string(), self.vars.len());
+                self.vars.push((k.to_string(), v.to_string()));
             }
         }
     }
-    for (k, v) in &c.env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(ConfigError::BadEnv(format!("{k}={v}")));
+}
+
+fn check_env(k: &str, v: &str) -> Result<(), ConfigError> {
+    if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+        return Err(ConfigError::BadEnv(format!("{k}={v}")));
+    }
+    Ok(())
+}
+
+/// The command's environment: the caller's (unless cleared), the image's `Env` over it,
+/// the variables set on the container over both, and a default `PATH` if none is set.
+fn environment(c: &Container) -> Result<Vec<String>, ConfigError> {
+    let mut env = EnvList::default();
+    if c.inherit_env {
+        for (k, v) in std::env::vars_os() {
+            if let (Some(k), Some(v)) = (k.to_str(), v.to_str()) {
+                env.set(k, v);
+            }
         }
-        env.push(format!("{k}={v}"));
     }
-    if !env.iter().any(|kv| kv.starts_with("PATH=")) {
-        env.push(format!("PATH={DEFAULT_PATH}"));
+    for kv in c.image.config().map(|c| c.env.as_slice()).unwrap_or_default() {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadEnv(kv.clone()))?;
+        check_env(k, v)?;
+        env.set(k, v);
     }
-    Ok(env)
+    for (k, v) in &c.env {
+        check_env(k, v)?;
+        env.set(k, v);
+    }
+    if !env.index.contains_key("PATH") {
+        env.set("PATH", DEFAULT_PATH);
+    }
+    Ok(env
+        .vars
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect())
+}
+
+/// The command to run: the entrypoint (the caller's, else the image's) followed by the
+/// command given, else by the image's `Cmd` (unless the caller replaced the entrypoint),
+/// as Docker runs it.
+fn command(c: &Container, argv: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    let config = c.image.config();
+    let entrypoint = match (&c.entrypoint, config) {
+        (Some(e), _) => e.clone(),
+        (None, Some(cfg)) => cfg.entrypoint.clone(),
+        (None, None) => Vec::new(),
+    };
+    let cmd = match (argv.is_empty(), c.entrypoint.is_some(), config) {
+        (false, ..) => argv,
+        (true, false, Some(cfg)) => cfg.cmd.clone(),
+        _ => Vec::new(),
+    };
+    let full: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if let Some(bad) = full.iter().find(|a| a.contains('\0')) {
+        return Err(ConfigError::BadString {
+            what: "argument",
+            value: bad.clone(),
+        });
+    }
+    match full.first().map(String::as_str) {
+        None if config.is_some() && c.entrypoint.is_none() => Err(ConfigError::NoCommand),
+        None | Some("") => Err(ConfigError::EmptyCommand),
+        Some(_) => Ok(full),
+    }
+}
+
+/// The working directory, and whether it is created when missing: the caller's (which
+/// must exist), else the image's `WorkingDir` (created, as Docker does; a relative one is
+/// taken from `/`), else `/`.
+fn workdir(c: &Container) -> Result<(PathBuf, bool), ConfigError> {
+    if let Some(w) = &c.workdir {
+        if !w.is_absolute() {
+            return Err(ConfigError::RelativeWorkdir(w.clone()));
+        }
+        return Ok((w.clone(), false));
+    }
+    match c.image.config().and_then(|cfg| cfg.working_dir.as_deref()) {
+        Some(w) if w.contains('\0') => Err(ConfigError::BadString {
+            what: "working directory",
+            value: w.to_string(),
+        }),
+        Some(w) => Ok((Path::new("/").join(w), true)),
+        None => Ok((PathBuf::from("/"), false)),
+    }
+}
+
+/// The user to run as: the caller's, else the image's `User`, resolved in the image.
+fn user_ids(c: &Container, image: &crate::Image) -> Result<Option<ident::Ids>, ConfigError> {
+    match (&c.user, c.image.config().and_then(|cfg| cfg.user.as_deref())) {
+        (Some(User::Id(uid, gid)), _) => Ok(Some(ident::Ids {
+            uid: *uid,
+            gid: *gid,
+            groups: vec![*gid],
+        })),
+        (Some(User::Name(name)), _) => ident::resolve(image, name).map(Some),
+        (None, Some(spec)) => ident::resolve(image, spec).map(Some),
+        (None, None) => Ok(None),
+    }
 }
 
 /// What validation yields: everything checked before anything is created.
@@ -91,6 +191,9 @@ struct Validated {
     image: crate::Image,
     binds: Vec<super::Bind>,
     env: Vec<String>,
+    workdir: PathBuf,
+    /// Whether the init creates a missing working directory (the image's).
+    create_workdir: bool,
     id: String,
     hostname: String,
     rootless: bool,
@@ -189,12 +292,8 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
 /// Stage 1: validate everything before creating anything (bubblewrap's rule): a bad input
 /// leaves no trace.
 fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
-    if argv.is_empty() || argv[0].is_empty() {
-        return Err(ConfigError::EmptyCommand.into());
-    }
-    if !c.workdir.is_absolute() {
-        return Err(ConfigError::RelativeWorkdir(c.workdir.clone()).into());
-    }
+    let argv = command(c, argv)?;
+    let (workdir, create_workdir) = workdir(c)?;
     let image = c.image.resolved()?;
     let binds = c
         .binds
@@ -219,6 +318,8 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
         image,
         binds,
         env,
+        workdir,
+        create_workdir,
         id,
         hostname,
         // Root in a user namespace other than the initial one (a rootless podman
@@ -342,17 +443,15 @@ fn init_spec(
         shm_size: c.shm_size,
     })
     .map_err(ConfigError::from)?;
-    let user = match &c.user {
-        None => None,
-        Some(User::Id(uid, gid)) => Some((*uid, *gid)),
-        Some(User::Name(name)) => Some(lookup_user(&layout.image, name)?),
-    };
+    let ids = user_ids(c, &layout.image)?;
     Ok(InitSpec {
         ops,
         argv: v.argv.clone(),
         env: v.env.clone(),
-        workdir: c.workdir.clone(),
-        user,
+        workdir: v.workdir.clone(),
+        create_workdir: v.create_workdir,
+        user: ids.as_ref().map(|i| (i.uid, i.gid)),
+        groups: ids.map(|i| i.groups).unwrap_or_default(),
     })
 }
 
@@ -680,17 +779,6 @@ fn scaffold(ops: &[SetupOp], root: &Path, upper: Option<&Path>) -> Vec<PathBuf> 
         rel.map(|rel| Path::new("/").join(rel))
     }
     ops.iter().filter_map(|op| made(op, root, upper)).collect()
-}
-
-/// Looks a user up in the image's `/etc/passwd` (the uppermost layer that has one).
-fn lookup_user(image: &crate::Image, name: &str) -> Result<(u32, u32), Error> {
-    let passwd = image
-        .lowers()
-        .iter()
-        .find_map(|l| std::fs::read_to_string(l.join("etc/passwd")).ok())
-        .unwrap_or_default();
-    userns::lookup_passwd(&passwd, name)
-        .ok_or_else(|| ConfigError::UnknownUser(name.to_string()).into())
 }
 
 /// Whether [`Upper::Auto`] puts the upper in the store: when copy-up from the image's

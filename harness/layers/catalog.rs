@@ -327,7 +327,8 @@ impl Catalog {
             BaseRecord::Host => Image::host(),
             BaseRecord::Rootfs(d) => Image::rootfs(d),
             BaseRecord::Scratch => Image::scratch(),
-        };
+        }
+        .with_config(record.config.clone());
         for key in &record.layers {
             if !self.has_layer(key) {
                 return Err(BuildError::Io {

@@ -19,7 +19,7 @@ mod fsutil;
 mod path;
 
 pub use archive::{import_archive, ImportedImage};
-pub use config::ImageConfig;
+pub use config::{ExposedPort, ImageConfig, Protocol};
 pub(crate) use digest::HashingReader;
 pub use error::OciError;
 pub use export::export_archive;

@@ -133,6 +133,49 @@ impl Image {
     }
 }
 
+/// Interactive shells [`Image::shell`] looks for, in order: the program and the arguments
+/// that make it a shell.
+const SHELLS: &[(&str, &[&str])] = &[
+    ("/bin/bash", &[]),
+    ("/usr/bin/bash", &[]),
+    ("/bin/sh", &[]),
+    ("/usr/bin/sh", &[]),
+    ("/bin/busybox", &["sh"]),
+    ("/usr/bin/busybox", &["sh"]),
+];
+
+impl Image {
+    /// A shell the image itself has (`/bin/bash`, else `/bin/sh`, else busybox's `sh`),
+    /// as its argument vector; `None` if it has none. Looked up in the image's layers
+    /// (uppermost first, whiteouts hiding what is below), never on the host unless the
+    /// image is the host's; a symlink is followed only inside its layer.
+    #[must_use]
+    pub fn shell(&self) -> Option<Vec<String>> {
+        let lowers = self.lowers();
+        SHELLS.iter().find_map(|(program, args)| {
+            has_executable(&lowers, Path::new(program)).then(|| {
+                std::iter::once(*program)
+                    .chain(args.iter().copied())
+                    .map(String::from)
+                    .collect()
+            })
+        })
+    }
+}
+
+/// Whether the uppermost of `lowers` that has `path` has an executable file there.
+fn has_executable(lowers: &[PathBuf], path: &Path) -> bool {
+    use crate::sys::inroot::{probe, Found};
+    for layer in lowers {
+        match probe(layer, path) {
+            Ok(Found::Absent) => continue,
+            Ok(Found::File { exec }) => return exec,
+            Ok(Found::Hidden) | Err(_) => return false,
+        }
+    }
+    false
+}
+
 fn existing_dir(path: &Path, what: &'static str) -> Result<PathBuf, ConfigError> {
     let meta = std::fs::metadata(path).map_err(|source| ConfigError::MissingDirectory {
         what,

@@ -53,6 +53,17 @@ pub enum BaseRecord {
     Scratch,
 }
 
+/// As `pristine images` shows it: `host`, `rootfs DIR`, or `scratch` (layers only).
+impl std::fmt::Display for BaseRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BaseRecord::Host => f.write_str("host"),
+            BaseRecord::Rootfs(dir) => write!(f, "rootfs {}", dir.display()),
+            BaseRecord::Scratch => f.write_str("scratch"),
+        }
+    }
+}
+
 /// A named image: a base and layer keys, bottom first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {

@@ -629,7 +629,9 @@ fn run_trial(
     };
     let carry = group.carry.unwrap_or(*image.base() != Base::Host);
     let timeout = group.timeout.unwrap_or(config.timeout);
+    // The test binary is the command: an image's entrypoint would run instead of it.
     let mut c = Container::new(image)
+        .entrypoint(Vec::<String>::new())
         .stdio(Stdio::Capture)
         .timeout(timeout)
         .keep(config.keep);

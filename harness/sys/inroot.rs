@@ -144,8 +144,12 @@ pub(crate) enum Found {
 /// What `layer` (an image layer or rootfs directory) holds at `path` (absolute inside the
 /// image), resolved inside the layer: symlinks and `..` never lead out of it.
 pub(crate) fn probe(layer: &Path, path: &Path) -> SysResult<Found> {
-    let Some(fd) = open_in(layer, path, OFlag::O_PATH)? else {
-        return Ok(Found::Absent);
+    let fd = match open_in(layer, path, OFlag::O_PATH) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return Ok(Found::Absent),
+        // A symlink loop: there is nothing to use at the path.
+        Err(e) if e.errno == Errno::ELOOP => return Ok(Found::Hidden),
+        Err(e) => return Err(e),
     };
     let st = nix::sys::stat::fstat(&fd)
         .map_err(|e| SysError::new("stat inside an image layer", Some(path), e))?;

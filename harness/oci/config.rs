@@ -313,7 +313,8 @@ mod tests {
             entrypoint: vec!["/e".into()],
             working_dir: Some("/w".into()),
             user: Some("u".into()),
-            exposed_ports: vec!["5432/tcp".into(), "53/udp".into()],
+            // Sorted, as the config's JSON object keeps them.
+            exposed_ports: vec!["53/udp".into(), "5432/tcp".into()],
         };
         assert_eq!(RunConfig::from_image_config(&ic).to_image_config(), ic);
     }

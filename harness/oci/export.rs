@@ -42,11 +42,11 @@ impl Dates {
 
 fn rfc3339(secs: u64) -> String {
     // Past year 9999 RFC 3339 has no form; such a date is clamped to the epoch.
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    match secs < 253_402_300_800 {
-        true => humantime::format_rfc3339_seconds(t).to_string(),
-        false => "1970-01-01T00:00:00Z".into(),
+    if secs >= 253_402_300_800 {
+        return "1970-01-01T00:00:00Z".into();
     }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Writes the overlay-native layer directory `layer` as an uncompressed layer tar (the

@@ -78,7 +78,9 @@ pub enum ConfigError {
     #[error("user {0:?} is not in the image's /etc/passwd: add it to the image, or give a numeric UID[:GID]")]
     UnknownUser(String),
     /// A group name the image's /etc/group does not have.
-    #[error("group {0:?} is not in the image's /etc/group: add it to the image, or give a numeric GID")]
+    #[error(
+        "group {0:?} is not in the image's /etc/group: add it to the image, or give a numeric GID"
+    )]
     UnknownGroup(String),
     /// A user the image's config names that cannot be understood.
     #[error("user {0:?} (of the image's config) is not NAME, UID, NAME:GROUP or UID:GID")]

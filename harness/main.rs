@@ -289,11 +289,13 @@ fn parse_user(s: &str) -> Result<User, String> {
             "bad user {s:?}: expected NAME, UID, NAME:GROUP or UID:GID"
         ));
     }
-    Ok(match s.split_once(':').map(|(u, g)| (u.parse(), g.parse())) {
-        Some((Ok(u), Ok(g))) => User::Id(u, g),
-        // Names and bare uids are resolved in the image's /etc/passwd and /etc/group.
-        _ => User::Name(s.to_string()),
-    })
+    Ok(
+        match s.split_once(':').map(|(u, g)| (u.parse(), g.parse())) {
+            Some((Ok(u), Ok(g))) => User::Id(u, g),
+            // Names and bare uids are resolved in the image's /etc/passwd and /etc/group.
+            _ => User::Name(s.to_string()),
+        },
+    )
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

@@ -30,5 +30,4 @@ mod tests {
         let m = super::own_ids_as(104, 106, 1000, 1000);
         assert_eq!(m.uid_map, b"104 1000 1\n");
     }
-
 }

@@ -166,10 +166,16 @@ fn the_library_runs_the_image_as_its_config_says() {
         )
     );
     let c = container(&w, "cfg");
-    assert_eq!(c.image_config().and_then(|c| c.user.as_deref()), Some("app"));
+    assert_eq!(
+        c.image_config().and_then(|c| c.user.as_deref()),
+        Some("app")
+    );
     let ports: Vec<String> = c.exposed_ports().iter().map(|p| p.to_string()).collect();
     assert_eq!(ports, ["53/udp", "5432/tcp"]);
-    assert_eq!(c.image_config().and_then(|c| c.first_tcp_port()), Some(5432));
+    assert_eq!(
+        c.image_config().and_then(|c| c.first_tcp_port()),
+        Some(5432)
+    );
 }
 
 #[test]
@@ -195,7 +201,10 @@ fn the_callers_settings_win_over_the_images() {
     );
     assert!(out.contains("ids=0:0"), "{out}");
     assert!(out.ends_with("pwd=/tmp\n"), "{out}");
-    let out = run(container(&w, "cfg").user(User::Name("app:wheel".into())), &[]);
+    let out = run(
+        container(&w, "cfg").user(User::Name("app:wheel".into())),
+        &[],
+    );
     assert!(out.contains("ids=1000:10 "), "{out}");
     // An explicit entrypoint replaces the image's and drops its Cmd.
     let out = run(container(&w, "cfg").entrypoint(["/bin/echo"]), &["hi"]);
@@ -224,10 +233,17 @@ fn an_image_with_neither_entrypoint_nor_cmd_needs_a_command() {
     c.env = vec!["PATH=/bin".into()];
     import(&w, "plain", &root, &c);
     let err = container(&w, "plain").run([""; 0]).unwrap_err();
-    assert!(err.to_string().contains("neither an Entrypoint nor a Cmd"), "{err}");
+    assert!(
+        err.to_string().contains("neither an Entrypoint nor a Cmd"),
+        "{err}"
+    );
     let out = run_cli(&w, &["--image", "plain"]);
     assert_eq!(out.status.code(), Some(125), "{}", text(&out));
-    assert!(text(&out).contains("neither an Entrypoint nor a Cmd"), "{}", text(&out));
+    assert!(
+        text(&out).contains("neither an Entrypoint nor a Cmd"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -254,12 +270,34 @@ fn pristine_run_follows_dockers_rules() {
     assert!(out.starts_with("args=x\nenv=bye/image "), "{out}");
     let out = stdout(run_cli(
         &w,
-        &["--image", "cfg", "--user", "0:0", "--workdir", "/", "--entrypoint", "/bin/sh", "--", "-c", "id -u; pwd"],
+        &[
+            "--image",
+            "cfg",
+            "--user",
+            "0:0",
+            "--workdir",
+            "/",
+            "--entrypoint",
+            "/bin/sh",
+            "--",
+            "-c",
+            "id -u; pwd",
+        ],
     ));
     assert_eq!(out, "0\n/\n");
     let out = stdout(run_cli(
         &w,
-        &["--image", "cfg", "--user", "root", "--entrypoint", "", "--", "id", "-G"],
+        &[
+            "--image",
+            "cfg",
+            "--user",
+            "root",
+            "--entrypoint",
+            "",
+            "--",
+            "id",
+            "-G",
+        ],
     ));
     assert_eq!(out, "0\n");
 }
@@ -356,7 +394,8 @@ fn a_user_the_image_lacks_is_a_clear_error() {
     import(&w, "ghost", &root, &c);
     let err = container(&w, "ghost").run(["true"]).unwrap_err();
     assert!(
-        err.to_string().contains("\"root\" is not in the image's /etc/passwd"),
+        err.to_string()
+            .contains("\"root\" is not in the image's /etc/passwd"),
         "{err}"
     );
     let mut c = config();
@@ -364,7 +403,11 @@ fn a_user_the_image_lacks_is_a_clear_error() {
     import(&w, "nogroup", &rootfs(&w.work.join("g"), |_| {}), &c);
     let out = run_cli(&w, &["--image", "nogroup", "--", "true"]);
     assert_eq!(out.status.code(), Some(125), "{}", text(&out));
-    assert!(text(&out).contains("group \"nogroup\" is not in the image's /etc/group"), "{}", text(&out));
+    assert!(
+        text(&out).contains("group \"nogroup\" is not in the image's /etc/group"),
+        "{}",
+        text(&out)
+    );
     assert!(!text(&out).contains("panicked"), "{}", text(&out));
 }
 
@@ -474,14 +517,22 @@ fn images_lists_readable_bases_and_import_says_what_it_replaces() {
     // The same image again: said so. Another under the name: said what it replaces.
     let tar = w.work.join("cfg.tar");
     let out = cli(&w, &["import", "--name", "cfg", tar.to_str().unwrap()]);
-    assert!(text(&out).contains("cfg is already this image"), "{}", text(&out));
+    assert!(
+        text(&out).contains("cfg is already this image"),
+        "{}",
+        text(&out)
+    );
     let mut other = config();
     other.cmd = vec!["other".into()];
     let tar = w.work.join("other.tar");
-    export_archive(&[root.clone()], &other, &tar, None).unwrap();
+    export_archive(std::slice::from_ref(&root), &other, &tar, None).unwrap();
     let out = cli(&w, &["import", "--name", "cfg", tar.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("replacing the image of that name"), "{}", text(&out));
+    assert!(
+        text(&out).contains("replacing the image of that name"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -515,10 +566,17 @@ fn exports_carry_the_layers_dates() {
     let now_year = 1970 + created / 31_556_952;
     assert!(year + 1 >= now_year && year > 2000, "{date}");
     assert_eq!(json["history"][0]["created"].as_str(), Some(date.as_str()));
-    assert_eq!(json["config"]["ExposedPorts"]["5432/tcp"], serde_json::json!({}));
+    assert_eq!(
+        json["config"]["ExposedPorts"]["5432/tcp"],
+        serde_json::json!({})
+    );
     let first = std::fs::read(&tar).unwrap();
     config_json(None);
-    assert_eq!(std::fs::read(&tar).unwrap(), first, "exports are reproducible");
+    assert_eq!(
+        std::fs::read(&tar).unwrap(),
+        first,
+        "exports are reproducible"
+    );
     let json = config_json(Some("1700000000"));
     assert_eq!(json["created"], "2023-11-14T22:13:20Z");
     assert_eq!(json["history"][0]["created"], "2023-11-14T22:13:20Z");

@@ -148,7 +148,8 @@ mod tests {
         (tmp, image)
     }
 
-    const PASSWD: &str = "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nbad line\n";
+    const PASSWD: &str =
+        "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nbad line\n";
     const GROUP: &str = "root:x:0:\napp:x:1000:\nwheel:x:10:root,app\naudio:x:29:app\n";
 
     #[test]
@@ -177,7 +178,10 @@ mod tests {
         symlink(host.path().join("passwd"), layer.path().join("etc/passwd")).unwrap();
         symlink("../../../../../../..", layer.path().join("etc/up")).unwrap();
         let image = Image::rootfs(layer.path());
-        assert!(matches!(resolve(&image, "evil"), Err(ConfigError::UnknownUser(_))));
+        assert!(matches!(
+            resolve(&image, "evil"),
+            Err(ConfigError::UnknownUser(_))
+        ));
         assert_eq!(image_text(&image, "/etc/up/etc/group").unwrap(), "");
     }
 
@@ -199,6 +203,9 @@ mod tests {
         )
         .unwrap();
         let image = base.layer(fifo.path());
-        assert!(matches!(resolve(&image, "app"), Err(ConfigError::UnknownUser(_))));
+        assert!(matches!(
+            resolve(&image, "app"),
+            Err(ConfigError::UnknownUser(_))
+        ));
     }
 }

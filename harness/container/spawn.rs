@@ -101,7 +101,12 @@ fn environment(c: &Container) -> Result<Vec<String>, ConfigError> {
             }
         }
     }
-    for kv in c.image.config().map(|c| c.env.as_slice()).unwrap_or_default() {
+    for kv in c
+        .image
+        .config()
+        .map(|c| c.env.as_slice())
+        .unwrap_or_default()
+    {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| ConfigError::BadEnv(kv.clone()))?;
@@ -173,7 +178,10 @@ fn workdir(c: &Container) -> Result<(PathBuf, bool), ConfigError> {
 
 /// The user to run as: the caller's, else the image's `User`, resolved in the image.
 fn user_ids(c: &Container, image: &crate::Image) -> Result<Option<ident::Ids>, ConfigError> {
-    match (&c.user, c.image.config().and_then(|cfg| cfg.user.as_deref())) {
+    match (
+        &c.user,
+        c.image.config().and_then(|cfg| cfg.user.as_deref()),
+    ) {
         (Some(User::Id(uid, gid)), _) => Ok(Some(ident::Ids {
             uid: *uid,
             gid: *gid,

@@ -135,7 +135,9 @@ fn run_container(spec: &InitSpec) -> InitReport {
             }
         }
     };
-    let user = spec.user.map(|(uid, gid)| (uid, gid, spec.groups.as_slice()));
+    let user = spec
+        .user
+        .map(|(uid, gid)| (uid, gid, spec.groups.as_slice()));
     let cmd = match PreparedCommand::new(&path, &spec.argv, &spec.env, &spec.workdir, user) {
         Ok(cmd) => cmd,
         Err(errno) => {

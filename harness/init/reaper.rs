@@ -103,8 +103,9 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
             sys::reset_sigpipe();
             // SAFETY: `argv` and `envp` are NULL-terminated arrays of pointers into
             // `cmd`'s C strings, all alive until exec; this is the forked child.
-            let errno =
-                unsafe { sys::exec_command(cmd.user, &cmd.groups, &cmd.workdir, &cmd.path, &argv, &envp) };
+            let errno = unsafe {
+                sys::exec_command(cmd.user, &cmd.groups, &cmd.workdir, &cmd.path, &argv, &envp)
+            };
             sys::write_raw(err_w.as_raw_fd(), &(errno as i32).to_ne_bytes());
             sys::exit_now(127);
         }

@@ -322,9 +322,11 @@ mod tests {
     #[test]
     fn exposed_ports_parse_and_sort() {
         let ic = ImageConfig {
-            exposed_ports: ["8080", "53/UDP", "5432/tcp", "1-2/tcp", "0/tcp", "9/quic", "8080/tcp"]
-                .map(String::from)
-                .to_vec(),
+            exposed_ports: [
+                "8080", "53/UDP", "5432/tcp", "1-2/tcp", "0/tcp", "9/quic", "8080/tcp",
+            ]
+            .map(String::from)
+            .to_vec(),
             ..ImageConfig::default()
         };
         let shown: Vec<String> = ic.exposed_ports().iter().map(|p| p.to_string()).collect();

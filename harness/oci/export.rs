@@ -36,7 +36,10 @@ impl Dates {
     }
 
     fn layer(&self, i: usize) -> String {
-        self.layers.get(i).cloned().unwrap_or_else(|| self.image.clone())
+        self.layers
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| self.image.clone())
     }
 }
 
@@ -571,7 +574,10 @@ mod tests {
         assert_eq!(d.layer(0), "1970-01-01T00:00:00Z");
         assert_eq!(d.layer(2), "1970-01-01T00:01:40Z");
         let d = super::Dates::new(&[5, 6], Some("1700000000"));
-        assert_eq!((d.image.as_str(), d.layer(0).as_str()), ("2023-11-14T22:13:20Z", "2023-11-14T22:13:20Z"));
+        assert_eq!(
+            (d.image.as_str(), d.layer(0).as_str()),
+            ("2023-11-14T22:13:20Z", "2023-11-14T22:13:20Z")
+        );
         let d = super::Dates::new(&[u64::MAX], Some("soon"));
         assert_eq!(d.image, "1970-01-01T00:00:00Z");
     }

@@ -694,6 +694,10 @@ fn run_trial(
     }
     let t0 = monotonic_ns();
     c = c.env(INSIDE_ENV, name).env(T0_ENV, t0.to_string());
+    let ports: Vec<String> = c.exposed_ports().iter().map(|p| p.to_string()).collect();
+    if !ports.is_empty() {
+        c = c.env(inside::PORTS_ENV, ports.join(","));
+    }
     let out = match c.run(&argv) {
         Ok(out) => out,
         Err(e) => {

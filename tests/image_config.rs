@@ -226,6 +226,43 @@ fn the_callers_settings_win_over_the_images() {
 }
 
 #[test]
+fn home_comes_from_the_images_passwd_and_recipes_keep_the_config() {
+    let w = world();
+    let root = rootfs(&w.work, |_| {});
+    import(&w, "cfg", &root, &config());
+    let home = |c: Container| {
+        let out = c
+            .entrypoint(["/bin/sh", "-c", "echo $HOME"])
+            .run([""; 0])
+            .unwrap();
+        out.stdout_str()
+    };
+    assert_eq!(
+        home(container(&w, "cfg").env("HOME", "/elsewhere")),
+        "/elsewhere\n"
+    );
+    assert_eq!(home(container(&w, "cfg")), "/home/app\n");
+    // A recipe on the image: its steps run as the recipe says (root, no entrypoint); the
+    // image it makes runs as the imported one does.
+    let _ = pristine::Recipe::image("cfg")
+        .name("on-cfg")
+        .layer(pristine::LayerSpec::new("who").run(["/bin/sh", "-c", "id -u > /built-by"]))
+        .build(&w.store)
+        .unwrap();
+    let out = container(&w, "on-cfg")
+        .entrypoint(["/bin/sh", "-c", "cat /built-by; id -u"])
+        .run([""; 0])
+        .unwrap();
+    assert_eq!(out.stdout_str(), "0\n1000\n", "{}", out.stderr_str());
+    let out = container(&w, "on-cfg").env_clear().run([""; 0]).unwrap();
+    assert!(
+        out.stdout_str().starts_with("args=default cmd\n"),
+        "{}",
+        out.stdout_str()
+    );
+}
+
+#[test]
 fn an_image_with_neither_entrypoint_nor_cmd_needs_a_command() {
     let w = world();
     let root = rootfs(&w.work, |_| {});

@@ -18,6 +18,8 @@ pub(crate) struct Ids {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
+    /// The home directory of its passwd entry, if it has one.
+    pub home: Option<String>,
 }
 
 /// Resolves `spec` (`USER[:GROUP]`, each a name or a number) in `image`. A numeric uid
@@ -39,11 +41,13 @@ pub(crate) fn resolve(image: &Image, spec: &str) -> Result<Ids, ConfigError> {
                 name: "",
                 uid,
                 gid: 0,
+                home: "",
             }),
         Err(_) => passwd_entries(&passwd)
             .find(|e| e.name == user)
             .ok_or_else(|| ConfigError::UnknownUser(user.to_string()))?,
     };
+    let home = Some(entry.home.to_string()).filter(|h| h.starts_with('/'));
     let group_file = image_text(image, "/etc/group")?;
     if let Some(g) = group {
         let gid = match g.parse::<u32>() {
@@ -57,6 +61,7 @@ pub(crate) fn resolve(image: &Image, spec: &str) -> Result<Ids, ConfigError> {
             uid: entry.uid,
             gid,
             groups: vec![gid],
+            home,
         });
     }
     let mut groups = vec![entry.gid];
@@ -71,6 +76,7 @@ pub(crate) fn resolve(image: &Image, spec: &str) -> Result<Ids, ConfigError> {
         uid: entry.uid,
         gid: entry.gid,
         groups,
+        home,
     })
 }
 
@@ -98,6 +104,7 @@ struct Entry<'a> {
     name: &'a str,
     uid: u32,
     gid: u32,
+    home: &'a str,
 }
 
 /// The well-formed lines of a passwd file (`name:pw:uid:gid:…`); others are skipped.
@@ -106,10 +113,14 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
         let mut f = line.split(':');
         let name = f.next()?;
         let _password = f.next()?;
+        let uid = f.next()?.parse().ok()?;
+        let gid = f.next()?.parse().ok()?;
+        let _gecos = f.next();
         Some(Entry {
             name,
-            uid: f.next()?.parse().ok()?,
-            gid: f.next()?.parse().ok()?,
+            uid,
+            gid,
+            home: f.next().unwrap_or(""),
         })
     })
 }
@@ -161,6 +172,9 @@ mod tests {
         assert_eq!(ids("4242").unwrap(), (4242, 0, vec![0]));
         assert_eq!(ids("app:wheel").unwrap(), (1000, 10, vec![10]));
         assert_eq!(ids("app:77").unwrap(), (1000, 77, vec![77]));
+        let home = |s| resolve(&image, s).unwrap().home;
+        assert_eq!(home("app").as_deref(), Some("/home/app"));
+        assert_eq!(home("4242"), None);
         assert!(matches!(ids("nobody"), Err(ConfigError::UnknownUser(u)) if u == "nobody"));
         assert!(matches!(ids("app:staff"), Err(ConfigError::UnknownGroup(g)) if g == "staff"));
         assert!(matches!(ids(":1"), Err(ConfigError::BadUser(_))));

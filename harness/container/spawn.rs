@@ -176,6 +176,21 @@ fn workdir(c: &Container) -> Result<(PathBuf, bool), ConfigError> {
     }
 }
 
+/// On an image with a config, `HOME` is the user's home from the image's passwd (as
+/// Docker sets it), unless the caller or the image's `Env` set it.
+fn with_home(c: &Container, mut env: Vec<String>, ids: Option<&ident::Ids>) -> Vec<String> {
+    let (Some(config), Some(home)) = (c.image.config(), ids.and_then(|i| i.home.as_deref())) else {
+        return env;
+    };
+    let set = c.env.iter().any(|(k, _)| k == "HOME")
+        || config.env.iter().any(|kv| kv.starts_with("HOME="));
+    if !set {
+        env.retain(|kv| !kv.starts_with("HOME="));
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
 /// The user to run as: the caller's, else the image's `User`, resolved in the image.
 fn user_ids(c: &Container, image: &crate::Image) -> Result<Option<ident::Ids>, ConfigError> {
     match (
@@ -186,6 +201,7 @@ fn user_ids(c: &Container, image: &crate::Image) -> Result<Option<ident::Ids>, C
             uid: *uid,
             gid: *gid,
             groups: vec![*gid],
+            home: None,
         })),
         (Some(User::Name(name)), _) => ident::resolve(image, name).map(Some),
         (None, Some(spec)) => ident::resolve(image, spec).map(Some),
@@ -455,7 +471,7 @@ fn init_spec(
     Ok(InitSpec {
         ops,
         argv: v.argv.clone(),
-        env: v.env.clone(),
+        env: with_home(c, v.env.clone(), ids.as_ref()),
         workdir: v.workdir.clone(),
         create_workdir: v.create_workdir,
         user: ids.as_ref().map(|i| (i.uid, i.gid)),

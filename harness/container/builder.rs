@@ -98,7 +98,8 @@ pub struct Container {
 pub enum User {
     /// Numeric uid and gid.
     Id(u32, u32),
-    /// A user name, looked up in the image's `/etc/passwd`.
+    /// A user name, looked up in the image's `/etc/passwd` (or `NAME:GROUP`, `UID`,
+    /// `UID:GROUP`, as in an image's config).
     Name(String),
 }
 
@@ -175,7 +176,10 @@ impl Container {
         self
     }
 
-    /// Runs the command as `user` instead of root. As root, the init drops to that user
+    /// Runs the command as `user` instead of the image's `User` (an imported image's
+    /// config), else root. A [`User::Name`] may be any of Docker's forms (`NAME`, `UID`,
+    /// `NAME:GROUP`, `UID:GROUP`), resolved in the image's own `/etc/passwd` and
+    /// `/etc/group`. As root, the init drops to that user (with its supplementary groups)
     /// just before `exec`. Rootless, the caller's uid and gid are mapped to the user's,
     /// which are then the only ids inside (the init keeps its capabilities as ambient ones
     /// for setup, and the command gets none): this is how services that refuse to run as
@@ -197,8 +201,9 @@ impl Container {
         self
     }
 
-    /// Starts the command with only the variables set by [`Container::env`] (plus a
-    /// default `PATH` if none is set), instead of the caller's environment.
+    /// Starts the command with only the image's `Env` and the variables set by
+    /// [`Container::env`] (plus a default `PATH` if none is set), instead of the caller's
+    /// environment.
     pub fn env_clear(mut self) -> Self {
         self.inherit_env = false;
         self

@@ -5,6 +5,7 @@ mod builder;
 mod id;
 mod ident;
 mod outcome;
+mod process;
 mod spawn;
 mod supervise;
 mod zygote;

@@ -170,12 +170,13 @@ mod tests {
     use crate::Image;
 
     fn image() -> Image {
-        let mut c = ImageConfig::default();
-        c.env = vec!["PATH=/img".into(), "A=image".into(), "A=image2".into()];
-        c.entrypoint = vec!["/entry".into()];
-        c.cmd = vec!["cmd".into()];
-        c.working_dir = Some("srv".into());
-        Image::rootfs("/nonexistent").with_config(c)
+        Image::rootfs("/nonexistent").with_config(ImageConfig {
+            env: vec!["PATH=/img".into(), "A=image".into(), "A=image2".into()],
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["cmd".into()],
+            working_dir: Some("srv".into()),
+            ..ImageConfig::default()
+        })
     }
 
     fn argv(c: &Container, args: &[&str]) -> Result<Vec<String>, ConfigError> {

@@ -88,8 +88,28 @@ pub enum ConfigError {
     #[error("memory limit {} is too small: a container needs at least {} to start", crate::size::human(*.0), crate::size::human(MIN_MEMORY))]
     MemoryTooLow(u64),
     /// A user name the image's /etc/passwd does not have.
-    #[error("user {0:?} is not in the image's /etc/passwd")]
+    #[error("user {0:?} is not in the image's /etc/passwd: add it to the image, or give a numeric UID[:GID]")]
     UnknownUser(String),
+    /// A group name the image's /etc/group does not have.
+    #[error(
+        "group {0:?} is not in the image's /etc/group: add it to the image, or give a numeric GID"
+    )]
+    UnknownGroup(String),
+    /// A user the image's config names that cannot be understood.
+    #[error("user {0:?} (of the image's config) is not NAME, UID, NAME:GROUP or UID:GID")]
+    BadUser(String),
+    /// No command given, and the image's config names none either.
+    #[error("no command given and the image has neither an Entrypoint nor a Cmd: pass the program to run inside the container")]
+    NoCommand,
+    /// A file of the image (its /etc/passwd, /etc/group) could not be read.
+    #[error("failed to read {path} of the image: {source}")]
+    ImageFile {
+        /// The path inside the image.
+        path: PathBuf,
+        /// The failed system call.
+        #[source]
+        source: SysError,
+    },
     /// An image without base and layers.
     #[error("the image has no base and no layers: give it at least one layer")]
     EmptyImage,

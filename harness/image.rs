@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
+use crate::oci::ImageConfig;
 
 /// The bottom of an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +29,9 @@ pub enum Base {
 pub struct Image {
     base: Base,
     layers: Vec<PathBuf>,
+    /// What an imported image says about running it; `None` for the host, rootfs
+    /// directories and recipes without an imported base.
+    config: Option<Box<ImageConfig>>,
 }
 
 impl Image {
@@ -36,6 +40,7 @@ impl Image {
         Image {
             base: Base::Host,
             layers: Vec::new(),
+            config: None,
         }
     }
 
@@ -44,6 +49,7 @@ impl Image {
         Image {
             base: Base::Rootfs(dir.into()),
             layers: Vec::new(),
+            config: None,
         }
     }
 
@@ -52,6 +58,7 @@ impl Image {
         Image {
             base: Base::Scratch,
             layers: Vec::new(),
+            config: None,
         }
     }
 
@@ -59,6 +66,28 @@ impl Image {
     pub fn layer(mut self, dir: impl Into<PathBuf>) -> Self {
         self.layers.push(dir.into());
         self
+    }
+
+    /// Runs containers of this image with `config` (environment, entrypoint and command,
+    /// working directory, user, exposed ports) under the caller's own settings, as
+    /// [`Catalog::image_of`](crate::layers::Catalog::image_of) does for imported images.
+    /// An empty config is no config.
+    pub fn with_config(mut self, config: ImageConfig) -> Self {
+        self.config = (!config.is_empty()).then(|| Box::new(config));
+        self
+    }
+
+    /// Drops the image's config: containers then run exactly what the caller says, as on
+    /// a rootfs directory.
+    pub fn without_config(mut self) -> Self {
+        self.config = None;
+        self
+    }
+
+    /// The image's config, if it has one.
+    #[must_use]
+    pub fn config(&self) -> Option<&ImageConfig> {
+        self.config.as_deref()
     }
 
     /// The base.
@@ -96,8 +125,55 @@ impl Image {
             .iter()
             .map(|l| existing_dir(l, "layer"))
             .collect::<Result<_, _>>()?;
-        Ok(Image { base, layers })
+        Ok(Image {
+            base,
+            layers,
+            config: self.config.clone(),
+        })
     }
+}
+
+/// Interactive shells [`Image::shell`] looks for, in order: the program and the arguments
+/// that make it a shell.
+const SHELLS: &[(&str, &[&str])] = &[
+    ("/bin/bash", &[]),
+    ("/usr/bin/bash", &[]),
+    ("/bin/sh", &[]),
+    ("/usr/bin/sh", &[]),
+    ("/bin/busybox", &["sh"]),
+    ("/usr/bin/busybox", &["sh"]),
+];
+
+impl Image {
+    /// A shell the image itself has (`/bin/bash`, else `/bin/sh`, else busybox's `sh`),
+    /// as its argument vector; `None` if it has none. Looked up in the image's layers
+    /// (uppermost first, whiteouts hiding what is below), never on the host unless the
+    /// image is the host's; a symlink is followed only inside its layer.
+    #[must_use]
+    pub fn shell(&self) -> Option<Vec<String>> {
+        let lowers = self.lowers();
+        SHELLS.iter().find_map(|(program, args)| {
+            has_executable(&lowers, Path::new(program)).then(|| {
+                std::iter::once(*program)
+                    .chain(args.iter().copied())
+                    .map(String::from)
+                    .collect()
+            })
+        })
+    }
+}
+
+/// Whether the uppermost of `lowers` that has `path` has an executable file there.
+fn has_executable(lowers: &[PathBuf], path: &Path) -> bool {
+    use crate::sys::inroot::{probe, Found};
+    for layer in lowers {
+        match probe(layer, path) {
+            Ok(Found::Absent) => continue,
+            Ok(Found::File { exec }) => return exec,
+            Ok(Found::Hidden) | Err(_) => return false,
+        }
+    }
+    false
 }
 
 fn existing_dir(path: &Path, what: &'static str) -> Result<PathBuf, ConfigError> {

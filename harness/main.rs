@@ -216,9 +216,13 @@ struct RunArgs {
     /// Start the command with only --env variables (and a default PATH).
     #[arg(long)]
     clear_env: bool,
-    /// Working directory inside the container.
-    #[arg(long, default_value = "/")]
-    workdir: PathBuf,
+    /// Working directory inside the container (default: the image's WorkingDir, else /).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Run this program instead of the image's Entrypoint (`''` for none); the command
+    /// after `--` are its arguments, and the image's Cmd is not used.
+    #[arg(long, value_name = "PROGRAM")]
+    entrypoint: Option<String>,
     /// Hostname inside the container (default: pristine-ID).
     #[arg(long)]
     hostname: Option<String>,
@@ -228,7 +232,8 @@ struct RunArgs {
     /// Limit the number of processes and threads in the container; needs root.
     #[arg(long, value_name = "N")]
     pids: Option<u64>,
-    /// Run the command as this user (a name from the image's /etc/passwd, or UID:GID).
+    /// Run the command as this user: NAME, UID, NAME:GROUP or UID:GID, names from the
+    /// image's /etc/passwd and /etc/group (default: the image's User, else root).
     #[arg(long, value_parser = parse_user)]
     user: Option<User>,
     /// Kill the whole container after this long (e.g. 500ms, 10s, 2m).
@@ -263,8 +268,8 @@ struct RunArgs {
     /// ~/.cache/pristine).
     #[arg(long)]
     store: Option<PathBuf>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (default: the image's Cmd, after its Entrypoint).
+    #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
@@ -278,14 +283,19 @@ fn parse_cap(s: &str) -> Result<String, String> {
 }
 
 fn parse_user(s: &str) -> Result<User, String> {
-    match s.split_once(':') {
-        Some((u, g)) => match (u.parse(), g.parse()) {
-            (Ok(u), Ok(g)) => Ok(User::Id(u, g)),
-            _ => Err(format!("bad user {s:?}: expected NAME or UID:GID")),
-        },
-        None if !s.is_empty() => Ok(User::Name(s.to_string())),
-        None => Err("empty user".into()),
+    let (u, g) = s.split_once(':').unwrap_or((s, "x"));
+    if u.is_empty() || g.is_empty() {
+        return Err(format!(
+            "bad user {s:?}: expected NAME, UID, NAME:GROUP or UID:GID"
+        ));
     }
+    Ok(
+        match s.split_once(':').map(|(u, g)| (u.parse(), g.parse())) {
+            Some((Ok(u), Ok(g))) => User::Id(u, g),
+            // Names and bare uids are resolved in the image's /etc/passwd and /etc/group.
+            _ => User::Name(s.to_string()),
+        },
+    )
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -337,19 +347,7 @@ fn run(mut args: RunArgs) -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let store = StoreArg {
-        dir: args.store.clone(),
-    };
-    // The host image needs no store until the container runs (which checks the rest of
-    // the input first).
-    let image = match args.image.as_str() {
-        "host" => Ok(pristine::Image::host()),
-        name => store
-            .open()
-            .map_err(BuildError::from)
-            .and_then(|s| pristine::layers::resolve_image(&s, name)),
-    };
-    let mut image = match image {
+    let mut image = match resolve(&args.image, args.store.clone()) {
         Ok(i) => i,
         Err(e) => return fail(&e, 125),
     };
@@ -358,12 +356,19 @@ fn run(mut args: RunArgs) -> ExitCode {
     }
     let mut c = Container::new(image)
         .stdio(Stdio::Inherit)
-        .workdir(args.workdir)
         .upper(upper)
         .tmp_size(args.tmp_size.unwrap_or(pristine::DEFAULT_TMP_SIZE))
         .shm_size(args.shm_size.unwrap_or(pristine::DEFAULT_SHM_SIZE));
     if args.clear_env {
         c = c.env_clear();
+    }
+    if let Some(w) = args.workdir {
+        c = c.workdir(w);
+    }
+    match args.entrypoint.as_deref() {
+        Some("") => c = c.entrypoint(Vec::<String>::new()),
+        Some(e) => c = c.entrypoint([e]),
+        None => {}
     }
     for (k, v) in args.env {
         c = c.env(k, v);
@@ -440,6 +445,54 @@ fn run(mut args: RunArgs) -> ExitCode {
     }
 }
 
+/// `host`, a rootfs directory or a named image. The host image needs no store until the
+/// container runs (which checks the rest of the input first).
+fn resolve(spec: &str, store: Option<PathBuf>) -> Result<pristine::Image, BuildError> {
+    match spec {
+        "host" => Ok(pristine::Image::host()),
+        name => StoreArg { dir: store }
+            .open()
+            .map_err(BuildError::from)
+            .and_then(|s| pristine::layers::resolve_image(&s, name)),
+    }
+}
+
+/// `pristine shell`: a shell of the image's own, without its entrypoint.
+fn shell(image: String, binds: Vec<Bind>, store: StoreArg) -> ExitCode {
+    let argv = match resolve(&image, store.dir.clone()) {
+        Ok(i) => i.shell(),
+        Err(e) => return fail(&e, 125),
+    };
+    let Some(mut command) = argv else {
+        say!("pristine: error: image {image:?} has no shell (looked for /bin/bash, /bin/sh and busybox): run one of its programs with `pristine run --image {image} -- PROGRAM`");
+        return ExitCode::from(127);
+    };
+    command.push("-i".into());
+    run(RunArgs {
+        image,
+        layers: Vec::new(),
+        binds,
+        env: Vec::new(),
+        clear_env: false,
+        workdir: None,
+        entrypoint: Some(String::new()),
+        hostname: None,
+        user: None,
+        memory: None,
+        pids: None,
+        timeout: None,
+        privileged: false,
+        cap_add: Vec::new(),
+        keep: false,
+        upper_size: None,
+        tmp_size: None,
+        shm_size: None,
+        upper_on_disk: false,
+        store: store.dir,
+        command,
+    })
+}
+
 fn fail(err: &dyn std::error::Error, code: u8) -> ExitCode {
     print_error(err);
     ExitCode::from(code)
@@ -508,7 +561,7 @@ fn images(store: &Store) -> Result<(), Listing> {
             .map(|m| m.size)
             .sum();
         out!(
-            "{:<24} {:<12} {:>6} {:>10} {:>10}  {:?}",
+            "{:<24} {:<12} {:>6} {:>10} {:>10}  {}",
             r.name,
             r.layers.last().map(|k| short(k)).unwrap_or("-"),
             r.layers.len(),
@@ -623,40 +676,23 @@ fn main() -> ExitCode {
             image,
             binds,
             store,
-        } => {
-            let shell = if std::path::Path::new("/bin/bash").exists() {
-                "/bin/bash"
-            } else {
-                "/bin/sh"
-            };
-            let args = RunArgs {
-                image,
-                layers: Vec::new(),
-                binds,
-                env: Vec::new(),
-                clear_env: false,
-                workdir: "/".into(),
-                hostname: None,
-                user: None,
-                memory: None,
-                pids: None,
-                timeout: None,
-                privileged: false,
-                cap_add: Vec::new(),
-                keep: false,
-                upper_size: None,
-                tmp_size: None,
-                shm_size: None,
-                upper_on_disk: false,
-                store: store.dir,
-                command: vec![shell.into(), "-i".into()],
-            };
-            run(args)
-        }
+        } => shell(image, binds, store),
         Command::Import { file, name, store } => listed((|| {
             let s = store.open()?;
-            let r = pristine::layers::import_image(&s, &file, name.as_deref())?;
-            out!("imported {} ({} layers)", r.name, r.layers.len());
+            let (r, old) = pristine::layers::import_image_replacing(&s, &file, name.as_deref())?;
+            match old {
+                Some(old) if old.layers == r.layers && old.config == r.config => {
+                    out!("{} is already this image ({} layers)", r.name, r.layers.len())
+                }
+                Some(old) => out!(
+                    "imported {} ({} layers), replacing the image of that name (top layer {}, {} layers)",
+                    r.name,
+                    r.layers.len(),
+                    old.layers.last().map(|k| short(k)).unwrap_or("-"),
+                    old.layers.len()
+                ),
+                None => out!("imported {} ({} layers)", r.name, r.layers.len()),
+            }
             Ok(())
         })()),
         Command::Save {

@@ -370,7 +370,7 @@ pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<(), Errno> {
 }
 
 /// In a forked child: clears ambient capabilities (the init may hold some when the caller
-/// is mapped to a non-root user), drops to `user`, changes to `workdir` and executes
+/// is mapped to a non-root user), drops to `user` with supplementary `groups`, changes to `workdir` and executes
 /// `path`. Returns only on failure, with the errno. Async-signal-safe.
 ///
 /// # Safety
@@ -379,6 +379,7 @@ pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<(), Errno> {
 /// is about to exec (it changes the process's credentials and working directory).
 pub(crate) unsafe fn exec_command(
     user: Option<(u32, u32)>,
+    groups: &[u32],
     workdir: &CStr,
     path: &CStr,
     argv: &[*const libc::c_char],
@@ -395,7 +396,7 @@ pub(crate) unsafe fn exec_command(
             0,
         );
         if let Some((uid, gid)) = user {
-            if let Err(e) = become_user(uid, gid, &[gid]) {
+            if let Err(e) = become_user(uid, gid, groups) {
                 return e;
             }
         }

@@ -20,18 +20,6 @@ pub fn own_ids_as(uid_inside: u32, gid_inside: u32, uid: u32, gid: u32) -> IdMap
     }
 }
 
-/// Looks `name` up in a passwd file's text: `(uid, gid)`.
-pub fn lookup_passwd(passwd: &str, name: &str) -> Option<(u32, u32)> {
-    passwd.lines().find_map(|line| {
-        let mut f = line.split(':');
-        if f.next()? != name {
-            return None;
-        }
-        let _password = f.next()?;
-        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -41,13 +29,5 @@ mod tests {
         assert_eq!(m.gid_map, b"0 65533 1\n");
         let m = super::own_ids_as(104, 106, 1000, 1000);
         assert_eq!(m.uid_map, b"104 1000 1\n");
-    }
-
-    #[test]
-    fn looks_up_passwd_entries() {
-        let passwd =
-            "root:x:0:0:root:/root:/bin/bash\npostgres:x:104:106::/var/lib/postgresql:/bin/bash\n";
-        assert_eq!(super::lookup_passwd(passwd, "postgres"), Some((104, 106)));
-        assert_eq!(super::lookup_passwd(passwd, "nobody"), None);
     }
 }

@@ -595,7 +595,8 @@ fn cli_errors_name_the_problem_and_exit_nonzero() {
         (&["run", "--bind", "nocolon", "--", "true"], "bad bind"),
         (&["run", "--timeout", "soon", "--", "true"], "bad duration"),
         (&["run", "--env", "NOEQUALS", "--", "true"], "KEY=VALUE"),
-        (&["run"], "CMD"),
+        // No command (and the host image has no Cmd): the library says so.
+        (&["run"], "no command given"),
         (&["run", "--", "no-such-program-xyz"], "no-such-program-xyz"),
         (&["diff", "/no/such/kept"], "not a kept container directory"),
     ];

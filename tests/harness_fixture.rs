@@ -221,6 +221,28 @@ fn main() {
             Ok(())
         });
 
+    // An image whose config exposes a port: the service is ready once it listens there.
+    h = h
+        .group("exposed")
+        .image(|| {
+            let mut config = pristine::oci::ImageConfig::default();
+            config.exposed_ports = vec!["53/udp".into(), "8000/tcp".into()];
+            busybox_rootfs().map(|i| i.with_config(config))
+        })
+        .service(
+            Service::new("web", ["busybox", "httpd", "-f", "-p", "127.0.0.1:8000"])
+                .ready_image_port()
+                .start_timeout(Duration::from_secs(30)),
+        )
+        .test("service_ready_on_the_images_port", |_| {
+            let ports = std::env::var(pristine::testing::PORTS_ENV)?;
+            if ports != "53/udp,8000/tcp" {
+                return Err(format!("{} is {ports:?}", pristine::testing::PORTS_ENV).into());
+            }
+            TcpStream::connect("127.0.0.1:8000")?;
+            Ok(())
+        });
+
     if failing {
         h = h
             .group("fail")

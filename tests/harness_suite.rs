@@ -115,6 +115,7 @@ fn expected() -> BTreeMap<String, &'static str> {
         ("svc::all_ready_before_the_body_and_logged", "ok"),
         ("svc::same_port_in_every_container", "ok"),
         ("busybox::runs_without_the_hosts_libc", "ok"),
+        ("exposed::service_ready_on_the_images_port", "ok"),
         ("fail::returns_an_error", "FAILED"),
         ("fail::panics", "FAILED"),
         ("fail::hangs", "FAILED"),

@@ -1057,6 +1057,12 @@ fn export_import_round_trip_through_the_store() {
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
         podman(&["load", "-i", tar.to_str().unwrap()]);
+        // Dated by its layers, not the epoch ("56 years ago").
+        let created = podman(&["image", "inspect", "--format", "{{.Created}}", "tiny"]);
+        assert!(
+            !created.starts_with("1970"),
+            "podman sees it created {created}"
+        );
         let saved = archive.path().join("podman.tar");
         podman(&[
             "save",

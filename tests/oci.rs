@@ -304,13 +304,14 @@ fn build_layers(work: &Path) -> Vec<PathBuf> {
 }
 
 fn test_config() -> ImageConfig {
-    ImageConfig {
-        env: vec!["PATH=/usr/bin:/bin".into(), "GREETING=hi there".into()],
-        cmd: vec!["--serve".into()],
-        entrypoint: vec!["/bin/tool".into()],
-        working_dir: Some("/data".into()),
-        user: Some("1000:1000".into()),
-    }
+    let mut c = ImageConfig::default();
+    c.env = vec!["PATH=/usr/bin:/bin".into(), "GREETING=hi there".into()];
+    c.cmd = vec!["--serve".into()];
+    c.entrypoint = vec!["/bin/tool".into()];
+    c.working_dir = Some("/data".into());
+    c.user = Some("1000:1000".into());
+    c.exposed_ports = vec!["8080/tcp".into()];
+    c
 }
 
 #[test]

@@ -521,6 +521,7 @@ fn random_and_extreme_values_never_panic_or_leave_anything() {
         (&["run"], "--shm-size"),
         (&["run"], "--hostname"),
         (&["run"], "--workdir"),
+        (&["run"], "--entrypoint"),
         (&["run"], "--env"),
         (&["run"], "--bind"),
         (&["run"], "--user"),

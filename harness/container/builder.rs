@@ -76,7 +76,10 @@ pub struct Container {
     pub(crate) hostname: Option<String>,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) inherit_env: bool,
-    pub(crate) workdir: PathBuf,
+    /// The caller's working directory; else the image's, else `/`.
+    pub(crate) workdir: Option<PathBuf>,
+    /// The caller's entrypoint; else the image's.
+    pub(crate) entrypoint: Option<Vec<String>>,
     pub(crate) binds: Vec<Bind>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) keep: Keep,
@@ -95,7 +98,8 @@ pub struct Container {
 pub enum User {
     /// Numeric uid and gid.
     Id(u32, u32),
-    /// A user name, looked up in the image's `/etc/passwd`.
+    /// A user name, looked up in the image's `/etc/passwd` (or `NAME:GROUP`, `UID`,
+    /// `UID:GROUP`, as in an image's config).
     Name(String),
 }
 
@@ -109,7 +113,8 @@ impl Container {
             hostname: None,
             env: Vec::new(),
             inherit_env: true,
-            workdir: PathBuf::from("/"),
+            workdir: None,
+            entrypoint: None,
             binds: Vec::new(),
             timeout: None,
             keep: Keep::Never,
@@ -171,7 +176,10 @@ impl Container {
         self
     }
 
-    /// Runs the command as `user` instead of root. As root, the init drops to that user
+    /// Runs the command as `user` instead of the image's `User` (an imported image's
+    /// config), else root. A [`User::Name`] may be any of Docker's forms (`NAME`, `UID`,
+    /// `NAME:GROUP`, `UID:GROUP`), resolved in the image's own `/etc/passwd` and
+    /// `/etc/group`. As root, the init drops to that user (with its supplementary groups)
     /// just before `exec`. Rootless, the caller's uid and gid are mapped to the user's,
     /// which are then the only ids inside (the init keeps its capabilities as ambient ones
     /// for setup, and the command gets none): this is how services that refuse to run as
@@ -193,17 +201,48 @@ impl Container {
         self
     }
 
-    /// Starts the command with only the variables set by [`Container::env`] (plus a
-    /// default `PATH` if none is set), instead of the caller's environment.
+    /// Starts the command with only the image's `Env` and the variables set by
+    /// [`Container::env`] (plus a default `PATH` if none is set), instead of the caller's
+    /// environment.
     pub fn env_clear(mut self) -> Self {
         self.inherit_env = false;
         self
     }
 
-    /// Sets the working directory inside the container (absolute; default `/`).
+    /// Sets the working directory inside the container (absolute; default: the image's
+    /// `WorkingDir`, else `/`). Unlike the image's, which is created if missing, it must
+    /// exist.
     pub fn workdir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.workdir = dir.into();
+        self.workdir = Some(dir.into());
         self
+    }
+
+    /// Replaces the image's `Entrypoint` (Docker's `--entrypoint`): the command then runs
+    /// as `entrypoint + command`, and an empty command no longer means the image's `Cmd`.
+    /// An empty entrypoint runs the command alone, as a test harness does with its test
+    /// binary.
+    pub fn entrypoint<I, S>(mut self, entrypoint: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.entrypoint = Some(entrypoint.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The config of the container's image (an imported image's `Env`, `Entrypoint`,
+    /// `Cmd`, `WorkingDir`, `User`, `ExposedPorts`), if it has one.
+    #[must_use]
+    pub fn image_config(&self) -> Option<&crate::oci::ImageConfig> {
+        self.image.config()
+    }
+
+    /// The ports the image exposes (its `ExposedPorts`), e.g. for a readiness check.
+    #[must_use]
+    pub fn exposed_ports(&self) -> Vec<crate::oci::ExposedPort> {
+        self.image_config()
+            .map(|c| c.exposed_ports())
+            .unwrap_or_default()
     }
 
     /// Adds a volume.
@@ -243,6 +282,12 @@ impl Container {
     }
 
     /// Runs `command` in a new container and waits for it and the container to be gone.
+    ///
+    /// On an image with a config (an imported one), the command is Docker's: the
+    /// entrypoint (the caller's, else the image's) followed by `command`, or by the image's
+    /// `Cmd` if `command` is empty (and no entrypoint was set); the environment is the
+    /// inherited one, then the image's `Env` over it, then [`Container::env`] over both;
+    /// the working directory and user are the caller's, else the image's.
     ///
     /// A command that fails or is killed is not an error: inspect
     /// [`Outcome::status`]. Errors mean the container could not be created or the command

@@ -3,7 +3,9 @@
 mod bind;
 mod builder;
 mod id;
+mod ident;
 mod outcome;
+mod process;
 mod spawn;
 mod supervise;
 mod zygote;

@@ -10,8 +10,9 @@ use std::time::Instant;
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 
-use super::builder::{Container, Keep, Stdio, Upper, User};
+use super::builder::{Container, Keep, Stdio, Upper};
 use super::outcome::{ExitStatus, Kept, Outcome};
+use super::process::{command, environment, user_ids, with_home, workdir};
 use super::supervise::{supervise, Supervised};
 use crate::error::{ConfigError, Error};
 use crate::hints;
@@ -23,8 +24,6 @@ use crate::setup::{plan, PlanInput, RootfsSource, SetupOp, UpperPlacement};
 use crate::store::Store;
 use crate::sys::{self, ExecRequest};
 use crate::userns;
-
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The rootless host root, classified once per process (reads `/` and the mount table).
 /// The host root's top-level entries, and the host's mount points.
@@ -62,35 +61,15 @@ fn cstr(what: &'static str, s: impl AsRef<std::ffi::OsStr>) -> Result<CString, C
     })
 }
 
-fn environment(c: &Container) -> Result<Vec<String>, ConfigError> {
-    let mut env: Vec<String> = Vec::new();
-    if c.inherit_env {
-        for (k, v) in std::env::vars_os() {
-            if let (Some(k), Some(v)) = (k.to_str(), v.to_str()) {
-                if !c.env.iter().any(|(ck, _)| ck == k) {
-                    env.push(format!("{k}={v}"));
-                }
-            }
-        }
-    }
-    for (k, v) in &c.env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(ConfigError::BadEnv(format!("{k}={v}")));
-        }
-        env.push(format!("{k}={v}"));
-    }
-    if !env.iter().any(|kv| kv.starts_with("PATH=")) {
-        env.push(format!("PATH={DEFAULT_PATH}"));
-    }
-    Ok(env)
-}
-
 /// What validation yields: everything checked before anything is created.
 struct Validated {
     argv: Vec<String>,
     image: crate::Image,
     binds: Vec<super::Bind>,
     env: Vec<String>,
+    workdir: PathBuf,
+    /// Whether the init creates a missing working directory (the image's).
+    create_workdir: bool,
     id: String,
     hostname: String,
     rootless: bool,
@@ -190,12 +169,8 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
 /// Stage 1: validate everything before creating anything (bubblewrap's rule): a bad input
 /// leaves no trace.
 fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
-    if argv.is_empty() || argv[0].is_empty() {
-        return Err(ConfigError::EmptyCommand.into());
-    }
-    if !c.workdir.is_absolute() {
-        return Err(ConfigError::RelativeWorkdir(c.workdir.clone()).into());
-    }
+    let argv = command(c, argv)?;
+    let (workdir, create_workdir) = workdir(c)?;
     let image = c.image.resolved()?;
     let binds = c
         .binds
@@ -223,6 +198,8 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
         image,
         binds,
         env,
+        workdir,
+        create_workdir,
         id,
         hostname,
         // Root in a user namespace other than the initial one (a rootless podman
@@ -349,17 +326,15 @@ fn init_spec(
         shm_size: c.shm_size,
     })
     .map_err(ConfigError::from)?;
-    let user = match &c.user {
-        None => None,
-        Some(User::Id(uid, gid)) => Some((*uid, *gid)),
-        Some(User::Name(name)) => Some(lookup_user(&layout.image, name)?),
-    };
+    let ids = user_ids(c, &layout.image)?;
     Ok(InitSpec {
         ops,
         argv: v.argv.clone(),
-        env: v.env.clone(),
-        workdir: c.workdir.clone(),
-        user,
+        env: with_home(c, v.env.clone(), ids.as_ref()),
+        workdir: v.workdir.clone(),
+        create_workdir: v.create_workdir,
+        user: ids.as_ref().map(|i| (i.uid, i.gid)),
+        groups: ids.map(|i| i.groups).unwrap_or_default(),
     })
 }
 
@@ -682,17 +657,6 @@ fn scaffold(ops: &[SetupOp], root: &Path, upper: Option<&Path>) -> Vec<PathBuf> 
         rel.map(|rel| Path::new("/").join(rel))
     }
     ops.iter().filter_map(|op| made(op, root, upper)).collect()
-}
-
-/// Looks a user up in the image's `/etc/passwd` (the uppermost layer that has one).
-fn lookup_user(image: &crate::Image, name: &str) -> Result<(u32, u32), Error> {
-    let passwd = image
-        .lowers()
-        .iter()
-        .find_map(|l| std::fs::read_to_string(l.join("etc/passwd")).ok())
-        .unwrap_or_default();
-    userns::lookup_passwd(&passwd, name)
-        .ok_or_else(|| ConfigError::UnknownUser(name.to_string()).into())
 }
 
 /// Whether [`Upper::Auto`] puts the upper in the store: when copy-up from the image's

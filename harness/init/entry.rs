@@ -116,6 +116,11 @@ fn run_container(spec: &InitSpec) -> InitReport {
         return InitReport::SetupFailed(e);
     }
     sys::umask(old_umask);
+    if spec.create_workdir {
+        // Inside the container's own root: `..` and symlinks end in it. A failure shows
+        // in the check below.
+        let _ = std::fs::create_dir_all(&spec.workdir);
+    }
     if let Err(e) = check_workdir(&spec.workdir, spec.ops.len()) {
         return InitReport::SetupFailed(e);
     }
@@ -130,7 +135,10 @@ fn run_container(spec: &InitSpec) -> InitReport {
             }
         }
     };
-    let cmd = match PreparedCommand::new(&path, &spec.argv, &spec.env, &spec.workdir, spec.user) {
+    let user = spec
+        .user
+        .map(|(uid, gid)| (uid, gid, spec.groups.as_slice()));
+    let cmd = match PreparedCommand::new(&path, &spec.argv, &spec.env, &spec.workdir, user) {
         Ok(cmd) => cmd,
         Err(errno) => {
             return InitReport::ExecFailed {

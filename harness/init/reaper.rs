@@ -30,6 +30,8 @@ pub(crate) struct PreparedCommand {
     workdir: CString,
     /// Drop to this `(uid, gid)` before exec, if not already it.
     user: Option<(u32, u32)>,
+    /// With these supplementary groups (at least the gid).
+    groups: Vec<u32>,
 }
 
 impl PreparedCommand {
@@ -38,14 +40,19 @@ impl PreparedCommand {
         argv: &[String],
         env: &[String],
         workdir: &Path,
-        user: Option<(u32, u32)>,
+        user: Option<(u32, u32, &[u32])>,
     ) -> Result<Self, i32> {
         Ok(Self {
             path: cstring(path)?,
             argv: argv.iter().map(cstring).collect::<Result<_, _>>()?,
             envp: env.iter().map(cstring).collect::<Result<_, _>>()?,
             workdir: cstring(workdir)?,
-            user,
+            user: user.map(|(uid, gid, _)| (uid, gid)),
+            groups: match user {
+                Some((_, gid, [])) => vec![gid],
+                Some((_, _, groups)) => groups.to_vec(),
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -97,7 +104,9 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
         sys::reset_sigpipe();
         // SAFETY: `argv` and `envp` are NULL-terminated arrays of pointers into `cmd`'s C
         // strings, all alive until exec; this is the new child, about to exec.
-        let errno = unsafe { sys::exec_command(cmd.user, &cmd.workdir, &cmd.path, &argv, &envp) };
+        let errno = unsafe {
+            sys::exec_command(cmd.user, &cmd.groups, &cmd.workdir, &cmd.path, &argv, &envp)
+        };
         sys::write_raw(err_fd, &(errno as i32).to_ne_bytes());
         sys::exit_now(127);
     };

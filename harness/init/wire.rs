@@ -23,8 +23,14 @@ pub(crate) struct InitSpec {
     pub env: Vec<String>,
     /// Working directory inside the container.
     pub workdir: PathBuf,
+    /// Whether a missing working directory is created (the image's, as Docker does).
+    #[serde(default)]
+    pub create_workdir: bool,
     /// `(uid, gid)` to run the command as, if not root.
     pub user: Option<(u32, u32)>,
+    /// The supplementary groups of `user` (its primary group first).
+    #[serde(default)]
+    pub groups: Vec<u32>,
 }
 
 /// How the container ended, from the init's point of view.

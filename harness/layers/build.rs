@@ -110,13 +110,18 @@ impl Recipe {
         }
         if let Some(name) = &self.name {
             let current = catalog.image_record(name)?;
-            if current.as_ref().map(|r| (&r.base, &r.layers)) != Some((&base_record, &keys)) {
+            // An image built on an imported one runs as it does (its entrypoint, user, ...).
+            let config = image.config().cloned().unwrap_or_default();
+            let same = current
+                .as_ref()
+                .is_some_and(|r| (&r.base, &r.layers, &r.config) == (&base_record, &keys, &config));
+            if !same {
                 catalog.record_image(&ImageRecord {
                     name: name.clone(),
                     base: base_record,
                     layers: keys,
                     created: now(),
-                    config: Default::default(),
+                    config,
                 })?;
                 // The image's former layers go now rather than piling up until `gc`. This is
                 // a cache's cleanup: if it fails, `gc` will find them, and the build stands.
@@ -258,7 +263,9 @@ impl Recipe {
                 workdir,
                 user,
             } => {
-                let mut c = Container::new(ctx.below.clone())
+                // Steps run what the recipe says, as on a rootfs: the key of a layer does
+                // not cover the base image's config.
+                let mut c = Container::new(ctx.below.clone().without_config())
                     .store(ctx.store.location())
                     .upper(Upper::Dir(upper.to_path_buf()))
                     .env_clear()

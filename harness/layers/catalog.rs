@@ -53,6 +53,17 @@ pub enum BaseRecord {
     Scratch,
 }
 
+/// As `pristine images` shows it: `host`, `rootfs DIR`, or `scratch` (layers only).
+impl std::fmt::Display for BaseRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BaseRecord::Host => f.write_str("host"),
+            BaseRecord::Rootfs(dir) => write!(f, "rootfs {}", dir.display()),
+            BaseRecord::Scratch => f.write_str("scratch"),
+        }
+    }
+}
+
 /// A named image: a base and layer keys, bottom first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -327,7 +338,8 @@ impl Catalog {
             BaseRecord::Host => Image::host(),
             BaseRecord::Rootfs(d) => Image::rootfs(d),
             BaseRecord::Scratch => Image::scratch(),
-        };
+        }
+        .with_config(record.config.clone());
         for key in &record.layers {
             if !self.has_layer(key) {
                 return Err(BuildError::Io {

@@ -15,7 +15,7 @@ mod squash;
 pub use build::{Built, BuiltLayer};
 pub use catalog::{now as now_secs, BaseRecord, Catalog, ImageRecord, LayerMeta};
 pub use error::BuildError;
-pub use portable::{export_image, import_image, resolve_image};
+pub use portable::{export_image, import_image, import_image_replacing, resolve_image};
 #[cfg(test)]
 pub(crate) use progress::reporter_installed;
 pub use progress::{with_progress, BuildEvent, LayerPos, Progress, StderrProgress, StepPos};

@@ -26,12 +26,24 @@ pub fn resolve_image(store: &Store, spec: &str) -> Result<Image, BuildError> {
 
 /// Imports an OCI image layout or `docker save` archive as image `name` (default: the
 /// archive's reference, else its file stem). Layers are content-addressed by their
-/// uncompressed digests, so importing the same image twice stores it once.
+/// uncompressed digests, so importing the same image twice stores it once. An image of
+/// that name is replaced, as `podman load` moves a tag (see [`import_image_replacing`]
+/// to learn which).
 pub fn import_image(
     store: &Store,
     archive: &Path,
     name: Option<&str>,
 ) -> Result<ImageRecord, BuildError> {
+    import_image_replacing(store, archive, name).map(|(record, _)| record)
+}
+
+/// [`import_image`], also returning the image the name stood for before, if any: its
+/// layers that no image names any more are removed unless in use (as a rebuild's are).
+pub fn import_image_replacing(
+    store: &Store,
+    archive: &Path,
+    name: Option<&str>,
+) -> Result<(ImageRecord, Option<ImageRecord>), BuildError> {
     let catalog = Catalog::new(store)?;
     // The staging directory `layers/.staging-import-ID`, guarded from `gc` by the lock
     // `import-ID`, held until the end of the import.
@@ -85,8 +97,13 @@ pub fn import_image(
             created: now(),
             config: imported.config.clone(),
         };
+        let replaced = catalog.image_record(&record.name)?;
         catalog.record_image(&record)?;
-        Ok(record)
+        if let Some(old) = &replaced {
+            // A cache's cleanup: what fails here `gc` finds later.
+            let _ = catalog.drop_replaced(&old.layers);
+        }
+        Ok((record, replaced))
     })();
     let _ = remove_tree(&scratch);
     result
@@ -122,18 +139,24 @@ pub fn export_image(store: &Store, name: &str, out: &Path) -> Result<(), BuildEr
         .image_record(name)?
         .ok_or_else(|| BuildError::UnknownImage(name.to_string()))?;
     let mut dirs: Vec<PathBuf> = Vec::new();
+    // When each layer was built or imported (a rootfs base: when the image was recorded).
+    let mut created: Vec<u64> = Vec::new();
     match &record.base {
         BaseRecord::Host => {
             return Err(BuildError::NotExportable(format!(
                 "image {name:?}: it is built on the host's root filesystem; build it on a rootfs directory or an imported image to export it"
             )))
         }
-        BaseRecord::Rootfs(d) => dirs.push(d.clone()),
+        BaseRecord::Rootfs(d) => {
+            dirs.push(d.clone());
+            created.push(record.created);
+        }
         BaseRecord::Scratch => {}
     }
     for key in &record.layers {
         dirs.push(catalog.layer_root(key));
+        created.push(catalog.layer_meta(key)?.created);
     }
-    crate::oci::export_archive(&dirs, &record.config, out, Some(name))?;
+    crate::oci::export_archive_dated(&dirs, &created, &record.config, out, Some(name))?;
     Ok(())
 }

@@ -56,6 +56,9 @@ pub fn squash_deep_stack(store: &Store, image: &Image) -> Result<Image, BuildErr
         Base::Rootfs(d) => Image::rootfs(d),
         Base::Scratch => Image::scratch(),
     };
+    if let Some(config) = image.config() {
+        out = out.with_config(config.clone());
+    }
     out = out.layer(root);
     Ok(out)
 }

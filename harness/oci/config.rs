@@ -3,8 +3,11 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The parts of an image configuration a container needs to run its process.
+/// The parts of an image configuration a container needs to run its process: what
+/// `pristine import` stores and containers of the image start with (see
+/// [`Container`](crate::Container) for how the caller's settings override it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ImageConfig {
     /// Environment, `KEY=value` entries.
     #[serde(default)]
@@ -21,6 +24,90 @@ pub struct ImageConfig {
     /// User (`name`, `uid`, `uid:gid`, ...); `None` means root.
     #[serde(default)]
     pub user: Option<String>,
+    /// Exposed ports as the config names them (`5432/tcp`, `53/udp`, `8080`).
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
+}
+
+/// A transport protocol of an exposed port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// TCP (the default when a port names no protocol).
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+/// A port an image says it listens on (`ExposedPorts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub struct ExposedPort {
+    /// The port number.
+    pub port: u16,
+    /// Its protocol.
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for ExposedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        };
+        write!(f, "{}/{proto}", self.port)
+    }
+}
+
+impl ExposedPort {
+    /// Parses `PORT[/PROTO]` (protocol case-insensitive, TCP by default); `None` for
+    /// anything else (ranges, unknown protocols, port 0).
+    pub fn parse(s: &str) -> Option<ExposedPort> {
+        let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            _ => return None,
+        };
+        let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+        Some(ExposedPort { port, protocol })
+    }
+}
+
+impl ImageConfig {
+    /// The exposed ports that parse (see [`ExposedPort::parse`]), sorted, without
+    /// duplicates.
+    #[must_use]
+    pub fn exposed_ports(&self) -> Vec<ExposedPort> {
+        let mut ports: Vec<ExposedPort> = self
+            .exposed_ports
+            .iter()
+            .filter_map(|p| ExposedPort::parse(p))
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+
+    /// The lowest exposed TCP port, the one a readiness check waits on by default.
+    #[must_use]
+    pub fn first_tcp_port(&self) -> Option<u16> {
+        self.exposed_ports()
+            .into_iter()
+            .find(|p| p.protocol == Protocol::Tcp)
+            .map(|p| p.port)
+    }
+
+    /// Whether the config says nothing (an image of the host, a rootfs directory or a
+    /// recipe without an imported base).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == ImageConfig::default()
+    }
 }
 
 pub(crate) const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -123,6 +210,13 @@ pub(crate) struct RunConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub working_dir: Option<String>,
+    /// `{"5432/tcp": {}}`: only the keys mean anything.
+    #[serde(
+        rename = "ExposedPorts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -152,6 +246,11 @@ impl RunConfig {
             entrypoint: self.entrypoint.clone().unwrap_or_default(),
             working_dir: nonempty(&self.working_dir),
             user: nonempty(&self.user),
+            exposed_ports: self
+                .exposed_ports
+                .as_ref()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -163,6 +262,12 @@ impl RunConfig {
             entrypoint: some(&c.entrypoint),
             cmd: some(&c.cmd),
             working_dir: c.working_dir.clone(),
+            exposed_ports: (!c.exposed_ports.is_empty()).then(|| {
+                c.exposed_ports
+                    .iter()
+                    .map(|p| (p.clone(), serde_json::json!({})))
+                    .collect()
+            }),
         }
     }
 }
@@ -196,6 +301,7 @@ mod tests {
         assert!(ic.entrypoint.is_empty());
         assert_eq!(ic.working_dir, None);
         assert_eq!(ic.user.as_deref(), Some("1000:1000"));
+        assert!(ic.exposed_ports.is_empty());
         assert_eq!(c.rootfs.diff_ids.len(), 1);
     }
 
@@ -207,7 +313,25 @@ mod tests {
             entrypoint: vec!["/e".into()],
             working_dir: Some("/w".into()),
             user: Some("u".into()),
+            // Sorted, as the config's JSON object keeps them.
+            exposed_ports: vec!["53/udp".into(), "5432/tcp".into()],
         };
         assert_eq!(RunConfig::from_image_config(&ic).to_image_config(), ic);
+    }
+
+    #[test]
+    fn exposed_ports_parse_and_sort() {
+        let ic = ImageConfig {
+            exposed_ports: [
+                "8080", "53/UDP", "5432/tcp", "1-2/tcp", "0/tcp", "9/quic", "8080/tcp",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..ImageConfig::default()
+        };
+        let shown: Vec<String> = ic.exposed_ports().iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown, ["53/udp", "5432/tcp", "8080/tcp"]);
+        assert_eq!(ic.first_tcp_port(), Some(5432));
+        assert!(!ic.is_empty() && ImageConfig::default().is_empty());
     }
 }

@@ -17,6 +17,41 @@ use std::path::{Path, PathBuf};
 
 const OP: &str = "export archive";
 
+/// The dates of an exported image, RFC 3339 in UTC.
+struct Dates {
+    image: String,
+    layers: Vec<String>,
+}
+
+impl Dates {
+    /// From the layers' creation times, or all `source_date_epoch` if it is a number.
+    fn new(created: &[u64], source_date_epoch: Option<&str>) -> Dates {
+        let fixed = source_date_epoch.and_then(|s| s.trim().parse::<u64>().ok());
+        let layers: Vec<u64> = created.iter().map(|c| fixed.unwrap_or(*c)).collect();
+        let image = layers.iter().copied().max().or(fixed).unwrap_or(0);
+        Dates {
+            image: rfc3339(image),
+            layers: layers.into_iter().map(rfc3339).collect(),
+        }
+    }
+
+    fn layer(&self, i: usize) -> String {
+        self.layers
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| self.image.clone())
+    }
+}
+
+fn rfc3339(secs: u64) -> String {
+    // Past year 9999 RFC 3339 has no form; such a date is clamped to the epoch.
+    if secs >= 253_402_300_800 {
+        return "1970-01-01T00:00:00Z".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// Writes the overlay-native layer directory `layer` as an uncompressed layer tar (the
 /// same bytes [`export_archive`] puts in an image: sorted entries, whiteouts as `.wh.`
 /// entries) to the new file `tar_file`, and returns its `sha256:` digest and size. `out`
@@ -60,8 +95,25 @@ pub(crate) fn write_layer_tar(
 ///
 /// The archive is written to a temporary file next to `out` and renamed over
 /// `out` at the end; on failure nothing is left behind.
+///
+/// Every date in it is the epoch; [`export_archive_dated`] gives the layers their own.
 pub fn export_archive(
     layers: &[PathBuf],
+    config: &ImageConfig,
+    out: &Path,
+    reference: Option<&str>,
+) -> Result<(), OciError> {
+    export_archive_dated(layers, &vec![0; layers.len()], config, out, reference)
+}
+
+/// [`export_archive`], with each layer's creation time (seconds since the epoch, one per
+/// layer) in the config's history, and the newest as the image's `created`: what
+/// `podman images` shows. The same layers, dates and config give the same bytes. If
+/// `SOURCE_DATE_EPOCH` is set, every date is that instead (reproducible builds'
+/// convention).
+pub fn export_archive_dated(
+    layers: &[PathBuf],
+    created: &[u64],
     config: &ImageConfig,
     out: &Path,
     reference: Option<&str>,
@@ -120,8 +172,9 @@ pub fn export_archive(
     let diff_ids: Vec<String> = layer_descs.iter().map(|d| d.digest.clone()).collect();
 
     // 2. Config, manifest, index.
+    let dates = Dates::new(created, std::env::var("SOURCE_DATE_EPOCH").ok().as_deref());
     let config_file = ConfigFile {
-        created: Some("1970-01-01T00:00:00Z".into()),
+        created: Some(dates.image.clone()),
         architecture: host_architecture().into(),
         os: "linux".into(),
         config: Some(RunConfig::from_image_config(config)),
@@ -129,10 +182,9 @@ pub fn export_archive(
             kind: "layers".into(),
             diff_ids: diff_ids.clone(),
         },
-        history: diff_ids
-            .iter()
-            .map(|_| History {
-                created: Some("1970-01-01T00:00:00Z".into()),
+        history: (0..diff_ids.len())
+            .map(|i| History {
+                created: Some(dates.layer(i)),
                 created_by: Some("pristine export".into()),
                 empty_layer: None,
             })
@@ -513,5 +565,20 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains(".wh.x"), "{err}");
         assert!(!dir.path().join("out.tar").exists());
+    }
+
+    #[test]
+    fn dates_are_the_layers_or_source_date_epoch() {
+        let d = super::Dates::new(&[0, 1_764_547_200, 100], None);
+        assert_eq!(d.image, "2025-12-01T00:00:00Z");
+        assert_eq!(d.layer(0), "1970-01-01T00:00:00Z");
+        assert_eq!(d.layer(2), "1970-01-01T00:01:40Z");
+        let d = super::Dates::new(&[5, 6], Some("1700000000"));
+        assert_eq!(
+            (d.image.as_str(), d.layer(0).as_str()),
+            ("2023-11-14T22:13:20Z", "2023-11-14T22:13:20Z")
+        );
+        let d = super::Dates::new(&[u64::MAX], Some("soon"));
+        assert_eq!(d.image, "1970-01-01T00:00:00Z");
     }
 }

@@ -19,9 +19,9 @@ mod fsutil;
 mod path;
 
 pub use archive::{import_archive, ImportedImage};
-pub use config::ImageConfig;
+pub use config::{ExposedPort, ImageConfig, Protocol};
 pub(crate) use digest::HashingReader;
 pub use error::OciError;
-pub use export::export_archive;
 pub(crate) use export::{append_bytes, fixed_header, write_layer_tar};
+pub use export::{export_archive, export_archive_dated};
 pub use extract::{extract_layer, Compression, ExtractStats};

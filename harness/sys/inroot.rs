@@ -176,6 +176,90 @@ impl Root {
     }
 }
 
+/// What an image layer holds at a path, looked up inside the layer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// Nothing: look in the layers below.
+    Absent,
+    /// A whiteout or something that is not a regular file: the path has no file here, and
+    /// the layers below do not show through (or it is not a file to use).
+    Hidden,
+    /// A regular file, with its executable bits (`mode & 0o111`).
+    File { exec: bool },
+}
+
+/// What `layer` (an image layer or rootfs directory) holds at `path` (absolute inside the
+/// image), resolved inside the layer: symlinks and `..` never lead out of it.
+pub(crate) fn probe(layer: &Path, path: &Path) -> SysResult<Found> {
+    let fd = match open_in(layer, path, OFlag::O_PATH) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return Ok(Found::Absent),
+        // A symlink loop: there is nothing to use at the path.
+        Err(e) if e.errno == Errno::ELOOP => return Ok(Found::Hidden),
+        Err(e) => return Err(e),
+    };
+    let st = nix::sys::stat::fstat(&fd)
+        .map_err(|e| SysError::new("stat inside an image layer", Some(path), e))?;
+    Ok(match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Found::File {
+            exec: st.st_mode & 0o111 != 0,
+        },
+        _ => Found::Hidden,
+    })
+}
+
+/// Reads the regular file at `path` (absolute inside the image) of `layer`, resolved inside
+/// the layer, at most `limit` bytes (more is an error: `EFBIG`). `Ok(None)` if the layer has
+/// no such file or something other than a regular file there (a whiteout, a FIFO, a device:
+/// nothing is opened that could block or have side effects).
+pub(crate) fn read_file(layer: &Path, path: &Path, limit: u64) -> SysResult<Option<Vec<u8>>> {
+    use std::io::Read;
+    if !matches!(probe(layer, path)?, Found::File { .. }) {
+        return Ok(None);
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+    let Some(fd) = open_in(layer, path, flags)? else {
+        return Ok(None);
+    };
+    let file = std::fs::File::from(fd);
+    let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    if !regular {
+        return Ok(None);
+    }
+    let mut buf = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| SysError::new("read inside an image layer", Some(path), io_errno(&e)))?;
+    if buf.len() as u64 > limit {
+        return Err(SysError::new(
+            "read inside an image layer (the file is too large)",
+            Some(path),
+            Errno::EFBIG,
+        ));
+    }
+    Ok(Some(buf))
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Opens `path` inside `layer` with `flags`; `None` if it (or the way to it) is missing.
+fn open_in(layer: &Path, path: &Path, flags: OFlag) -> SysResult<Option<OwnedFd>> {
+    let root = nix::fcntl::open(
+        layer,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SysError::new("open an image layer", Some(layer), e))?;
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    match openat2(root.as_fd(), rel, how(flags, IN_ROOT)) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
+        Err(e) => Err(SysError::new("open inside an image layer", Some(path), e)),
+    }
+}
+
 fn cstring(s: &OsStr, path: &Path) -> SysResult<CString> {
     CString::new(s.as_bytes()).map_err(|_| SysError::new("path", Some(path), Errno::EINVAL))
 }

@@ -642,7 +642,9 @@ fn run_trial(
     };
     let carry = group.carry.unwrap_or(*image.base() != Base::Host);
     let timeout = group.timeout.unwrap_or(config.timeout);
+    // The test binary is the command: an image's entrypoint would run instead of it.
     let mut c = Container::new(image)
+        .entrypoint(Vec::<String>::new())
         .stdio(Stdio::Capture)
         .timeout(timeout)
         .keep(config.keep);
@@ -705,6 +707,10 @@ fn run_trial(
     }
     let t0 = monotonic_ns();
     c = c.env(INSIDE_ENV, name).env(T0_ENV, t0.to_string());
+    let ports: Vec<String> = c.exposed_ports().iter().map(|p| p.to_string()).collect();
+    if !ports.is_empty() {
+        c = c.env(inside::PORTS_ENV, ports.join(","));
+    }
     let out = match c.run(&argv) {
         Ok(out) => out,
         Err(e) => {

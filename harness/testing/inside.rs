@@ -12,6 +12,10 @@ pub const INSIDE_ENV: &str = "PRISTINE_TEST_INSIDE";
 /// Environment variable set in a test's container: when the outer process started creating
 /// it (monotonic ns), for the start latency.
 pub(crate) const T0_ENV: &str = "PRISTINE_TEST_T0";
+/// Environment variable set in a test's container whose image exposes ports (its config's
+/// `ExposedPorts`): them, comma-separated (`5432/tcp,53/udp`), for
+/// [`Service::ready_image_port`](super::Service::ready_image_port).
+pub const PORTS_ENV: &str = "PRISTINE_IMAGE_PORTS";
 /// Prefix of the line with the inner timings, the last line of the inner stdout.
 const TIMINGS_PREFIX: &str = "##pristine-timings ";
 

@@ -37,7 +37,7 @@ mod service;
 pub mod wrap;
 
 pub use harness::{Ctx, Finished, Harness, TestResult, DEFAULT_TIMEOUT, KEEP_ENV, TIMEOUT_ENV};
-pub use inside::INSIDE_ENV;
+pub use inside::{INSIDE_ENV, PORTS_ENV};
 pub use report::{render_diff, TestTiming};
 pub use service::{Ready, Service, ServiceError, FALLBACK_LOG_DIR, LOG_DIR};
 

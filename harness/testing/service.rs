@@ -47,6 +47,9 @@ pub enum Ready {
     Command(Vec<String>),
     /// The service's log (stdout + stderr) contains this text.
     LogContains(String),
+    /// A TCP connection succeeds to `127.0.0.1` on the lowest TCP port the test's image
+    /// exposes (its config's `ExposedPorts`).
+    ImagePort,
 }
 
 /// A command started inside the container before the test body, e.g. a database server.
@@ -119,6 +122,15 @@ impl Service {
     /// Ready when `127.0.0.1:port` accepts a TCP connection.
     pub fn ready_tcp(mut self, port: u16) -> Self {
         self.ready = Ready::Tcp(port);
+        self
+    }
+
+    /// Ready when `127.0.0.1` accepts a TCP connection on the lowest TCP port the image
+    /// exposes (`ExposedPorts` of an imported image's config): e.g. a database image's
+    /// server, without repeating its port. An image that exposes no TCP port fails the
+    /// service at once.
+    pub fn ready_image_port(mut self) -> Self {
+        self.ready = Ready::ImagePort;
         self
     }
 
@@ -289,6 +301,16 @@ fn unmapped_hint(user: &User) -> Hint {
 impl Service {
     /// Starts it with its output in its log file and waits until it is ready.
     pub(crate) fn start(&self) -> Result<Running, ServiceError> {
+        if self.ready == Ready::ImagePort && image_tcp_port().is_none() {
+            return Err(ServiceError::NotReady {
+                service: self.name.clone(),
+                timeout: Duration::ZERO,
+                check: self.describe_check(),
+                hint: Hint(Some(
+                    "wait on a port of its own with Service::ready_tcp(PORT)".into(),
+                )),
+            });
+        }
         let log = self.log_path();
         let io_log = |source| ServiceError::Log {
             service: self.name.clone(),
@@ -398,10 +420,8 @@ impl Service {
     fn is_ready(&self, user: Option<&User>, log: &Path) -> bool {
         match &self.ready {
             Ready::Started => true,
-            Ready::Tcp(port) => {
-                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, *port));
-                TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-            }
+            Ready::Tcp(port) => tcp_ready(*port),
+            Ready::ImagePort => image_tcp_port().is_some_and(tcp_ready),
             Ready::UnixSocket(path) => UnixStream::connect(path).is_ok(),
             Ready::Command(argv) => {
                 if argv.is_empty() {
@@ -432,8 +452,33 @@ impl Service {
             Ready::UnixSocket(p) => format!("waiting for unix socket {}", p.display()),
             Ready::Command(argv) => format!("waiting for {:?} to exit 0", argv.join(" ")),
             Ready::LogContains(t) => format!("waiting for {t:?} in its log"),
+            Ready::ImagePort => match image_tcp_port() {
+                Some(p) => format!(
+                    "waiting for a TCP connection to 127.0.0.1:{p}, the image's exposed port"
+                ),
+                None => "the image exposes no TCP port (no ExposedPorts in its config)".into(),
+            },
         }
     }
+}
+
+fn tcp_ready(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+}
+
+/// The lowest TCP port of the test's image, from [`PORTS_ENV`](super::PORTS_ENV).
+fn image_tcp_port() -> Option<u16> {
+    lowest_tcp_port(&std::env::var(super::inside::PORTS_ENV).ok()?)
+}
+
+fn lowest_tcp_port(ports: &str) -> Option<u16> {
+    ports
+        .split(',')
+        .filter_map(crate::oci::ExposedPort::parse)
+        .filter(|p| p.protocol == crate::oci::Protocol::Tcp)
+        .map(|p| p.port)
+        .min()
 }
 
 /// Reads a log file for display; a missing one reads as a note.
@@ -465,5 +510,13 @@ mod tests {
             (104, 110, "/var/lib/postgresql", vec![110, 109])
         );
         assert_eq!(lookup_user("nobody", passwd, group), None);
+    }
+
+    #[test]
+    fn the_image_port_is_its_lowest_tcp_port() {
+        assert_eq!(lowest_tcp_port("53/udp,8080/tcp,5432/tcp"), Some(5432));
+        assert_eq!(lowest_tcp_port("9000"), Some(9000));
+        assert_eq!(lowest_tcp_port("53/udp"), None);
+        assert_eq!(lowest_tcp_port(""), None);
     }
 }

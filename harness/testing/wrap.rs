@@ -22,7 +22,8 @@ use crate::{Base, Bind, Container, Image, Keep, Stdio, Upper};
 /// subcommand's arguments).
 #[derive(Debug, Clone, clap::Args)]
 pub struct WrapArgs {
-    /// `host` (the host's root filesystem) or a rootfs directory.
+    /// `host` (the host's root filesystem), a rootfs directory, or a named image (its
+    /// config's environment, working directory and user apply; its entrypoint does not).
     #[arg(long, default_value = "host")]
     pub image: String,
     /// A read-only layer directory stacked on the image (repeatable, bottom first).
@@ -107,7 +108,14 @@ fn run_in_container(
 ) -> Result<u8, String> {
     let mut image = match args.image.as_str() {
         "host" => Image::host(),
-        dir => Image::rootfs(dir),
+        spec => {
+            let store = match &args.store {
+                Some(dir) => crate::Store::open(dir),
+                None => crate::Store::open_default(),
+            }
+            .map_err(|e| e.to_string())?;
+            crate::layers::resolve_image(&store, spec).map_err(|e| e.to_string())?
+        }
     };
     for l in &args.layers {
         image = image.layer(l);
@@ -120,7 +128,11 @@ fn run_in_container(
         Some(k) => k,
         None => Keep::Never,
     };
-    let mut c = Container::new(image).stdio(Stdio::Inherit).keep(keep);
+    // The test binary is the command: an image's entrypoint would run instead of it.
+    let mut c = Container::new(image)
+        .entrypoint(Vec::<String>::new())
+        .stdio(Stdio::Inherit)
+        .keep(keep);
     if let Some(t) = args.timeout {
         c = c.timeout(t);
     }

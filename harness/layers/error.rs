@@ -73,6 +73,9 @@ pub enum BuildError {
         /// The device node, inside the image.
         path: PathBuf,
     },
+    /// Pulling a recipe's base image failed.
+    #[error(transparent)]
+    Pull(#[from] Box<crate::pull::PullError>),
     /// No image of that name is in the store.
     #[error("no image named {0:?} in the store (see `pristine images`)")]
     UnknownImage(String),

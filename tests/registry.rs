@@ -265,7 +265,7 @@ fn deleted_tag_and_unknown_repository() {
     let (layout, _, _) = busybox(tmp.path().join("layout"));
     let reference = format!("{}/test/gone:1", reg.host());
     push(&layout.dir, &reference, None);
-    fixture::delete(&reference);
+    fixture::delete(&reference, &layout.dir);
     let store = store_in(tmp.path());
     let err = pull(&store, &reference, &anonymous()).unwrap_err();
     let msg = err.to_string();

@@ -153,6 +153,7 @@ pub fn push(layout: &Path, dest: &str, creds: Option<&str>) {
         cmd.arg(format!("--dest-creds={c}"));
     }
     let out = cmd
+        .env("REGISTRY_AUTH_FILE", no_auth_file(layout))
         .arg(format!("oci:{}:img", layout.display()))
         .arg(format!("docker://{dest}"))
         .output()
@@ -164,9 +165,16 @@ pub fn push(layout: &Path, dest: &str, creds: Option<&str>) {
     );
 }
 
+/// An auth file that does not exist, beside `near`: skopeo's default one is under
+/// `/run/containers/UID`, which `nobody` may not read.
+fn no_auth_file(near: &Path) -> PathBuf {
+    near.with_file_name("no-auth.json")
+}
+
 /// Deletes the manifest `dest` names from the registry (the tag goes with it).
-pub fn delete(dest: &str) {
+pub fn delete(dest: &str, scratch: &Path) {
     let out = Command::new("skopeo")
+        .env("REGISTRY_AUTH_FILE", no_auth_file(scratch))
         .args(["delete", "--tls-verify=false", &format!("docker://{dest}")])
         .output()
         .unwrap();

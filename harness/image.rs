@@ -61,7 +61,7 @@ impl Image {
     pub fn pull(reference: &str) -> Result<Self, crate::pull::PullError> {
         let store = crate::Store::open_default().map_err(|e| crate::pull::PullError::Store {
             reference: reference.to_string(),
-            source: e.into(),
+            source: Box::new(e.into()),
         })?;
         Ok(crate::pull::pull(&store, reference, &crate::pull::PullOptions::new())?.image)
     }

@@ -440,3 +440,44 @@ fn hostile_layer_from_a_registry_is_refused() {
 fn rootless() {
     common::rerun_as_nobody("rootless");
 }
+
+/// The PostgreSQL 15 image from a Debian rootfs (four gzip layers), pulled and run.
+#[test]
+#[ignore = "slow: builds a PostgreSQL rootfs with mmdebstrap (minutes, as root, from Debian's mirror; cached); tools/pull-bench runs it"]
+fn postgres_image_from_a_debian_rootfs() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let (layout, digest) = fixture::postgres_layout();
+    let reference = format!("{}/bench/postgres:15", reg.host());
+    push(&layout.dir, &reference, None);
+    let store_dir = tmp.path().join("store");
+    let out = pristine_cli(&store_dir, &["pull", &reference]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("4 layers, 4 downloaded") && stdout.contains(&digest),
+        "{stdout}"
+    );
+    let out = pristine_cli(
+        &store_dir,
+        &[
+            "run",
+            "--image",
+            &reference,
+            "--",
+            "/usr/lib/postgresql/15/bin/postgres",
+            "--version",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("postgres (PostgreSQL) 15."), "{stdout}");
+}

@@ -213,7 +213,7 @@ mod tests {
     fn broken_files_are_reported() {
         let tmp = tempfile::tempdir().unwrap();
         let f = file(tmp.path(), "c.json", r#"{"auths":{"r":{"auth":"!!"}}}"#);
-        let e = lookup(&[f.clone()], "r", "x").err().unwrap();
+        let e = lookup(std::slice::from_ref(&f), "r", "x").err().unwrap();
         assert!(e.to_string().contains(&f.display().to_string()), "{e}");
         let g = file(tmp.path(), "d.json", "not json");
         assert!(lookup(&[g], "r", "x").is_err());

@@ -100,7 +100,7 @@ pub enum PullError {
         digest: String,
         /// Why.
         #[source]
-        source: crate::oci::OciError,
+        source: Box<crate::oci::OciError>,
     },
     /// Storing the image failed.
     #[error("pull {reference}: {source}")]
@@ -109,7 +109,7 @@ pub enum PullError {
         reference: String,
         /// The store error.
         #[source]
-        source: crate::layers::BuildError,
+        source: Box<crate::layers::BuildError>,
     },
     /// A local file operation failed.
     #[error("pull {reference}: {action} {path} failed: {source}")]

@@ -92,7 +92,7 @@ fn fetch_one(
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or(PullError::Store {
                 reference: remote.given.clone(),
-                source: e,
+                source: Box::new(e),
             })),
     }
 }
@@ -174,7 +174,7 @@ fn extract(remote: &Remote, blob: &Path, root: &Path, digest: &str) -> Result<St
     crate::oci::extract_layer(&mut hashing, root).map_err(|source| PullError::Layer {
         reference: remote.given.clone(),
         digest: digest.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     let (diff_id, _) = hashing.finish().map_err(io)?;
     Ok(diff_id)

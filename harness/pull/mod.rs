@@ -112,7 +112,7 @@ pub fn pull(store: &Store, reference: &str, options: &PullOptions) -> Result<Pul
     };
     let store_err = |source: BuildError| PullError::Store {
         reference: reference.to_string(),
-        source,
+        source: Box::new(source),
     };
     let catalog = Catalog::new(store).map_err(store_err)?;
     if let Some(digest) = parsed.digest() {
@@ -169,7 +169,7 @@ fn rename(catalog: &Catalog, record: ImageRecord, name: &str) -> Result<ImageRec
 fn fetch(remote: &Remote, catalog: &Catalog, name: &str) -> Result<Pulled, PullError> {
     let store_err = |source: BuildError| PullError::Store {
         reference: remote.given.clone(),
-        source,
+        source: Box::new(source),
     };
     let (manifest, manifest_digest, index_digest) = platform_manifest(remote)?;
     let reference = reference::canonical(&remote.reference);

@@ -1,6 +1,7 @@
 //! A real registry for the pull tests: Debian's `docker-registry` (the reference
 //! distribution registry) on a free loopback port, images written as OCI layouts here
 //! and pushed with skopeo, and a proxy that breaks transfers off.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -458,4 +459,129 @@ fn relay(client: TcpStream, upstream: u16, limit: usize, mode: Break, stop: Arc<
     }
     let _ = c_out.shutdown(Shutdown::Both);
     let _ = s_in.shutdown(Shutdown::Both);
+}
+
+/// What the PostgreSQL image is built from (its cache key).
+const PG_INPUTS: &str =
+    "mmdebstrap --variant=apt --include=postgresql-15 bookworm; 4 gzip layers; v1";
+
+/// The PostgreSQL 15 image, built once from a Debian rootfs (mmdebstrap, as root; it
+/// fetches from Debian's mirror) and split by size into four gzip layers (a multi-layer
+/// image, like Docker Hub's), kept as an OCI layout under the scratch directory, keyed by
+/// its inputs. Returns the layout and its manifest digest.
+pub fn postgres_layout() -> (Layout, String) {
+    need(&["mmdebstrap"]);
+    let key = &sha256(PG_INPUTS.as_bytes())[7..19];
+    let dir = common::scratch_base().join(format!("pg-image-{key}"));
+    let layout = Layout {
+        dir: dir.join("layout"),
+    };
+    if let Ok(digest) = std::fs::read_to_string(dir.join("digest")) {
+        return (layout, digest);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rootfs = dir.join("rootfs.tar");
+    let out = Command::new("mmdebstrap")
+        .args([
+            "--quiet",
+            "--variant=apt",
+            "--include=postgresql-15",
+            "--mode=root",
+        ])
+        .args(["bookworm"])
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mmdebstrap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let layers = split_rootfs(&std::fs::read(&rootfs).unwrap(), 4);
+    std::fs::remove_file(&rootfs).unwrap();
+    let layout = Layout::new(dir.join("layout"));
+    let layers: Vec<(Vec<u8>, Comp)> = layers.into_iter().map(|l| (l, Comp::Gzip)).collect();
+    let (desc, _) = layout.image(
+        host_arch(),
+        &layers,
+        &["PATH=/usr/lib/postgresql/15/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    );
+    layout.name(&desc);
+    let digest = desc["digest"].as_str().unwrap().to_string();
+    std::fs::write(dir.join("digest"), &digest).unwrap();
+    (layout, digest)
+}
+
+/// Splits a rootfs tar into `n` layer tars of about equal size: files by running size,
+/// hard links with their targets, what is neither file nor directory in the first;
+/// each layer gets the directory entries above its files (so its directories keep their
+/// owners and modes); `dev/` is left out (a container gets its own).
+pub fn split_rootfs(tar: &[u8], n: usize) -> Vec<Vec<u8>> {
+    use std::collections::{HashMap, HashSet};
+    let total = tar.len() as u64;
+    let mut builders: Vec<tar::Builder<Vec<u8>>> =
+        (0..n).map(|_| tar::Builder::new(Vec::new())).collect();
+    let mut added: Vec<HashSet<PathBuf>> = vec![HashSet::new(); n];
+    let mut dirs: HashMap<PathBuf, (PathBuf, tar::Header)> = HashMap::new();
+    let mut placed = HashMap::new();
+    let mut running = 0u64;
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().into_owned();
+        let rel = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
+        if rel.starts_with("dev") && rel != Path::new("dev") {
+            continue;
+        }
+        let mut header = entry.header().clone();
+        let link = entry.link_name().unwrap().map(|l| l.into_owned());
+        let layer = match header.entry_type() {
+            tar::EntryType::Directory => {
+                dirs.insert(rel.clone(), (path.clone(), header.clone()));
+                0
+            }
+            tar::EntryType::Regular => {
+                running += entry.size();
+                ((running * n as u64) / total.max(1)).min(n as u64 - 1) as usize
+            }
+            tar::EntryType::Link => {
+                let target = link.clone().unwrap();
+                let target = target.strip_prefix(".").unwrap_or(&target).to_path_buf();
+                *placed.get(&target).unwrap_or(&0)
+            }
+            _ => 0,
+        };
+        placed.insert(rel.clone(), layer);
+        let mut ancestors: Vec<&Path> = rel.ancestors().skip(1).collect();
+        ancestors.reverse();
+        for a in ancestors {
+            if let Some((dpath, dheader)) = dirs.get(a) {
+                if added[layer].insert(a.to_path_buf()) {
+                    let mut h = dheader.clone();
+                    builders[layer]
+                        .append_data(&mut h, dpath, std::io::empty())
+                        .unwrap();
+                }
+            }
+        }
+        let b = &mut builders[layer];
+        match (header.entry_type(), link) {
+            (tar::EntryType::Directory, _) => {
+                if added[layer].insert(rel) {
+                    b.append_data(&mut header, &path, std::io::empty()).unwrap();
+                }
+            }
+            (_, Some(target)) => b.append_link(&mut header, &path, target).unwrap(),
+            (_, None) => {
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).unwrap();
+                b.append_data(&mut header, &path, &data[..]).unwrap();
+            }
+        }
+    }
+    builders
+        .into_iter()
+        .map(|b| b.into_inner().unwrap())
+        .collect()
 }

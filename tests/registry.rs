@@ -435,6 +435,30 @@ fn hostile_layer_from_a_registry_is_refused() {
     assert!(!tmp.path().join("escapeholder").exists());
 }
 
+/// A recipe over a registry reference pulls it once, then builds on it; a second build
+/// asks no registry (the image is held).
+#[test]
+fn recipe_over_a_reference_pulls_its_base() {
+    let tmp = fixture::scratch();
+    let mut reg = Registry::start(None);
+    let (layout, _, _) = busybox(tmp.path().join("layout"));
+    let reference = format!("{}/test/busybox:1", reg.host());
+    push(&layout.dir, &reference, None);
+    let store = store_in(tmp.path());
+    let recipe = pristine::Recipe::image(reference.as_str())
+        .layer(pristine::LayerSpec::new("built").run(["/bin/sh", "-c", "cat /etc/motd > /built"]));
+    let image = recipe.build(&store).unwrap();
+    let top = image.layers().last().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(top.join("built")).unwrap(),
+        "pulled\n"
+    );
+    assert_eq!(image.layers().len(), 3);
+    reg.stop();
+    let again = recipe.build(&store).unwrap();
+    assert_eq!(again, image);
+}
+
 /// The whole suite again as `nobody` (rootless), when run as root.
 #[test]
 fn rootless() {

@@ -23,7 +23,8 @@ pub(crate) struct Remote {
     /// The reference as the user wrote it (for messages).
     pub(crate) given: String,
     pub(crate) reference: Reference,
-    insecure: bool,
+    /// Plain HTTP (a loopback registry, or `--insecure-http`).
+    plain_http: bool,
 }
 
 impl Remote {
@@ -64,7 +65,7 @@ impl Remote {
             creds,
             given: given.to_string(),
             reference,
-            insecure: plain,
+            plain_http: plain,
         })
     }
 
@@ -192,7 +193,7 @@ impl Remote {
             OciDistributionError::ServerError {
                 code: 404, message, ..
             } => not_found(message),
-            OciDistributionError::RequestError(e) if !self.insecure && looks_like_tls(&e) => {
+            OciDistributionError::RequestError(e) if !self.plain_http && looks_like_tls(&e) => {
                 PullError::Tls {
                     reference,
                     registry,
@@ -235,4 +236,33 @@ fn looks_like_tls(e: &dyn std::error::Error) -> bool {
     ["tls", "certificate", "corrupt message", "handshake", "ssl"]
         .iter()
         .any(|w| text.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_registries_or_when_told() {
+        let r = |s: &str| super::super::reference::parse(s).unwrap();
+        let remote = |s: &str, insecure| {
+            Remote::new(s, r(s), Credentials::anonymous(), insecure)
+                .unwrap()
+                .plain_http
+        };
+        assert!(remote("127.0.0.1:5000/a:1", false));
+        assert!(remote("localhost:5000/a:1", false));
+        assert!(!remote("example.com/a:1", false));
+        assert!(!remote("postgres:16", false));
+        assert!(remote("example.com:5000/a:1", true));
+    }
+
+    #[test]
+    fn tls_failures_are_told_apart() {
+        let e = std::io::Error::other("received corrupt message of type InvalidContentType");
+        assert!(looks_like_tls(&e));
+        assert!(!looks_like_tls(&std::io::Error::other(
+            "connection refused"
+        )));
+    }
 }

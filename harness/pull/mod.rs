@@ -16,7 +16,10 @@ mod layers;
 mod reference;
 mod remote;
 
+use std::fs::File;
 use std::path::PathBuf;
+
+use nix::fcntl::Flock;
 
 use oci_client::Reference;
 use serde::{Deserialize, Serialize};
@@ -172,66 +175,23 @@ fn fetch(remote: &Remote, catalog: &Catalog, name: &str) -> Result<Pulled, PullE
         source: Box::new(source),
     };
     let (manifest, manifest_digest, index_digest) = platform_manifest(remote)?;
-    let reference = reference::canonical(&remote.reference);
-    // The same manifest held already (under any name): its layers and config are reused.
-    let same = catalog.images().map_err(store_err)?.into_iter().find(|r| {
-        r.source
-            .as_ref()
-            .is_some_and(|s| s.manifest_digest == manifest_digest)
-            && r.layers.iter().all(|k| catalog.has_layer(k))
-    });
-    let (record, downloaded, _leases) = match same {
-        Some(held) => {
-            let source = PullSource {
-                reference,
-                manifest_digest,
-                index_digest,
-                ..held.source.clone().expect("found by it")
-            };
-            (
-                ImageRecord {
-                    name: name.to_string(),
-                    created: now_secs(),
-                    source: Some(source),
-                    ..held
-                },
-                0,
-                Vec::new(),
-            )
-        }
-        None => {
-            let config_digest = manifest.config.digest.clone();
-            let (config, wanted_keys) = config_and_keys(remote, &manifest)?;
-            let wanted: Vec<Wanted<'_>> = wanted_keys
-                .iter()
-                .zip(&manifest.layers)
-                .zip(&config.rootfs.diff_ids)
-                .map(|(((key, parent), blob), diff_id)| Wanted {
-                    key: key.clone(),
-                    parent: parent.clone(),
-                    blob,
-                    diff_id,
-                })
-                .collect();
-            let (leases, downloaded) = layers::fetch_all(remote, catalog, &wanted)?;
+    let source = PullSource {
+        reference: reference::canonical(&remote.reference),
+        manifest_digest,
+        index_digest,
+        config_digest: manifest.config.digest.clone(),
+    };
+    let (record, downloaded, _leases) = match reuse(catalog, &source).map_err(store_err)? {
+        Some((held, leases)) => {
             let record = ImageRecord {
                 name: name.to_string(),
-                base: BaseRecord::Scratch,
-                layers: wanted_keys.into_iter().map(|(k, _)| k).collect(),
                 created: now_secs(),
-                config: config
-                    .config
-                    .map(|c| c.to_image_config())
-                    .unwrap_or_default(),
-                source: Some(PullSource {
-                    reference,
-                    manifest_digest,
-                    index_digest,
-                    config_digest,
-                }),
+                source: Some(source),
+                ..held
             };
-            (record, downloaded, leases)
+            (record, 0, leases)
         }
+        None => download(remote, catalog, &manifest, name, source)?,
     };
     let replaced = catalog.image_record(name).map_err(store_err)?;
     catalog.record_image(&record).map_err(store_err)?;
@@ -246,6 +206,67 @@ fn fetch(remote: &Remote, catalog: &Catalog, name: &str) -> Result<Pulled, PullE
         downloaded,
         contacted_registry: true,
     })
+}
+
+/// Shared locks on layers, held until the image is recorded (so `gc` leaves them).
+type Leases = Vec<Flock<File>>;
+
+/// A held image with the same manifest (under any name), and leases on its layers, so
+/// that its layers and config are reused; `None` if there is none or a layer is gone.
+fn reuse(
+    catalog: &Catalog,
+    source: &PullSource,
+) -> Result<Option<(ImageRecord, Leases)>, BuildError> {
+    let held = catalog.images()?.into_iter().find(|r| {
+        r.source
+            .as_ref()
+            .is_some_and(|s| s.manifest_digest == source.manifest_digest)
+    });
+    let Some(held) = held else { return Ok(None) };
+    let mut leases = Vec::new();
+    for key in &held.layers {
+        match catalog.lease(key)? {
+            Some(lease) => leases.push(lease),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some((held, leases)))
+}
+
+/// The config and the missing layers of `manifest`; the record to write.
+fn download(
+    remote: &Remote,
+    catalog: &Catalog,
+    manifest: &Manifest,
+    name: &str,
+    source: PullSource,
+) -> Result<(ImageRecord, usize, Leases), PullError> {
+    let (config, keys) = config_and_keys(remote, manifest)?;
+    let wanted: Vec<Wanted<'_>> = keys
+        .iter()
+        .zip(&manifest.layers)
+        .zip(&config.rootfs.diff_ids)
+        .map(|(((key, parent), blob), diff_id)| Wanted {
+            key: key.clone(),
+            parent: parent.clone(),
+            blob,
+            diff_id,
+        })
+        .collect();
+    let (leases, downloaded) = layers::fetch_all(remote, catalog, &wanted)?;
+    let record = ImageRecord {
+        name: name.to_string(),
+        base: BaseRecord::Scratch,
+        layers: keys.into_iter().map(|(k, _)| k).collect(),
+        created: now_secs(),
+        // Stored as `import` stores it.
+        config: config
+            .config
+            .map(|c| c.to_image_config())
+            .unwrap_or_default(),
+        source: Some(source),
+    };
+    Ok((record, downloaded, leases))
 }
 
 /// The image manifest for this machine (following an index), its digest, and the

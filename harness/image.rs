@@ -62,6 +62,17 @@ impl Image {
         }
     }
 
+    /// Pulls `reference` (`postgres:16`, `localhost:5000/app@sha256:…`) from its registry
+    /// into the default store (see [`crate::pull`]); a held image costs one manifest
+    /// request (none if pinned by digest), a new one its missing layers.
+    pub fn pull(reference: &str) -> Result<Self, crate::pull::PullError> {
+        let store = crate::Store::open_default().map_err(|e| crate::pull::PullError::Store {
+            reference: reference.to_string(),
+            source: Box::new(e.into()),
+        })?;
+        Ok(crate::pull::pull(&store, reference, &crate::pull::PullOptions::new())?.image)
+    }
+
     /// Stacks a read-only layer directory on top (overlay-native whiteouts allowed).
     pub fn layer(mut self, dir: impl Into<PathBuf>) -> Self {
         self.layers.push(dir.into());

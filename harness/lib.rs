@@ -83,6 +83,7 @@ mod init;
 pub mod layers;
 pub(crate) mod namespaces;
 pub mod oci;
+pub mod pull;
 pub(crate) mod rootfs;
 mod setup;
 mod size;

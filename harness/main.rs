@@ -141,6 +141,23 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Pull an image from an OCI registry (Docker Hub by default) as a named image.
+    Pull {
+        /// The reference: [REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST], e.g. postgres:16.
+        reference: String,
+        /// Name for the image (default: made from the reference, e.g. `postgres-16`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Log in as USER:PASSWORD instead of using the credentials files.
+        #[arg(long, value_name = "USER:PASSWORD")]
+        creds: Option<String>,
+        /// Speak plain HTTP to a registry that is not on this machine (loopback registries
+        /// get plain HTTP anyway). Only for a registry you trust on a network you trust.
+        #[arg(long)]
+        insecure_http: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// Import an OCI image layout or `docker save` archive as a named image.
     Import {
         /// The archive (.tar or .tar.gz).
@@ -677,6 +694,38 @@ fn main() -> ExitCode {
             binds,
             store,
         } => shell(image, binds, store),
+        Command::Pull {
+            reference,
+            name,
+            creds,
+            insecure_http,
+            store,
+        } => listed((|| {
+            let s = store.open()?;
+            let mut opts = pristine::pull::PullOptions::new().insecure_http(insecure_http);
+            if let Some(n) = name {
+                opts = opts.name(n);
+            }
+            if let Some(c) = creds {
+                let (user, password) = c.split_once(':').unwrap_or((&c, ""));
+                opts = opts.credentials(user, password);
+            }
+            let p = pristine::pull::pull(&s, &reference, &opts)
+                .map_err(|e| BuildError::from(Box::new(e)))?;
+            let digest = p
+                .record
+                .source
+                .as_ref()
+                .map_or("", |s| s.manifest_digest.as_str());
+            out!(
+                "pulled {} as {} ({} layers, {} downloaded) {digest}",
+                reference,
+                p.record.name,
+                p.record.layers.len(),
+                p.downloaded
+            );
+            Ok(())
+        })()),
         Command::Import { file, name, store } => listed((|| {
             let s = store.open()?;
             let (r, old) = pristine::layers::import_image_replacing(&s, &file, name.as_deref())?;

@@ -122,6 +122,7 @@ impl Recipe {
                     layers: keys,
                     created: now(),
                     config,
+                    source: None,
                 })?;
                 // The image's former layers go now rather than piling up until `gc`. This is
                 // a cache's cleanup: if it fails, `gc` will find them, and the build stands.
@@ -187,9 +188,8 @@ impl Recipe {
                 )
             }
             BaseSpec::Image(name) => {
-                let record = catalog
-                    .image_record(name)?
-                    .ok_or_else(|| BuildError::UnknownImage(name.clone()))?;
+                // A named image, or a registry reference (pulled if not held).
+                let record = crate::pull::resolve_or_pull(store, name)?;
                 let image = catalog.image_of(&record)?;
                 let parent = match record.layers.last() {
                     Some(top) => top.clone(),

@@ -78,6 +78,9 @@ pub struct ImageRecord {
     /// Run configuration of an imported image.
     #[serde(default)]
     pub config: crate::oci::ImageConfig,
+    /// Where a pulled image came from (`None` for built and imported images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::pull::PullSource>,
 }
 
 /// Seconds since the epoch.

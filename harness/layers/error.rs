@@ -92,6 +92,9 @@ pub enum BuildError {
         /// Bytes on disk the layer took.
         used: u64,
     },
+    /// Pulling a recipe's base image failed.
+    #[error(transparent)]
+    Pull(#[from] Box<crate::pull::PullError>),
     /// No image of that name is in the store.
     #[error("no image named {0:?} in the store (see `pristine images`)")]
     UnknownImage(String),

@@ -13,8 +13,12 @@ mod ship;
 mod squash;
 
 pub use build::{Built, BuiltLayer};
+#[cfg(test)]
+pub(crate) use catalog::check_image_name;
+pub(crate) use catalog::tree_size;
 pub use catalog::{now as now_secs, BaseRecord, Catalog, ImageRecord, LayerMeta};
 pub use error::BuildError;
+pub(crate) use key::imported_key;
 pub use portable::{export_image, import_image, import_image_replacing, resolve_image};
 #[cfg(test)]
 pub(crate) use progress::reporter_installed;

@@ -18,6 +18,9 @@ pub fn resolve_image(store: &Store, spec: &str) -> Result<Image, BuildError> {
     if let Some(record) = catalog.image_record(spec)? {
         return catalog.image_of(&record);
     }
+    if let Some(record) = crate::pull::held_by_reference(&catalog, spec)? {
+        return catalog.image_of(&record);
+    }
     if spec.contains('/') || Path::new(spec).is_dir() {
         return Ok(Image::rootfs(spec));
     }
@@ -96,6 +99,7 @@ pub fn import_image_replacing(
             layers: keys,
             created: now(),
             config: imported.config.clone(),
+            source: None,
         };
         let replaced = catalog.image_record(&record.name)?;
         catalog.record_image(&record)?;

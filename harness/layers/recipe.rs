@@ -198,7 +198,8 @@ pub enum BaseSpec {
     Host,
     /// A root filesystem directory.
     Rootfs(PathBuf),
-    /// A named image in the store (built or imported earlier).
+    /// A named image in the store (built, imported or pulled earlier), or a registry
+    /// reference, pulled if not held.
     Image(String),
 }
 
@@ -247,7 +248,9 @@ impl Recipe {
         Self::over(BaseSpec::Rootfs(dir.into()))
     }
 
-    /// A recipe over a named image of the store.
+    /// A recipe over a named image of the store, or over a registry reference
+    /// (`postgres:16`, `localhost:5000/app@sha256:…`), pulled into the store at the first
+    /// build (see [`crate::pull`]) and used as held afterwards.
     pub fn image(name: impl Into<String>) -> Self {
         Self::over(BaseSpec::Image(name.into()))
     }

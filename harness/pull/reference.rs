@@ -1,0 +1,148 @@
+//! Image references: parsing (Docker Hub defaults), the store name of a pulled image, and
+//! which registries may be reached over plain HTTP.
+
+use std::net::IpAddr;
+
+use oci_client::Reference;
+
+use super::error::PullError;
+
+/// Parses `REF` the way podman and docker do: `busybox` is `docker.io/library/busybox:latest`,
+/// `user/app` is `docker.io/user/app:latest`; a first component with a `.` or `:` or equal
+/// to `localhost` is a registry; `@sha256:…` pins a digest.
+pub(crate) fn parse(reference: &str) -> Result<Reference, PullError> {
+    let parsed: Reference =
+        reference
+            .parse()
+            .map_err(|e: oci_client::ParseError| PullError::BadReference {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            })?;
+    if let Some(digest) = parsed.digest() {
+        crate::oci::parse_sha256(digest).map_err(|reason| PullError::BadReference {
+            reference: reference.to_string(),
+            reason,
+        })?;
+    }
+    Ok(parsed)
+}
+
+/// The reference written out in full, as podman shows it (`docker.io/library/busybox:latest`).
+pub(crate) fn canonical(r: &Reference) -> String {
+    r.whole()
+}
+
+/// Whether the registry is on this machine (`localhost`, `127.0.0.0/8`, `::1`): only such
+/// registries are reached over plain HTTP without being told to.
+pub(crate) fn is_loopback(registry: &str) -> bool {
+    let host = host_of(registry);
+    host == "localhost"
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// The host part of `host[:port]` / `[v6]:port`.
+fn host_of(registry: &str) -> &str {
+    if let Some(rest) = registry.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match registry.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => registry,
+    }
+}
+
+/// The name a pulled image is recorded under in the store: the reference with `/`, `:`
+/// and `@` made `-`, Docker Hub's `docker.io/library/` left out (`postgres:16` →
+/// `postgres-16`, `localhost:5000/app:1` → `localhost-5000-app-1`; a digest pin names the
+/// digest's first 12 hex digits). Long names keep their end and get a hash of the whole.
+pub(crate) fn store_name(r: &Reference) -> String {
+    let repo = match r.registry() {
+        "docker.io" => r
+            .repository()
+            .strip_prefix("library/")
+            .unwrap_or(r.repository())
+            .to_string(),
+        reg => format!("{reg}/{}", r.repository()),
+    };
+    let suffix = match (r.digest(), r.tag()) {
+        (Some(d), _) => format!("sha256-{}", &d.trim_start_matches("sha256:")[..12]),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => "latest".into(),
+    };
+    let raw = format!("{repo}-{suffix}");
+    let name: String = raw
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .collect();
+    let name = name.trim_start_matches('.').to_string();
+    if name.len() <= 128 {
+        return name;
+    }
+    let hash = &crate::oci::sha256_of(raw.as_bytes())[7..19];
+    format!("{}-{hash}", &name[name.len() - 114..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_hub_defaults() {
+        let r = parse("postgres:16").unwrap();
+        assert_eq!(canonical(&r), "docker.io/library/postgres:16");
+        assert_eq!(store_name(&r), "postgres-16");
+        let r = parse("bitnami/redis").unwrap();
+        assert_eq!(canonical(&r), "docker.io/bitnami/redis:latest");
+        assert_eq!(store_name(&r), "bitnami-redis-latest");
+    }
+
+    #[test]
+    fn registries_tags_and_digests() {
+        let d = "sha256:".to_string() + &"ab".repeat(32);
+        let r = parse(&format!("127.0.0.1:5000/test/busybox@{d}")).unwrap();
+        assert_eq!(r.registry(), "127.0.0.1:5000");
+        assert_eq!(r.digest(), Some(d.as_str()));
+        assert_eq!(
+            store_name(&r),
+            "127.0.0.1-5000-test-busybox-sha256-abababababab"
+        );
+        assert!(parse("busybox@sha256:zz").is_err());
+        assert!(parse("with space:1").is_err());
+    }
+
+    #[test]
+    fn loopback_registries() {
+        for reg in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(reg), "{reg}");
+        }
+        for reg in [
+            "docker.io",
+            "10.0.0.1:5000",
+            "localhost.example.com",
+            "[fe80::1]:5000",
+        ] {
+            assert!(!is_loopback(reg), "{reg}");
+        }
+    }
+
+    #[test]
+    fn long_names_fit() {
+        let r = parse(&format!("example.com/{}:t", "a/".repeat(80) + "x")).unwrap();
+        let n = store_name(&r);
+        assert!(
+            n.len() <= 128 && crate::layers::check_image_name(&n).is_ok(),
+            "{n}"
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! The registry, through `oci-client`: its async runtime stays in here, built for one pull
+//! (two worker threads), and every call is made blocking for the rest of pristine.
+
+use std::path::Path;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::{Client, Reference};
+
+use super::auth::Credentials;
+use super::error::PullError;
+use super::reference::is_loopback;
+use crate::oci::{MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST};
+
+/// Largest manifest or config accepted from a registry.
+pub(crate) const MAX_JSON: usize = 16 << 20;
+
+/// A connection to the registry of one reference.
+pub(crate) struct Remote {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    creds: Credentials,
+    /// The reference as the user wrote it (for messages).
+    pub(crate) given: String,
+    pub(crate) reference: Reference,
+    /// Plain HTTP (a loopback registry, or `--insecure-http`).
+    plain_http: bool,
+}
+
+impl Remote {
+    pub(crate) fn new(
+        given: &str,
+        reference: Reference,
+        creds: Credentials,
+        insecure_http: bool,
+    ) -> Result<Self, PullError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pristine-pull")
+            .enable_all()
+            .build()
+            .map_err(|source| PullError::Io {
+                reference: given.to_string(),
+                action: "start the pull's network runtime",
+                path: "tokio".into(),
+                source,
+            })?;
+        let registry = reference.resolve_registry().to_string();
+        let plain = insecure_http || is_loopback(reference.registry());
+        let config = ClientConfig {
+            protocol: if plain {
+                ClientProtocol::HttpsExcept(vec![registry])
+            } else {
+                ClientProtocol::Https
+            },
+            // The platform is chosen by pristine (see `platform`), with a clear error.
+            platform_resolver: None,
+            connect_timeout: Some(std::time::Duration::from_secs(30)),
+            read_timeout: Some(std::time::Duration::from_secs(120)),
+            ..ClientConfig::default()
+        };
+        Ok(Remote {
+            rt,
+            client: Client::new(config),
+            creds,
+            given: given.to_string(),
+            reference,
+            plain_http: plain,
+        })
+    }
+
+    pub(crate) fn registry(&self) -> &str {
+        self.reference.registry()
+    }
+
+    /// The manifest or index `reference` names: its bytes, digest and media type.
+    pub(crate) fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, String), PullError> {
+        let accepted = [
+            MT_OCI_INDEX,
+            MT_DOCKER_LIST,
+            MT_OCI_MANIFEST,
+            MT_DOCKER_MANIFEST,
+        ];
+        let (bytes, digest) = self
+            .rt
+            .block_on(
+                self.client
+                    .pull_manifest_raw(reference, &self.creds.auth, &accepted),
+            )
+            .map_err(|e| self.classify("fetching the manifest", e))?;
+        if bytes.len() > MAX_JSON {
+            return Err(self.bad("its manifest", "larger than 16 MiB".into()));
+        }
+        if let Some(pinned) = reference.digest() {
+            let actual = crate::oci::sha256_of(&bytes);
+            if actual != pinned {
+                return Err(self.bad(
+                    "a manifest",
+                    format!("its digest is {actual}, not the pinned {pinned}"),
+                ));
+            }
+        }
+        Ok((bytes.to_vec(), digest))
+    }
+
+    /// A small blob (the image config), verified against its digest.
+    pub(crate) fn small_blob(&self, digest: &str) -> Result<Vec<u8>, PullError> {
+        let mut out = Vec::new();
+        self.rt
+            .block_on(self.client.pull_blob(&self.reference, digest, &mut out))
+            .map_err(|e| self.classify("fetching the image config", e))?;
+        Ok(out)
+    }
+
+    /// Downloads blob `digest` into the new file `path`; `oci-client` verifies the digest
+    /// as the bytes arrive, so a complete file is the blob. On error the file may hold part
+    /// of it: the caller's staging directory goes.
+    pub(crate) fn blob_to_file(&self, digest: &str, path: &Path) -> Result<(), PullError> {
+        let io = |source| PullError::Io {
+            reference: self.given.clone(),
+            action: "write the downloaded layer to",
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::create_new(path).map_err(io)?;
+        let mut file = tokio::fs::File::from_std(file);
+        self.rt
+            .block_on(async {
+                self.client
+                    .pull_blob(&self.reference, digest, &mut file)
+                    .await?;
+                file.sync_all().await?;
+                Ok::<_, OciDistributionError>(())
+            })
+            .map_err(|e| self.classify(&format!("downloading layer {digest}"), e))
+    }
+
+    pub(crate) fn bad(&self, what: &str, problem: String) -> PullError {
+        PullError::BadImage {
+            reference: self.given.clone(),
+            registry: self.registry().to_string(),
+            what: what.to_string(),
+            problem,
+        }
+    }
+
+    /// A typed error for what the client reported.
+    fn classify(&self, doing: &str, e: OciDistributionError) -> PullError {
+        let registry = self.registry().to_string();
+        let reference = self.given.clone();
+        let unauthorized = || PullError::Unauthorized {
+            reference: reference.clone(),
+            registry: registry.clone(),
+            tried: self.creds.described.clone(),
+        };
+        let not_found = |detail: String| PullError::NotFound {
+            reference: reference.clone(),
+            registry: registry.clone(),
+            repository: format!("{}/{}", self.registry(), self.reference.repository()),
+            detail,
+        };
+        match e {
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => unauthorized(),
+            OciDistributionError::ImageManifestNotFoundError(m) => not_found(m),
+            OciDistributionError::RegistryError { envelope, .. } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                let text = envelope
+                    .errors
+                    .iter()
+                    .map(|e| e.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+                {
+                    unauthorized()
+                } else if codes.iter().any(|c| {
+                    matches!(
+                        c,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::NotFound
+                    )
+                }) {
+                    not_found(text)
+                } else {
+                    self.failed(doing, text)
+                }
+            }
+            OciDistributionError::ServerError { code: 401, .. } => unauthorized(),
+            OciDistributionError::ServerError {
+                code: 404, message, ..
+            } => not_found(message),
+            OciDistributionError::RequestError(e) if !self.plain_http && looks_like_tls(&e) => {
+                PullError::Tls {
+                    reference,
+                    registry,
+                    detail: chain(&e),
+                }
+            }
+            OciDistributionError::RequestError(e) => self.failed(doing, chain(&e)),
+            OciDistributionError::DigestError(e) => {
+                self.bad(&format!("a blob while {doing}"), e.to_string())
+            }
+            other => self.failed(doing, chain(&other)),
+        }
+    }
+
+    fn failed(&self, doing: &str, detail: String) -> PullError {
+        PullError::Registry {
+            reference: self.given.clone(),
+            registry: self.registry().to_string(),
+            doing: doing.to_string(),
+            detail,
+        }
+    }
+}
+
+/// An error and its causes, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Whether a request failed in TLS (a plain-HTTP server answering, a bad certificate).
+fn looks_like_tls(e: &dyn std::error::Error) -> bool {
+    let text = chain(e).to_ascii_lowercase();
+    ["tls", "certificate", "corrupt message", "handshake", "ssl"]
+        .iter()
+        .any(|w| text.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_registries_or_when_told() {
+        let r = |s: &str| super::super::reference::parse(s).unwrap();
+        let remote = |s: &str, insecure| {
+            Remote::new(s, r(s), Credentials::anonymous(), insecure)
+                .unwrap()
+                .plain_http
+        };
+        assert!(remote("127.0.0.1:5000/a:1", false));
+        assert!(remote("localhost:5000/a:1", false));
+        assert!(!remote("example.com/a:1", false));
+        assert!(!remote("postgres:16", false));
+        assert!(remote("example.com:5000/a:1", true));
+    }
+
+    #[test]
+    fn tls_failures_are_told_apart() {
+        let e = std::io::Error::other("received corrupt message of type InvalidContentType");
+        assert!(looks_like_tls(&e));
+        assert!(!looks_like_tls(&std::io::Error::other(
+            "connection refused"
+        )));
+    }
+}

@@ -1,0 +1,507 @@
+//! Pulling images from a real registry: Debian's `docker-registry` (the reference
+//! distribution registry) on a loopback port, images pushed with skopeo.
+//!
+//! As root, `rootless` re-runs the suite as `nobody`.
+
+mod common;
+#[path = "registry/fixture.rs"]
+mod fixture;
+
+use std::path::Path;
+use std::process::Command;
+
+use fixture::{busybox, host_arch, push, tar_of, Break, Comp, Entry, Layout, Proxy, Registry};
+use pristine::layers::Catalog;
+use pristine::pull::{pull, PullError, PullOptions};
+use pristine::Store;
+
+/// Options that find no credentials (the host's files are not the test's business).
+fn anonymous() -> PullOptions {
+    PullOptions::new().auth_files(Vec::new())
+}
+
+fn store_in(dir: &Path) -> Store {
+    Store::open(dir.join("store")).unwrap()
+}
+
+/// Everything under the store's `layers/` and `images/`, for before/after comparisons.
+fn stored(store: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in ["layers", "images"] {
+        for e in std::fs::read_dir(store.root().join(d))
+            .into_iter()
+            .flatten()
+        {
+            out.push(format!("{d}/{}", e.unwrap().file_name().to_string_lossy()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pristine_cli(store: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(common::pristine_bin())
+        .arg(args[0])
+        .arg("--store")
+        .arg(store)
+        .args(&args[1..])
+        .output()
+        .unwrap()
+}
+
+/// Pull, run, re-pull (no layer transferred), pin by digest with the registry gone (no
+/// network at all), and the image's config stored as an import stores it.
+#[test]
+fn busybox_pull_run_repull_and_digest_pin() {
+    let tmp = fixture::scratch();
+    let mut reg = Registry::start(None);
+    let (layout, manifest_digest, layers) = busybox(tmp.path().join("layout"));
+    let reference = format!("{}/test/busybox:1", reg.host());
+    push(&layout.dir, &reference, None);
+
+    let store_dir = tmp.path().join("store");
+    let out = pristine_cli(&store_dir, &["pull", &reference]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("2 layers, 2 downloaded"), "{stdout}");
+    assert!(stdout.contains(&manifest_digest), "{stdout}");
+    for d in &layers {
+        assert_eq!(reg.blob_gets("test/busybox", d), 1, "{d}");
+    }
+
+    let out = pristine_cli(
+        &store_dir,
+        &[
+            "run",
+            "--image",
+            &reference,
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /etc/motd; ls /bin",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("pulled\nbusybox\ncat\nsh\n"), "{stdout}");
+
+    let store = Store::open(&store_dir).unwrap();
+    let record = Catalog::new(&store)
+        .unwrap()
+        .image_record(&format!("127.0.0.1-{}-test-busybox-1", reg.port))
+        .unwrap()
+        .expect("recorded under the reference's name");
+    assert_eq!(record.config.env, ["PATH=/bin", "GREETING=hello"]);
+    assert_eq!(record.config.cmd, ["sh"]);
+    let source = record.source.as_ref().unwrap();
+    assert_eq!(source.manifest_digest, manifest_digest);
+    assert_eq!(source.reference, reference);
+
+    let manifests = reg.manifest_gets("test/busybox");
+    let again = pull(&store, &reference, &anonymous()).unwrap();
+    assert_eq!(again.downloaded, 0);
+    assert!(again.contacted_registry);
+    assert_eq!(reg.manifest_gets("test/busybox"), manifests + 1);
+    for d in &layers {
+        assert_eq!(
+            reg.blob_gets("test/busybox", d),
+            1,
+            "no layer is fetched again"
+        );
+    }
+
+    reg.stop();
+    let pinned = format!("{}/test/busybox@{manifest_digest}", reg.host());
+    let offline = pull(&store, &pinned, &anonymous()).unwrap();
+    assert!(!offline.contacted_registry);
+    assert_eq!(offline.record.layers, record.layers);
+    let err = pull(&store, &reference, &anonymous()).unwrap_err();
+    assert!(matches!(err, PullError::Registry { .. }), "{err}");
+    assert!(err.to_string().contains(&reg.host()), "{err}");
+    let before = stored(&store);
+    assert_eq!(
+        before.iter().filter(|e| e.starts_with("layers/")).count(),
+        2,
+        "two layers, shared by the tag and the pin: {before:?}"
+    );
+}
+
+/// An index with another platform first: this machine's image is the one pulled; an
+/// index without it says which platforms it has.
+#[test]
+fn multi_platform_index_picks_the_hosts_image() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let other = if host_arch() == "s390x" {
+        "amd64"
+    } else {
+        "s390x"
+    };
+    let layout = Layout::new(tmp.path().join("layout"));
+    let layer = |what: &str| {
+        tar_of(&[(
+            "platform",
+            Entry::File(format!("{what}\n").into_bytes(), 0o644),
+        )])
+    };
+    let (foreign, _) = layout.image(other, &[(layer("foreign"), Comp::Zstd)], &[]);
+    let (native, _) = layout.image(host_arch(), &[(layer("native"), Comp::Plain)], &[]);
+    let index = layout.index(&[foreign.clone(), native]);
+    layout.name(&index);
+    let reference = format!("{}/test/multi:1", reg.host());
+    push(&layout.dir, &reference, None);
+
+    let store = store_in(tmp.path());
+    let pulled = pull(&store, &reference, &anonymous()).unwrap();
+    let top = &pulled.image.layers()[0];
+    assert_eq!(
+        std::fs::read_to_string(top.join("platform")).unwrap(),
+        "native\n"
+    );
+    let source = pulled.record.source.unwrap();
+    assert_eq!(source.index_digest.as_deref(), index["digest"].as_str());
+
+    let only_foreign = layout.index(&[foreign]);
+    layout.name(&only_foreign);
+    let reference = format!("{}/test/foreign:1", reg.host());
+    push(&layout.dir, &reference, None);
+    let err = pull(&store, &reference, &anonymous()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, PullError::NoPlatform { .. }), "{msg}");
+    assert!(msg.contains(&format!("only for linux/{other}")), "{msg}");
+    assert!(msg.contains(&format!("linux/{}", host_arch())), "{msg}");
+}
+
+/// Basic auth: anonymous and wrong credentials are refused naming what was tried; the
+/// right ones from an auth file (`REGISTRY_AUTH_FILE`) or `--creds` work.
+#[test]
+fn basic_auth_with_credentials_files() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(Some(("alice", "s3cret")));
+    let (layout, _, _) = busybox(tmp.path().join("layout"));
+    let reference = format!("{}/private/busybox:1", reg.host());
+    push(&layout.dir, &reference, Some("alice:s3cret"));
+    let store = store_in(tmp.path());
+
+    let err = pull(&store, &reference, &anonymous()).unwrap_err();
+    assert!(matches!(err, PullError::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("anonymous access"), "{err}");
+
+    let auth_file = |name: &str, creds: &str| {
+        let p = tmp.path().join(name);
+        let b64 = base64_of(creds);
+        std::fs::write(
+            &p,
+            format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, reg.host()),
+        )
+        .unwrap();
+        p
+    };
+    let wrong = auth_file("wrong.json", "alice:nope");
+    let err = pull(
+        &store,
+        &reference,
+        &PullOptions::new().auth_files(vec![wrong.clone()]),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, PullError::Unauthorized { .. }), "{msg}");
+    assert!(
+        msg.contains("\"alice\"") && msg.contains(&wrong.display().to_string()),
+        "{msg}"
+    );
+    assert!(stored(&store).iter().all(|e| !e.starts_with("images/")));
+
+    let right = auth_file("auth.json", "alice:s3cret");
+    let out = Command::new(common::pristine_bin())
+        .args(["pull", &reference, "--store"])
+        .arg(store.root())
+        .env("REGISTRY_AUTH_FILE", &right)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pristine_cli(
+        store.root(),
+        &[
+            "pull",
+            "--creds",
+            "alice:s3cret",
+            "--name",
+            "bb",
+            &reference,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 downloaded"));
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A deleted tag and a repository that never was: a clear "no manifest" error, nothing
+/// stored.
+#[test]
+fn deleted_tag_and_unknown_repository() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let (layout, _, _) = busybox(tmp.path().join("layout"));
+    let reference = format!("{}/test/gone:1", reg.host());
+    push(&layout.dir, &reference, None);
+    fixture::delete(&reference, &layout.dir);
+    let store = store_in(tmp.path());
+    let err = pull(&store, &reference, &anonymous()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, PullError::NotFound { .. }), "{msg}");
+    assert!(
+        msg.contains(&reg.host()) && msg.contains("test/gone:1"),
+        "{msg}"
+    );
+    let err = pull(&store, &format!("{}/no/such:1", reg.host()), &anonymous()).unwrap_err();
+    assert!(matches!(err, PullError::NotFound { .. }), "{err}");
+    assert!(stored(&store).is_empty(), "{:?}", stored(&store));
+}
+
+/// A registry that breaks off a layer mid-transfer: a clear error and nothing
+/// half-written; a pull killed while a transfer hangs leaves nothing published either,
+/// and the next pull completes.
+#[test]
+fn interrupted_pulls_leave_nothing_half_written() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let (layout, _, layers) = busybox(tmp.path().join("layout"));
+    push(&layout.dir, &format!("{}/test/busybox:1", reg.host()), None);
+    let store = store_in(tmp.path());
+
+    let cut = Proxy::start(reg.port, 64 << 10, Break::Cut);
+    let reference = format!("{}/test/busybox:1", cut.host());
+    let err = pull(&store, &reference, &anonymous()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, PullError::Registry { .. }), "{msg}");
+    assert!(
+        msg.contains("downloading layer") && msg.contains(&cut.host()),
+        "{msg}"
+    );
+    // No image, no staging; a layer that arrived whole may stay (verified, published).
+    let complete = |s: &Store| {
+        let catalog = Catalog::new(s).unwrap();
+        stored(s).iter().all(|e| {
+            e.strip_prefix("layers/")
+                .is_some_and(|key| catalog.has_layer(key))
+        })
+    };
+    assert!(complete(&store), "{:?}", stored(&store));
+
+    let stall = Proxy::start(reg.port, 64 << 10, Break::Stall);
+    let reference = format!("{}/test/busybox:1", stall.host());
+    let mut child = Command::new(common::pristine_bin())
+        .args(["pull", &reference, "--store"])
+        .arg(store.root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the layer's transfer has begun (its staging directory exists), then kill.
+    let staging = |s: &Store| {
+        stored(s)
+            .into_iter()
+            .any(|e| e.starts_with("layers/.staging-"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !staging(&store) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(staging(&store), "the pull never started a layer");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = stored(&store);
+    let catalog = Catalog::new(&store).unwrap();
+    assert!(
+        left.iter().all(|e| e.starts_with("layers/.staging-")
+            || e.strip_prefix("layers/")
+                .is_some_and(|k| catalog.has_layer(k))),
+        "only the dead pull's staging and whole layers are left, no image: {left:?}"
+    );
+    let pulled = pull(
+        &store,
+        &format!("{}/test/busybox:1", reg.host()),
+        &anonymous(),
+    )
+    .unwrap();
+    // The busybox layer never arrived whole; the small one may have, and is not fetched again.
+    assert!(pulled.downloaded >= 1, "{pulled:?}");
+    assert_eq!(pulled.record.layers.len(), layers.len());
+    let big = &layers[0];
+    assert!(
+        reg.blob_gets("test/busybox", big) >= 3,
+        "cut, stalled, completed"
+    );
+    Catalog::new(&store).unwrap().gc(None, None, false).unwrap();
+    assert!(stored(&store).iter().all(|e| !e.contains(".staging-")));
+}
+
+/// Two processes pulling one image into one store at once download each blob once.
+#[test]
+fn concurrent_pulls_download_each_blob_once() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let (layout, _, layers) = busybox(tmp.path().join("layout"));
+    push(&layout.dir, &format!("{}/test/busybox:1", reg.host()), None);
+    // Slowed down, so that the two pulls overlap.
+    let slow = Proxy::start(reg.port, 0, Break::Slow);
+    let reference = format!("{}/test/busybox:1", slow.host());
+    let store_dir = tmp.path().join("store");
+    Store::open(&store_dir).unwrap();
+    let spawn = || {
+        Command::new(common::pristine_bin())
+            .args(["pull", &reference, "--store"])
+            .arg(&store_dir)
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    for out in [&a, &b] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let said = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let downloaded: Vec<String> = [&a, &b].iter().map(|o| said(o)).collect();
+    for d in &layers {
+        assert_eq!(reg.blob_gets("test/busybox", d), 1, "{d}: {downloaded:?}");
+    }
+}
+
+/// A layer with a `..` entry from the registry is refused by the hostile-archive checks;
+/// nothing of the image is kept.
+#[test]
+fn hostile_layer_from_a_registry_is_refused() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let mut tar = tar_of(&[("placeholder", Entry::File(b"x".to_vec(), 0o644))]);
+    // Rename the entry to `../escape` in its header (the tar crate refuses to write it).
+    let name = b"../escapeholder";
+    tar[..name.len()].copy_from_slice(name);
+    let sum: u32 = tar[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                *b as u32
+            }
+        })
+        .sum();
+    tar[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let layout = Layout::new(tmp.path().join("layout"));
+    let (desc, _) = layout.image(host_arch(), &[(tar, Comp::Gzip)], &[]);
+    layout.name(&desc);
+    let reference = format!("{}/test/hostile:1", reg.host());
+    push(&layout.dir, &reference, None);
+    let store = store_in(tmp.path());
+    let err = pull(&store, &reference, &anonymous()).unwrap_err();
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(matches!(err, PullError::Layer { .. }), "{chain}");
+    assert!(chain.contains("../escapeholder"), "{chain}");
+    assert!(stored(&store).is_empty(), "{:?}", stored(&store));
+    assert!(!tmp.path().join("escapeholder").exists());
+}
+
+/// A recipe over a registry reference pulls it once, then builds on it; a second build
+/// asks no registry (the image is held).
+#[test]
+fn recipe_over_a_reference_pulls_its_base() {
+    let tmp = fixture::scratch();
+    let mut reg = Registry::start(None);
+    let (layout, _, _) = busybox(tmp.path().join("layout"));
+    let reference = format!("{}/test/busybox:1", reg.host());
+    push(&layout.dir, &reference, None);
+    let store = store_in(tmp.path());
+    let recipe = pristine::Recipe::image(reference.as_str())
+        .layer(pristine::LayerSpec::new("built").run(["/bin/sh", "-c", "cat /etc/motd > /built"]));
+    let image = recipe.build(&store).unwrap();
+    let top = image.layers().last().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(top.join("built")).unwrap(),
+        "pulled\n"
+    );
+    assert_eq!(image.layers().len(), 3);
+    reg.stop();
+    let again = recipe.build(&store).unwrap();
+    assert_eq!(again, image);
+}
+
+/// The whole suite again as `nobody` (rootless), when run as root.
+#[test]
+fn rootless() {
+    common::rerun_as_nobody("rootless");
+}
+
+/// The PostgreSQL 15 image from a Debian rootfs (four gzip layers), pulled and run.
+#[test]
+#[ignore = "slow: builds a PostgreSQL rootfs with mmdebstrap (minutes, as root, from Debian's mirror; cached); tools/pull-bench runs it"]
+fn postgres_image_from_a_debian_rootfs() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let (layout, digest) = fixture::postgres_layout();
+    let reference = format!("{}/bench/postgres:15", reg.host());
+    push(&layout.dir, &reference, None);
+    let store_dir = tmp.path().join("store");
+    let out = pristine_cli(&store_dir, &["pull", &reference]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("4 layers, 4 downloaded") && stdout.contains(&digest),
+        "{stdout}"
+    );
+    let out = pristine_cli(
+        &store_dir,
+        &[
+            "run",
+            "--image",
+            &reference,
+            "--",
+            "/usr/lib/postgresql/15/bin/postgres",
+            "--version",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("postgres (PostgreSQL) 15."), "{stdout}");
+}

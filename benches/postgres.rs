@@ -36,7 +36,7 @@
 #[path = "../examples/postgres/demo.rs"]
 #[allow(dead_code)]
 mod demo;
-#[path = "../examples/postgres/layer.rs"]
+#[path = "postgres/layer.rs"]
 mod layer;
 
 use std::os::unix::process::CommandExt;

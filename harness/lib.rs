@@ -83,6 +83,7 @@ pub mod layers;
 pub(crate) mod namespaces;
 pub mod oci;
 pub(crate) mod rootfs;
+pub mod services;
 mod setup;
 mod size;
 pub mod store;

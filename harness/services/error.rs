@@ -41,16 +41,18 @@ pub enum ServicesError {
     },
     /// A seed file failed to load.
     #[error(
-        "service {service:?}: seed {path} line {line}: {message}\n  hint: fix that line; \
-         nothing was stored, the seeded layer is built again on the next run"
+        "service {service:?}: seed {}{}: {message}\n  hint: fix the seed; nothing was \
+         stored, the seeded layer is built again on the next run",
+        path.display(),
+        line.map(|l| format!(" line {l}")).unwrap_or_default()
     )]
     BadSeed {
         /// The service.
         service: String,
         /// The seed file, on the host.
         path: PathBuf,
-        /// Its line (from 1; 0 when the loader names no line).
-        line: u32,
+        /// Its line (from 1), when the loader names one.
+        line: Option<u32>,
         /// What the loader said.
         message: String,
     },

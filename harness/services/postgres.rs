@@ -468,7 +468,7 @@ impl Postgres {
         Some(ServicesError::BadSeed {
             service: self.name.clone(),
             path: file.clone(),
-            line: line.parse().ok()?,
+            line: line.parse().ok().filter(|&l| l > 0),
             message,
         })
     }
@@ -626,7 +626,7 @@ mod tests {
                 message,
                 ..
             }) => {
-                assert_eq!((path, line), (f, 2));
+                assert_eq!((path, line), (f, Some(2)));
                 assert!(message.contains("syntax error"), "{message}");
             }
             other => panic!("{other:?}"),

@@ -221,7 +221,7 @@ impl Redis {
         Some(ServicesError::BadSeed {
             service: self.name.clone(),
             path: host.clone(),
-            line: line.parse().ok()?,
+            line: line.parse().ok().filter(|&l| l > 0),
             message: message.trim().to_string(),
         })
     }

@@ -54,6 +54,7 @@ fn seeded_services_start_in_every_test() {
         "pg_sql::sees_the_seed_a",
         "pg_sql::sees_the_seed_b",
         "pg_migrations::sees_the_migrations_in_order",
+        "pg_on_named_image::sees_the_seed",
         "redis::sees_the_seed_a",
         "redis::sees_the_seed_b",
         "generic::waits_for_a_port_and_a_log_line",

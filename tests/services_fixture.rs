@@ -11,9 +11,9 @@ use std::time::Duration;
 
 mod common;
 
-use pristine::services::{Generic, Postgres, Redis, Stack};
+use pristine::services::{Generic, Postgres, ReadyMade, Redis, Stack};
 use pristine::testing::{Harness, TestResult};
-use pristine::LayerSpec;
+use pristine::{LayerSpec, Recipe};
 
 /// The seeds, where the sources are now (read when the image is built, on the host).
 fn data(name: &str) -> PathBuf {
@@ -41,6 +41,19 @@ fn items_are_the_seed_then_write(conn: &str, id: i32) -> TestResult {
     db.execute("INSERT INTO items VALUES ($1, 'mine')", &[&id])?;
     db.execute("DELETE FROM items WHERE id = 1", &[])?;
     Ok(())
+}
+
+/// The snapshot-after-init steps over a base that is not the host: a named image of the
+/// store (here made from the host), where the steps find PostgreSQL's binaries themselves.
+fn on_named_image(pg: &Postgres) -> Result<pristine::Image, Box<dyn std::error::Error>> {
+    let store = pristine::Store::open_default()?;
+    Recipe::host()
+        .name("services-fixture-base")
+        .host_inputs(["pkg:postgresql-15"])
+        .layer(LayerSpec::new("base").run(["mkdir", "-p", "/srv/pristine-fixture-base"]))
+        .build(&store)?;
+    let stack = Stack::new(Recipe::image("services-fixture-base")).with(pg.clone());
+    Ok(stack.build(&store)?)
 }
 
 /// One RESP exchange with the test's Redis: an inline command, its reply's first line.
@@ -89,6 +102,8 @@ fn main() {
         .database("app")
         .migrations(data("pg/migrations"));
     let migrated_conn = migrated.conn_str();
+    let on_image = Postgres::new().name("pgimg").seed_sql(data("pg/seed.sql"));
+    let image_pg = on_image.clone();
     let mut h = Harness::new()
         .group("pg_sql")
         .services(Stack::host().with(Postgres::new().seed_sql(data("pg/seed.sql"))))
@@ -109,6 +124,12 @@ fn main() {
                 .collect();
             assert_eq!(rows, [("ADA".into(), true), ("GRACE".into(), true)]);
             Ok(())
+        })
+        .group("pg_on_named_image")
+        .service(on_image.service())
+        .image(move || on_named_image(&image_pg))
+        .test("sees_the_seed", |_| {
+            items_are_the_seed_then_write(&Postgres::new().conn_str(), 12)
         })
         .group("redis")
         .services(Stack::host().with(

@@ -40,7 +40,6 @@
 //! to build once).
 
 #[path = "../examples/postgres/demo.rs"]
-#[allow(dead_code)]
 mod demo;
 #[path = "postgres/layer.rs"]
 mod layer;
@@ -154,13 +153,13 @@ fn start(rounds: usize) {
     for (_, v) in variants {
         run_demo_variant(v);
     }
-    let mut got = vec![(Vec::new(), Vec::new()); variants.len()];
+    let (mut starts, mut pgs) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for r in 0..rounds {
         for (i, (name, v)) in variants.iter().enumerate() {
             let (start, pg) = run_demo_variant(v);
             eprintln!("round {r}: {name}: start latency median {start:.1} ms, PostgreSQL start {pg:.1} ms");
-            got[i].0.push(start);
-            got[i].1.push(pg);
+            starts[i].push(start);
+            pgs[i].push(pg);
         }
     }
     println!("\nper-test start latency, the demo's 60 tests 2 at a time, medians of {rounds} interleaved rounds:");
@@ -171,23 +170,15 @@ fn start(rounds: usize) {
     for (i, (name, _)) in variants.iter().enumerate() {
         println!(
             "  {name:<32} {:>11.1} ms {:>15.1} ms",
-            median(got[i].0.clone()),
-            median(got[i].1.clone())
+            median(starts[i].clone()),
+            median(pgs[i].clone())
         );
     }
-    let ratio = |k: fn(&(Vec<f64>, Vec<f64>)) -> &Vec<f64>| {
-        median(
-            k(&got[0])
-                .iter()
-                .zip(k(&got[1]))
-                .map(|(a, b)| a / b)
-                .collect(),
-        )
-    };
+    let ratio = |v: &[Vec<f64>; 2]| median(v[0].iter().zip(&v[1]).map(|(a, b)| a / b).collect());
     println!(
         "  services / hand-made, paired by round: start latency {:.2}x, PostgreSQL start {:.2}x",
-        ratio(|g| &g.0),
-        ratio(|g| &g.1)
+        ratio(&starts),
+        ratio(&pgs)
     );
 }
 

@@ -47,7 +47,7 @@ fn items_are_the_seed_then_write(conn: &str, id: i32) -> TestResult {
 /// store (here made from the host), where the steps find PostgreSQL's binaries themselves.
 fn on_named_image(pg: &Postgres) -> Result<pristine::Image, Box<dyn std::error::Error>> {
     let store = pristine::Store::open_default()?;
-    Recipe::host()
+    let _base = Recipe::host()
         .name("services-fixture-base")
         .host_inputs(["pkg:postgresql-15"])
         .layer(LayerSpec::new("base").run(["mkdir", "-p", "/srv/pristine-fixture-base"]))

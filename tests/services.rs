@@ -57,6 +57,7 @@ fn seeded_services_start_in_every_test() {
         "pg_on_named_image::sees_the_seed",
         "redis::sees_the_seed_a",
         "redis::sees_the_seed_b",
+        "redis_rdb::sees_the_rdb",
         "generic::waits_for_a_port_and_a_log_line",
     ] {
         let passed = text.lines().any(|l| {

@@ -56,6 +56,21 @@ fn on_named_image(pg: &Postgres) -> Result<pristine::Image, Box<dyn std::error::
     Ok(stack.build(&store)?)
 }
 
+/// Redis seeded from an RDB file: the one the `redis` group's seed step saved in its layer.
+fn redis_from_rdb() -> Result<pristine::Image, Box<dyn std::error::Error>> {
+    let store = pristine::Store::open_default()?;
+    let seeded = Stack::host().with(
+        Redis::new()
+            .seed_commands(data("redis/seed.redis"))
+            .seed_aof(data("redis/seed.aof")),
+    );
+    let image = seeded.build(&store)?;
+    let layer = image.layers().last().ok_or("no layer")?;
+    let rdb = layer.join("srv/pristine-redis/dump.rdb");
+    let stack = Stack::host().with(Redis::new().name("fromrdb").seed_rdb(rdb));
+    Ok(stack.build(&store)?)
+}
+
 /// One RESP exchange with the test's Redis: an inline command, its reply's first line.
 fn redis(cmd: &str) -> std::io::Result<String> {
     let mut conn = TcpStream::connect("127.0.0.1:6379")?;
@@ -139,6 +154,14 @@ fn main() {
         ))
         .test("sees_the_seed_a", |_| redis_is_the_seed_then_write("written:a"))
         .test("sees_the_seed_b", |_| redis_is_the_seed_then_write("written:b"))
+        .group("redis_rdb")
+        .service(Redis::new().name("fromrdb").service())
+        .image(redis_from_rdb)
+        .test("sees_the_rdb", |_| {
+            assert_eq!(redis("GET greeting")?, "hello world");
+            assert_eq!(redis("GET from:aof")?, "yes");
+            Ok(())
+        })
         .group("generic")
         .services(
             Stack::host()

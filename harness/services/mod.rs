@@ -38,7 +38,7 @@ mod stack;
 
 pub use error::ServicesError;
 pub use generic::{Generic, Wait};
-pub use postgres::Postgres;
+pub use postgres::{PgConnection, Postgres};
 pub use redis::Redis;
 pub use stack::{ReadyMade, Stack};
 

@@ -79,6 +79,9 @@ state=$1; superuser=$2; db=$3; port=$4; shift 4
 sql() { "$state/bin/psql" -h /tmp -p "$port" -U "$superuser" -X -q -v ON_ERROR_STOP=1 "$@"; }
 if [ "$db" != postgres ]; then sql -d postgres -c "CREATE DATABASE \"$db\""; fi
 for f in "$@"; do sql -d "$db" -f "$f"; done
+# Once for every test: hint bits set and rows frozen (a test's first read would otherwise
+# write every page it reads), the visibility map made, the planner's statistics gathered.
+sql -d "$db" -c "VACUUM (FREEZE, ANALYZE)"
 sql -d "$db" -c CHECKPOINT
 "$state/bin/pg_ctl" -D "$state/data" -m fast -w stop >/dev/null
 "#;

@@ -5,6 +5,7 @@
 //! cargo bench --bench postgres                    # both parts (as root, PostgreSQL 15)
 //! cargo bench --bench postgres -- pertest         # one test at 30 MB and at ~1 GiB
 //! cargo bench --bench postgres -- suite           # the demo's 60-test suite vs the peers
+//! cargo bench --bench postgres -- start           # services::Postgres vs the hand-made layer
 //! cargo bench --bench postgres -- --rounds 5      # more rounds (default 3)
 //! ```
 //!
@@ -22,6 +23,11 @@
 //! test, PostgreSQL still running): the page cache and shared memory charged to it (its own
 //! memory cgroup) and the bytes its upper layer took on disk.
 //!
+//! `start`: the demo's 60 tests (2 at a time) on `services::Postgres` (the demo) and on the
+//! hand-made layer the demo used before (`benches/postgres/layer.rs`, `build.sh`), in
+//! interleaved rounds: the median per-test start latency (container + PostgreSQL ready)
+//! and PostgreSQL's own start, per round and over the rounds.
+//!
 //! `suite`: the demo's 60 tests (`examples/postgres/demo.rs`, 30 MB seed, 2 at a time):
 //! pristine (the demo itself) against one shared PostgreSQL with a clone per test (WAL_LOG,
 //! PostgreSQL 15's default, and FILE_COPY) and with all 60 clones made up front (FILE_COPY;
@@ -34,9 +40,8 @@
 //! to build once).
 
 #[path = "../examples/postgres/demo.rs"]
-#[allow(dead_code)]
 mod demo;
-#[path = "../examples/postgres/layer.rs"]
+#[path = "postgres/layer.rs"]
 mod layer;
 
 use std::os::unix::process::CommandExt;
@@ -66,12 +71,13 @@ const UPDATE_SQL: &str = "UPDATE pgbench_accounts SET abalance = abalance + 1 WH
 
 fn main() {
     pristine::main_if_requested();
-    if std::env::var_os(DEMO_ENV).is_some()
-        || std::env::var_os(pristine::testing::INSIDE_ENV).is_some()
-    {
+    let demo = std::env::var(DEMO_ENV).ok();
+    if demo.as_deref() == Some("layer") {
+        hand_made_demo();
+    }
+    if demo.is_some() || std::env::var_os(pristine::testing::INSIDE_ENV).is_some() {
         demo::main(demo::Config {
             per_kind: 12,
-            scale: 1,
             skip_if_unable: false,
         });
     }
@@ -89,7 +95,7 @@ fn main() {
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(3);
     let want = |part: &str| {
-        let parts = ["pertest", "suite"];
+        let parts = ["pertest", "suite", "start"];
         !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part)
     };
     if want("pertest") {
@@ -98,6 +104,117 @@ fn main() {
     if want("suite") {
         suite(rounds);
     }
+    if want("start") {
+        start(rounds);
+    }
+}
+
+/// The demo as it was before `services::Postgres`: the hand-made layer, its service.
+fn hand_made_demo() -> ! {
+    let harness = pristine::testing::Harness::new()
+        .image(|| layer::build(1).map(|l| l.image))
+        .service(
+            pristine::testing::Service::new(
+                "postgres",
+                [
+                    format!("{}/postgres", layer::PG_BIN),
+                    "-D".into(),
+                    layer::DATA_DIR.into(),
+                ],
+            )
+            .user(layer::PG_USER)
+            .ready_log(layer::READY_LINE)
+            .start_timeout(Duration::from_secs(30)),
+        );
+    let cfg = demo::Config {
+        per_kind: 12,
+        skip_if_unable: false,
+    };
+    demo::run(cfg, harness, hand_made_connect, layer::preflight)
+}
+
+fn hand_made_connect() -> Result<(Client, String), Box<dyn std::error::Error + Send + Sync>> {
+    let db = Client::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        NoTls,
+    )?;
+    Ok((db, layer::recorded_fingerprint()?))
+}
+
+// ---------------------------------------------------------------------------------------
+// Start latency: services::Postgres against the hand-made layer
+
+fn start(rounds: usize) {
+    let variants = [
+        ("services::Postgres (the demo)", "services"),
+        ("hand-made layer (old demo)", "layer"),
+    ];
+    // One warm-up round: builds both layers, warms the page cache.
+    for (_, v) in variants {
+        run_demo_variant(v);
+    }
+    let (mut starts, mut pgs) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for r in 0..rounds {
+        for (i, (name, v)) in variants.iter().enumerate() {
+            let (start, pg) = run_demo_variant(v);
+            eprintln!("round {r}: {name}: start latency median {start:.1} ms, PostgreSQL start {pg:.1} ms");
+            starts[i].push(start);
+            pgs[i].push(pg);
+        }
+    }
+    println!("\nper-test start latency, the demo's 60 tests 2 at a time, medians of {rounds} interleaved rounds:");
+    println!(
+        "  {:<32} {:>14} {:>18}",
+        "", "start latency", "PostgreSQL start"
+    );
+    for (i, (name, _)) in variants.iter().enumerate() {
+        println!(
+            "  {name:<32} {:>11.1} ms {:>15.1} ms",
+            median(starts[i].clone()),
+            median(pgs[i].clone())
+        );
+    }
+    let ratio = |v: &[Vec<f64>; 2]| median(v[0].iter().zip(&v[1]).map(|(a, b)| a / b).collect());
+    println!(
+        "  services / hand-made, paired by round: start latency {:.2}x, PostgreSQL start {:.2}x",
+        ratio(&starts),
+        ratio(&pgs)
+    );
+}
+
+/// Runs the demo (`services`) or the hand-made one (`layer`) in a child, 2 tests at a time;
+/// returns its median start latency and PostgreSQL start, in ms, from its summary.
+fn run_demo_variant(variant: &str) -> (f64, f64) {
+    let exe = std::env::current_exe().expect("locate the bench binary");
+    let out = Command::new(exe)
+        .env(DEMO_ENV, variant)
+        .args(["--test-threads", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the {variant} demo failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p50 = |label: &str| -> f64 {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| {
+                l[l.find(label)? + label.len()..]
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {label:?} line in the demo's summary:\n{stdout}"))
+    };
+    (
+        p50("start latency (container + PostgreSQL)"),
+        p50("PostgreSQL start (up -> ready)"),
+    )
 }
 
 fn scale(var: &str, default: u32) -> u32 {

@@ -85,6 +85,7 @@ pub(crate) mod namespaces;
 pub mod oci;
 pub mod pull;
 pub(crate) mod rootfs;
+pub mod services;
 mod setup;
 mod size;
 pub mod store;

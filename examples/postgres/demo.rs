@@ -1,69 +1,63 @@
-//! The PostgreSQL demo's tests and output, shared by `examples/postgres.rs` (60 tests, the
-//! README's first command) and `tests/postgres_demo.rs` (the same code path under
-//! `cargo test`, with fewer tests).
+//! The PostgreSQL demo's tests and summary, shared by `examples/postgres.rs` (60 tests),
+//! `tests/postgres_demo.rs` (10, under `cargo test`) and `benches/postgres.rs`.
 //!
-//! Every test runs in its own container over the seeded layer (see `layer.rs`), where the
-//! harness first starts PostgreSQL as a service (as the `postgres` user, on the container's
-//! private 127.0.0.1:5432) and waits until it accepts queries. The test body then checks
-//! that its database is exactly the seed, writes to it (insert, update, delete, drop,
-//! truncate) and checks that its writes took. All tests run in parallel on the same seed: if
-//! any write leaked into another test's database, that test's first check would fail.
+//! PostgreSQL is `pristine::services::Postgres`: initdb and `seed.sql` run once as build
+//! steps (cached layers); every test's container starts its own server on a copy-on-write
+//! copy. Each test checks it sees exactly the seed, writes (insert, update, delete, drop,
+//! truncate) and checks its writes took: a write that leaked would fail another test.
+#![allow(dead_code)] // each of the three uses part of it
 
-use std::io::Write;
+use std::error::Error;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Arguments;
 use postgres::{Client, NoTls, SimpleQueryMessage};
-use pristine::testing::{Harness, Service, TestResult, TestTiming, INSIDE_ENV};
+use pristine::services::{Postgres, ReadyMade, Stack};
+use pristine::testing::{Finished, Harness, TestResult, TestTiming, INSIDE_ENV};
+use pristine::{Image, Store};
 
-use crate::layer::{self, Layer};
+/// The fingerprint query: `TABLE ROWS CHECKSUM` per table.
+pub const FINGERPRINT_SQL: &str = include_str!("fingerprint.sql");
+const SEED_SQL: &str = include_str!("seed.sql");
 
-/// How the demo is run.
+/// How the demo is run: tests per kind, and whether a machine that cannot run it skips.
 pub struct Config {
-    /// Tests of each kind (five kinds).
     pub per_kind: usize,
-    /// Seed scale (1 = about 25 MB of tables).
-    pub scale: u32,
-    /// Whether a machine that cannot run the demo (e.g. not root) fails (the example) or
-    /// skips with a note (the `cargo test` target, which must pass as any user).
     pub skip_if_unable: bool,
 }
 
-/// The layer, once a test has needed it (never for `--list`).
-static LAYER: OnceLock<Layer> = OnceLock::new();
-
-/// What each kind of test does to its own copy of the database after checking the seed.
+/// What each kind of test writes after checking the seed.
 pub const KINDS: &[(&str, &str)] = &[
-    (
-        "inserts_accounts",
-        "INSERT INTO accounts SELECT 1000000 + i, 'mine ' || i, 'mine' || i || '@test', 0, now() \
-         FROM generate_series(1, 500) AS i",
-    ),
-    (
-        "updates_orders",
-        "UPDATE orders SET total_cents = 0, status = 'void' WHERE id <= 2000",
-    ),
-    (
-        "deletes_orders",
-        "DELETE FROM orders WHERE account_id <= 500",
-    ),
+    ("inserts_accounts", "INSERT INTO accounts SELECT 1000000 + i, 'mine ' || i, 'mine' || i || '@test', 0, now() FROM generate_series(1, 500) AS i"),
+    ("updates_orders", "UPDATE orders SET total_cents = 0, status = 'void' WHERE id <= 2000"),
+    ("deletes_orders", "DELETE FROM orders WHERE account_id <= 500"),
     ("drops_events", "DROP TABLE events"),
     ("truncates_everything", "TRUNCATE accounts, orders, events"),
 ];
 
-/// Connects to the test's own PostgreSQL (the same address in every container).
-fn connect() -> Result<Client, postgres::Error> {
-    Client::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=10",
-        NoTls,
-    )
+/// The service (seeds are added where the image is built).
+pub fn postgres() -> Postgres {
+    Postgres::new()
 }
 
-/// `TABLE ROWS CHECKSUM` lines, as `build.sh` recorded them with psql.
-pub fn fingerprint(db: &mut Client) -> Result<String, postgres::Error> {
+/// The stack: the host's PostgreSQL seeded with `seed.sql`, then its fingerprint recorded
+/// in a table. The seed files are compiled in and written to `dir` (the demo runs from any
+/// directory); the layers' keys cover their content, not where they are.
+pub fn stack(dir: &std::path::Path) -> std::io::Result<Stack> {
+    let record = format!("CREATE TABLE seed_fingerprint AS\n{FINGERPRINT_SQL}");
+    std::fs::write(dir.join("seed.sql"), SEED_SQL)?;
+    std::fs::write(dir.join("fingerprint.sql"), record)?;
+    let pg = postgres()
+        .seed_sql(dir.join("seed.sql"))
+        .seed_sql(dir.join("fingerprint.sql"));
+    Ok(Stack::host().with(pg))
+}
+
+/// `TABLE ROWS CHECKSUM` lines of `query`'s rows.
+pub fn rows(db: &mut Client, query: &str) -> Result<String, postgres::Error> {
     let mut out = String::new();
-    for msg in db.simple_query(layer::FINGERPRINT_SQL)? {
+    for msg in db.simple_query(query)? {
         if let SimpleQueryMessage::Row(row) = msg {
             let cols: Vec<&str> = (0..row.len()).map(|i| row.get(i).unwrap_or("")).collect();
             out.push_str(&cols.join(" "));
@@ -73,36 +67,29 @@ pub fn fingerprint(db: &mut Client) -> Result<String, postgres::Error> {
     Ok(out)
 }
 
-/// The body of every test (inside its container, PostgreSQL ready).
-fn check_seed_then_write(name: &str, write_sql: &str) -> TestResult {
-    let expected = layer::recorded_fingerprint()?;
-    body(&mut connect()?, &expected, name, write_sql)
+/// The database's fingerprint now.
+pub fn fingerprint(db: &mut Client) -> Result<String, postgres::Error> {
+    rows(db, FINGERPRINT_SQL)
 }
 
-/// What every test does to its database `db` (its own): check that it is exactly the seed
-/// (`expected` fingerprint), write, check the writes took. Also the peers' test body in
-/// `benches/postgres.rs`.
+/// Checks that `db` is exactly the seed (`expected`), writes, checks the writes took.
+/// Also the peers' test body in the bench.
 pub fn body(db: &mut Client, expected: &str, name: &str, write_sql: &str) -> TestResult {
-    let db = &mut *db;
     let seen = fingerprint(db)?;
     if seen.trim() != expected.trim() {
         return Err(format!(
-            "this test's database is not the seed: another test's writes leaked in?\n\
-             expected:\n{expected}seen:\n{seen}"
+            "not the seed: another test's writes leaked in?\nexpected:\n{expected}seen:\n{seen}"
         )
         .into());
     }
-    // This kind's big write...
     db.batch_execute(write_sql)?;
-    // ...and small ones that every test makes: in a shared database these would collide
-    // (the same primary key in every test) or show up in the other tests' checks.
+    // Small writes every test makes: in a shared database they would collide.
     db.execute(
         "INSERT INTO accounts VALUES (2000000, $1, 'marker@test', 0, now())",
         &[&name],
     )?;
     db.execute("UPDATE accounts SET balance_cents = -1 WHERE id = 1", &[])?;
     db.execute("DELETE FROM orders WHERE id = 1", &[])?;
-    // The writes took, in this container's database only.
     let markers: Vec<String> = db
         .query("SELECT name FROM accounts WHERE id >= 2000000", &[])?
         .iter()
@@ -111,57 +98,68 @@ pub fn body(db: &mut Client, expected: &str, name: &str, write_sql: &str) -> Tes
     if markers != [name] {
         return Err(format!("expected only this test's marker row, found {markers:?}").into());
     }
-    let after = match fingerprint(db) {
-        Ok(f) => f,
-        // Without the events table the fingerprint query fails: that is the change.
-        Err(e) if e.as_db_error().is_some() => String::from("(events dropped)"),
-        Err(e) => return Err(e.into()),
-    };
+    let after = fingerprint(db).unwrap_or_else(|_| "(events dropped)".into());
     if after.trim() == expected.trim() {
         return Err(format!("{write_sql:?} changed nothing").into());
     }
     Ok(())
 }
 
-/// Runs the demo with the libtest command line and exits.
+/// Whether the seeded layers came from the cache, and how long finding or building took.
+pub static BUILT: OnceLock<(bool, Duration)> = OnceLock::new();
+
+/// Connects to the test's own server and reads the seed's recorded fingerprint.
+pub type Connect = fn() -> Result<(Client, String), Box<dyn Error + Send + Sync>>;
+
+fn connect() -> Result<(Client, String), Box<dyn Error + Send + Sync>> {
+    let mut db = Client::connect(&postgres().conn_str(), NoTls)?;
+    let expected = rows(&mut db, "TABLE seed_fingerprint")?;
+    Ok((db, expected))
+}
+
+/// Builds the stack's layers, or finds them cached (on the first test that runs).
+fn build() -> Result<Image, Box<dyn Error>> {
+    println!("[layers] looking for the seeded PostgreSQL layers (built once, in seconds)...");
+    let dir = tempfile::tempdir()?;
+    let t = Instant::now();
+    let built = stack(dir.path())?.build_report(&Store::open_default()?)?;
+    let _ = BUILT.set((built.layers.iter().all(|l| l.cached), t.elapsed()));
+    Ok(built.image)
+}
+
+/// What stops the demo before any container starts (no PostgreSQL, no `postgres` user).
+fn preflight() -> Result<(), String> {
+    let checked = Stack::host().with(postgres()).recipe();
+    checked.map(drop).map_err(|e| e.to_string())
+}
+
+/// The demo on `services::Postgres`.
 pub fn main(cfg: Config) -> ! {
-    // First: in a container this process may be asked to serve as its init, or to run one
-    // test (both inside `Harness::new` / `execute`).
-    let mut harness = Harness::new()
-        .image(move || -> Result<pristine::Image, String> {
-            let layer = make_layer(cfg.scale)?;
-            Ok(LAYER.get_or_init(|| layer).image.clone())
-        })
-        .service(
-            Service::new(
-                "postgres",
-                [
-                    format!("{}/postgres", layer::PG_BIN),
-                    "-D".into(),
-                    layer::DATA_DIR.into(),
-                ],
-            )
-            .user(layer::PG_USER)
-            // Accepting TCP connections is not enough (PostgreSQL answers "the database
-            // system is starting up" for a while): wait for the line it logs once it
-            // accepts queries, polled every millisecond.
-            .ready_log(layer::READY_LINE)
-            .start_timeout(Duration::from_secs(30)),
-        );
+    let harness = Harness::new().service(postgres().service()).image(build);
+    run(cfg, harness, connect, preflight)
+}
+
+/// Adds the tests to `harness` (image and service set), runs them with the libtest command
+/// line, prints the summary and exits.
+pub fn run(
+    cfg: Config,
+    mut harness: Harness,
+    connect: Connect,
+    ok: fn() -> Result<(), String>,
+) -> ! {
     for (kind, sql) in KINDS {
         for i in 0..cfg.per_kind {
             harness = harness.test(format!("{kind}_{i:02}"), move |ctx| {
-                check_seed_then_write(ctx.name(), sql)
+                let (mut db, expected) = connect()?;
+                body(&mut db, &expected, ctx.name(), sql)
             });
         }
     }
-
     let args = Arguments::from_args();
-    let inside = std::env::var_os(INSIDE_ENV).is_some();
-    // Listing must print nothing but the list (nextest parses it) and touch nothing.
-    let chatty = !inside && !args.list;
+    // Listing prints the list only (nextest parses it); inside a container, only the test.
+    let chatty = std::env::var_os(INSIDE_ENV).is_none() && !args.list;
     if chatty {
-        if let Err(why) = layer::preflight() {
+        if let Err(why) = ok() {
             if cfg.skip_if_unable {
                 println!("postgres demo skipped: {why}");
                 std::process::exit(0);
@@ -169,78 +167,46 @@ pub fn main(cfg: Config) -> ! {
             eprintln!("error: {why}");
             std::process::exit(1);
         }
-        let n = KINDS.len() * cfg.per_kind;
-        println!(
-            "pristine PostgreSQL demo: {n} tests in parallel, each in its own throwaway \
-             copy-on-write container\nwith its own PostgreSQL 15 on a private copy of the same \
-             seeded database. Every test\nchecks it sees exactly the seed, then writes to it."
-        );
+        println!("pristine PostgreSQL demo: {} tests in parallel, each in its own throwaway container with its own\nPostgreSQL on a private copy-on-write copy of one seeded database; each checks the seed, then writes.", KINDS.len() * cfg.per_kind);
     }
     let started = Instant::now();
     let finished = harness.execute(&args);
     if chatty {
-        summary(&finished, started.elapsed(), &args);
+        summary(&finished, started.elapsed());
     }
     finished.conclusion.exit()
 }
 
-/// Builds or finds the layer (once per process, on the first test that runs), saying which.
-fn make_layer(scale: u32) -> Result<Layer, String> {
-    println!(
-        "[layer] looking for the seeded PostgreSQL layer in pristine's store (building it \
-         takes a few seconds, once)..."
-    );
-    let _ = std::io::stdout().flush();
-    let layer = layer::build(scale)?;
-    if layer.cached {
-        println!(
-            "[layer] cached: found in {:.1} ms, no build needed ({})",
-            layer.took.as_secs_f64() * 1e3,
-            layer.dir.display()
-        );
-    } else {
-        println!(
-            "[layer] built in {:.1} s: initdb, {} database seeded, stopped cleanly ({})",
-            layer.took.as_secs_f64(),
-            layer.db_size,
-            layer.dir.display()
-        );
-    }
-    Ok(layer)
+/// Median, 90th percentile and maximum, in milliseconds.
+pub fn stats_ms(mut v: Vec<Duration>) -> Option<(f64, f64, f64)> {
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    (!v.is_empty()).then(|| (at(0.5), at(0.9), at(1.0)))
 }
 
-fn summary(finished: &pristine::testing::Finished, wall: Duration, args: &Arguments) {
-    let c = &finished.conclusion;
-    let t = &finished.timings;
-    if t.is_empty() {
-        return;
-    }
+fn summary(finished: &Finished, wall: Duration) {
+    let (c, t) = (&finished.conclusion, &finished.timings);
     println!("\nsummary");
-    if let Some(l) = LAYER.get() {
-        let how = if l.cached {
-            format!("cached (lookup {:.1} ms)", l.took.as_secs_f64() * 1e3)
+    if let Some((cached, took)) = BUILT.get() {
+        let how = if *cached {
+            "cached, found in"
         } else {
-            format!(
-                "built now in {:.1} s (cached from now on)",
-                l.took.as_secs_f64()
-            )
+            "built now (cached from now on) in"
         };
-        println!("  seeded layer        {how}, {} database", l.db_size);
+        println!(
+            "  seeded layers       {how} {:.1} ms",
+            took.as_secs_f64() * 1e3
+        );
     }
-    let threads = args
-        .test_threads
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1);
     println!(
-        "  tests               {} passed, {} failed in {:.2} s ({} at a time)",
+        "  tests               {} passed, {} failed in {:.2} s",
         c.num_passed,
         c.num_failed,
-        wall.as_secs_f64(),
-        threads
+        wall.as_secs_f64()
     );
     println!("  per test (median / p90 / max):");
     let line = |label: &str, v: Vec<Duration>| {
-        if let Some((p50, p90, max)) = layer::stats_ms(v) {
+        if let Some((p50, p90, max)) = stats_ms(v) {
             println!("    {label:<40} {p50:>6.1} / {p90:>6.1} / {max:>6.1} ms");
         }
     };
@@ -268,14 +234,6 @@ fn summary(finished: &pristine::testing::Finished, wall: Duration, args: &Argume
     if c.num_failed == 0 {
         println!(
             "  every test wrote to its own copy and every one saw exactly the seed: isolated."
-        );
-        if LAYER.get().is_some_and(|l| !l.cached) {
-            println!("\nRun it again: the seeded layer now comes from the cache.");
-        }
-    } else {
-        println!(
-            "  some tests failed: their output above shows what they saw and PostgreSQL's \
-             log (PRISTINE_KEEP=failed keeps their containers' changes)."
         );
     }
 }

@@ -1,5 +1,5 @@
--- What the seed looks like: one line per table with its row count and a checksum. build.sh
--- stores the seed's fingerprint in the layer; every test computes it again on its own copy
+-- What the seed looks like: one line per table with its row count and a checksum. The demo
+-- keeps it in the table seed_fingerprint (the bench's build.sh in a file); every test computes it again on its own copy
 -- and must get exactly the same. (A checksum of whole rows for the small table; of the
 -- numeric columns and payload lengths for the big ones, which is ten times cheaper than
 -- hashing every row's text and still changes with any insert, update or delete.)

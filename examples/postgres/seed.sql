@@ -1,10 +1,14 @@
 -- The seed of the PostgreSQL demo and benchmark: three related tables generated with
 -- generate_series, deterministic (no random()), about 25 MB at scale 1 and growing linearly
--- (scale 46 is about 1 GiB). Run as `psql -v scale=N -f seed.sql`.
+-- (scale 46 is about 1 GiB). Run as `psql -v scale=N -f seed.sql` (default scale 1).
 --
 -- Editing this file changes the layer's key: the next run rebuilds the seeded layer.
 
 \set ON_ERROR_STOP on
+\if :{?scale}
+\else
+\set scale 1
+\endif
 
 -- Each table is created and loaded in one transaction: with wal_level = minimal PostgreSQL
 -- then skips the WAL for it (it writes the files directly), so seeding is fast and the WAL

@@ -385,10 +385,18 @@ struct LayerCtx<'a> {
     pos: LayerPos<'a>,
 }
 
-/// A step as progress shows it, on one line: `run ARGV` or `copy FROM -> TO`.
+/// A step as progress shows it, on one line: `run ARGV` or `copy FROM -> TO`. An argument
+/// that is a whole script (several lines, long) shows as its first line and `…`.
 fn describe(step: &Step) -> String {
+    let short = |a: &String| match a.split_once('\n') {
+        Some((first, _)) if a.len() > 80 => format!("{first} …"),
+        _ => a.clone(),
+    };
     let text = match step {
-        Step::Run { argv, .. } => format!("run {}", argv.join(" ")),
+        Step::Run { argv, .. } => {
+            let argv: Vec<String> = argv.iter().map(short).collect();
+            format!("run {}", argv.join(" "))
+        }
         Step::Copy { from, to } => format!("copy {} -> {}", from.display(), to.display()),
     };
     text.replace('\n', "\\n")
@@ -571,6 +579,14 @@ mod tests {
             user: None,
         };
         assert_eq!(describe(&run), "run sh -c printf 'a\\nb\\n' > /f");
+        let script = format!("# a script\n{}", "true\n".repeat(20));
+        let run = Step::Run {
+            argv: vec!["sh".into(), "-c".into(), script, "sh".into(), "x".into()],
+            env: Default::default(),
+            workdir: "/".into(),
+            user: None,
+        };
+        assert_eq!(describe(&run), "run sh -c # a script … sh x");
         let copy = Step::Copy {
             from: "seed.sql".into(),
             to: "/srv/seed.sql".into(),

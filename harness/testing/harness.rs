@@ -193,6 +193,16 @@ impl Harness {
         self
     }
 
+    /// Ready-made services for the current group: its image is the stack's (the base with
+    /// the services' seeded layers, built once per process in the default store, never for
+    /// `--list`) and its services are started (in order) before each test body.
+    pub fn services(mut self, stack: crate::services::Stack) -> Self {
+        for service in stack.services() {
+            self = self.service(service);
+        }
+        self.image(move || stack.build_default())
+    }
+
     /// Adds a service to the current group, started (in order) before each test body.
     pub fn service(mut self, service: Service) -> Self {
         self.current().services.push(service);

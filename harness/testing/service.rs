@@ -50,6 +50,16 @@ pub enum Ready {
     /// A TCP connection succeeds to `127.0.0.1` on the lowest TCP port the test's image
     /// exposes (its config's `ExposedPorts`).
     ImagePort,
+    /// `127.0.0.1:port` answers `send` with a reply that starts with `expect` (e.g. Redis's
+    /// `PING` and `+PONG`: a server still loading its data answers `-LOADING`).
+    TcpReply {
+        /// The port.
+        port: u16,
+        /// What to send once connected.
+        send: Vec<u8>,
+        /// What the reply must start with.
+        expect: Vec<u8>,
+    },
 }
 
 /// A command started inside the container before the test body, e.g. a database server.
@@ -131,6 +141,21 @@ impl Service {
     /// service at once.
     pub fn ready_image_port(mut self) -> Self {
         self.ready = Ready::ImagePort;
+        self
+    }
+
+    /// Ready when `127.0.0.1:port` answers `send` with a reply starting with `expect`.
+    pub fn ready_tcp_reply(
+        mut self,
+        port: u16,
+        send: impl Into<Vec<u8>>,
+        expect: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.ready = Ready::TcpReply {
+            port,
+            send: send.into(),
+            expect: expect.into(),
+        };
         self
     }
 
@@ -423,6 +448,7 @@ impl Service {
             Ready::Tcp(port) => tcp_ready(*port),
             Ready::ImagePort => image_tcp_port().is_some_and(tcp_ready),
             Ready::UnixSocket(path) => UnixStream::connect(path).is_ok(),
+            Ready::TcpReply { port, send, expect } => tcp_reply(*port, send, expect),
             Ready::Command(argv) => {
                 if argv.is_empty() {
                     return true;
@@ -450,6 +476,11 @@ impl Service {
             Ready::Started => "started".into(),
             Ready::Tcp(p) => format!("waiting for a TCP connection to 127.0.0.1:{p}"),
             Ready::UnixSocket(p) => format!("waiting for unix socket {}", p.display()),
+            Ready::TcpReply { port, send, expect } => format!(
+                "waiting for 127.0.0.1:{port} to answer {:?} with {:?}",
+                String::from_utf8_lossy(send).trim_end(),
+                String::from_utf8_lossy(expect)
+            ),
             Ready::Command(argv) => format!("waiting for {:?} to exit 0", argv.join(" ")),
             Ready::LogContains(t) => format!("waiting for {t:?} in its log"),
             Ready::ImagePort => match image_tcp_port() {
@@ -479,6 +510,21 @@ fn lowest_tcp_port(ports: &str) -> Option<u16> {
         .filter(|p| p.protocol == crate::oci::Protocol::Tcp)
         .map(|p| p.port)
         .min()
+}
+
+/// Whether `127.0.0.1:port` answers `send` with a reply that starts with `expect`.
+fn tcp_reply(port: u16, send: &[u8], expect: &[u8]) -> bool {
+    use std::io::Write;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    if conn.write_all(send).is_err() {
+        return false;
+    }
+    let mut reply = vec![0; expect.len()];
+    conn.read_exact(&mut reply).is_ok() && reply == expect
 }
 
 /// Reads a log file for display; a missing one reads as a note.

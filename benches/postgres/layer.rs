@@ -1,5 +1,7 @@
-//! The seeded PostgreSQL layer, shared by the demo (`examples/postgres.rs`), its CI test
-//! (`tests/postgres_demo.rs`) and the benchmark (`benches/postgres.rs`).
+//! The benchmark's hand-made seeded PostgreSQL layer: how the demo (`examples/postgres.rs`)
+//! made its layer before `pristine::services::Postgres`, kept as the baseline that
+//! `cargo bench --bench postgres -- start` compares the service with, and for the `pgbench`
+//! seeds of the per-test part.
 //!
 //! The layer sits on the host's root filesystem (which has PostgreSQL 15 installed) and adds
 //! a stopped, cleanly shut down, seeded data directory in [`DATA_DIR`]. It is built once by
@@ -27,14 +29,17 @@ pub const PG_USER: &str = "postgres";
 /// What PostgreSQL logs once it accepts queries (`log_min_messages = log`).
 pub const READY_LINE: &str = "database system is ready to accept connections";
 /// The checksum query, also run by `build.sh`; see `fingerprint.sql`.
-pub const FINGERPRINT_SQL: &str = include_str!("fingerprint.sql");
+pub const FINGERPRINT_SQL: &str = include_str!("../../examples/postgres/fingerprint.sql");
 
 /// The files copied into the layer, compiled into the program (so that it runs from any
 /// directory, without the source tree).
 pub const ASSET_FILES: &[(&str, &str)] = &[
     ("build.sh", include_str!("build.sh")),
-    ("seed.sql", include_str!("seed.sql")),
-    ("fingerprint.sql", include_str!("fingerprint.sql")),
+    ("seed.sql", include_str!("../../examples/postgres/seed.sql")),
+    (
+        "fingerprint.sql",
+        include_str!("../../examples/postgres/fingerprint.sql"),
+    ),
     ("postgresql.conf", include_str!("postgresql.conf")),
 ];
 

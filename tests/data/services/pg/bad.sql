@@ -1,0 +1,4 @@
+CREATE TABLE fine (id integer);
+INSERT INTO fine VALUES (1);
+INSERT INTO nowhere VALUES (2);
+INSERT INTO fine VALUES (3);

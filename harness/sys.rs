@@ -576,7 +576,9 @@ fn clone_exec_into_cgroup(
             unsafe { libc::_exit(127) }
         }
         // SAFETY: CLONE_PIDFD gave us this new descriptor, close-on-exec, owned by nobody else.
-        p => Some((Pid::from_raw(p as i32), unsafe { OwnedFd::from_raw_fd(pidfd) })),
+        p => Some((Pid::from_raw(p as i32), unsafe {
+            OwnedFd::from_raw_fd(pidfd)
+        })),
     }
 }
 

@@ -19,11 +19,11 @@ mod fsutil;
 mod path;
 
 pub use archive::{import_archive, ImportedImage};
-pub use config::{ExposedPort, ImageConfig, Protocol};
 pub(crate) use config::{
     host_architecture, ConfigFile, Descriptor, Index, Manifest, MT_DOCKER_LIST, MT_DOCKER_MANIFEST,
     MT_OCI_INDEX, MT_OCI_MANIFEST,
 };
+pub use config::{ExposedPort, ImageConfig, Protocol};
 pub(crate) use digest::{of as sha256_of, parse_sha256, HashingReader};
 pub use error::OciError;
 pub(crate) use export::{append_bytes, fixed_header, write_layer_tar};

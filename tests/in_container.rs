@@ -160,7 +160,10 @@ impl Podman {
     /// `podman run --rm FLAGS IMAGE ARGS…`, in a private mount namespace.
     fn run(&self, flags: &[&str], args: &[&str]) -> Output {
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private"]);
+        // From `/`: the checkout may be where `nobody` cannot go (CI's clone is under a
+        // 0700 `mktemp -d`), and runc chdirs to podman's working directory.
+        cmd.current_dir("/")
+            .args(["--mount", "--propagation", "private"]);
         if self.rootless {
             cmd.args([
                 "setpriv",

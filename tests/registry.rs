@@ -318,19 +318,26 @@ fn interrupted_pulls_leave_nothing_half_written() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until the layer's transfer has begun (its staging directory exists), then kill.
+    // Wait until the big layer's transfer hangs (the proxy stalled it; its staging directory
+    // exists), then kill.
     let staging = |s: &Store| {
         stored(s)
             .into_iter()
             .any(|e| e.starts_with("layers/.staging-"))
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !staging(&store) && std::time::Instant::now() < deadline {
+    while !(staging(&store) && stall.broken() > 0) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(staging(&store), "the pull never started a layer");
+    assert!(
+        stall.broken() > 0,
+        "the pull never reached the stalled transfer"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
+    // The registry logs a GET once it has sent the response: let the stalled one end.
+    drop(stall);
     let left = stored(&store);
     let catalog = Catalog::new(&store).unwrap();
     assert!(
@@ -349,6 +356,10 @@ fn interrupted_pulls_leave_nothing_half_written() {
     assert!(pulled.downloaded >= 1, "{pulled:?}");
     assert_eq!(pulled.record.layers.len(), layers.len());
     let big = &layers[0];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reg.blob_gets("test/busybox", big) < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(
         reg.blob_gets("test/busybox", big) >= 3,
         "cut, stalled, completed"

@@ -8,7 +8,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -385,6 +385,7 @@ pub enum Break {
 pub struct Proxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
+    broken: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -394,23 +395,33 @@ impl Proxy {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let broken = Arc::new(AtomicUsize::new(0));
+        let counted = broken.clone();
         std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         client.set_nonblocking(false).unwrap();
                         let stopped = stopped.clone();
-                        std::thread::spawn(move || relay(client, upstream, limit, mode, stopped));
+                        let counted = counted.clone();
+                        std::thread::spawn(move || {
+                            relay(client, upstream, limit, mode, stopped, counted)
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Proxy { port, stop }
+        Proxy { port, stop, broken }
     }
 
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// How many transfers reached the limit and were cut or stalled.
+    pub fn broken(&self) -> usize {
+        self.broken.load(Ordering::SeqCst)
     }
 }
 
@@ -420,7 +431,14 @@ impl Drop for Proxy {
     }
 }
 
-fn relay(client: TcpStream, upstream: u16, limit: usize, mode: Break, stop: Arc<AtomicBool>) {
+fn relay(
+    client: TcpStream,
+    upstream: u16,
+    limit: usize,
+    mode: Break,
+    stop: Arc<AtomicBool>,
+    broken: Arc<AtomicUsize>,
+) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return;
     };
@@ -449,6 +467,7 @@ fn relay(client: TcpStream, upstream: u16, limit: usize, mode: Break, stop: Arc<
         }
         sent += n;
         if sent >= limit && !matches!(mode, Break::Slow) {
+            broken.fetch_add(1, Ordering::SeqCst);
             if let Break::Stall = mode {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));

@@ -653,10 +653,8 @@ fn help_slots(help: &str) -> Vec<String> {
         }
         let first = line.split_whitespace().find(|w| !w.ends_with(','));
         match (section, first) {
-            ("Options", Some(f)) if f.starts_with("--") => {
-                if f != "--help" && f != "--version" {
-                    slots.push(f.to_string());
-                }
+            ("Options", Some(f)) if f.starts_with("--") && f != "--help" && f != "--version" => {
+                slots.push(f.to_string())
             }
             // `<FILE>`, and optional ones as `[CMD]...`: both are `<NAME>` here.
             ("Arguments", Some(a)) => slots.push(format!(

@@ -79,6 +79,7 @@ fn main() {
         demo::main(demo::Config {
             per_kind: 12,
             skip_if_unable: false,
+            host_trials: Vec::new(),
         });
     }
     if std::env::var_os(INNER_ENV).is_some() {
@@ -129,6 +130,7 @@ fn hand_made_demo() -> ! {
     let cfg = demo::Config {
         per_kind: 12,
         skip_if_unable: false,
+        host_trials: Vec::new(),
     };
     demo::run(cfg, harness, hand_made_connect, layer::preflight)
 }

@@ -17,5 +17,6 @@ fn main() {
     demo::main(demo::Config {
         per_kind: 12,
         skip_if_unable: false,
+        host_trials: Vec::new(),
     })
 }

@@ -557,6 +557,573 @@ fn random_and_extreme_values_never_panic_or_leave_anything() {
     fuzz_recipes(&store, tmp.path(), &mut rng);
 }
 
+/// Every flag and argument of every command, as `pristine --help` and each command's help
+/// list them, with `FUZZED`'s slot name: `--flag`, or a positional argument's `<NAME>`.
+/// Boolean flags (no value) are listed too: the fuzz adds them at random to the invocations
+/// of their command's other slots.
+const FUZZED: &[(&str, &str)] = &[
+    ("run", "--image"),
+    ("run", "--layer"),
+    ("run", "--bind"),
+    ("run", "--env"),
+    ("run", "--clear-env"),
+    ("run", "--workdir"),
+    ("run", "--entrypoint"),
+    ("run", "--hostname"),
+    ("run", "--memory"),
+    ("run", "--pids"),
+    ("run", "--user"),
+    ("run", "--timeout"),
+    ("run", "--privileged"),
+    ("run", "--cap-add"),
+    ("run", "--keep"),
+    ("run", "--upper-size"),
+    ("run", "--tmp-size"),
+    ("run", "--shm-size"),
+    ("run", "--upper-on-disk"),
+    ("run", "--store"),
+    ("run", "<CMD>"),
+    ("diff", "<PATH>"),
+    ("wrap", "--image"),
+    ("wrap", "--layer"),
+    ("wrap", "--bind"),
+    ("wrap", "--env"),
+    ("wrap", "--timeout"),
+    ("wrap", "--keep-failed"),
+    ("wrap", "--carry"),
+    ("wrap", "--upper-on-disk"),
+    ("wrap", "--store"),
+    ("wrap", "<TESTBIN>"),
+    ("build", "<FILE>"),
+    ("build", "--store"),
+    ("images", "--store"),
+    ("store", "--mount"),
+    ("store", "--unmount"),
+    ("store", "--store"),
+    ("layers", "--store"),
+    ("gc", "--older-than"),
+    ("gc", "--keep-last"),
+    ("gc", "--dry-run"),
+    ("gc", "--store"),
+    ("shell", "<IMAGE>"),
+    ("shell", "--bind"),
+    ("shell", "--store"),
+    ("pull", "<REFERENCE>"),
+    ("pull", "--name"),
+    ("pull", "--creds"),
+    ("pull", "--insecure-http"),
+    ("pull", "--store"),
+    ("import", "<FILE>"),
+    ("import", "--name"),
+    ("import", "--store"),
+    ("save", "<FILE>"),
+    ("save", "--image"),
+    ("save", "--store"),
+    ("load", "<FILE>"),
+    ("load", "--store"),
+    ("export", "<IMAGE>"),
+    ("export", "<FILE>"),
+    ("export", "--store"),
+];
+
+/// Boolean flags: no value of their own, added at random to their command's invocations.
+const BOOLEAN: &[(&str, &str)] = &[
+    ("run", "--clear-env"),
+    ("run", "--privileged"),
+    ("run", "--keep"),
+    ("run", "--upper-on-disk"),
+    ("wrap", "--keep-failed"),
+    ("wrap", "--carry"),
+    ("wrap", "--upper-on-disk"),
+    ("store", "--mount"),
+    ("store", "--unmount"),
+    ("gc", "--dry-run"),
+    ("pull", "--insecure-http"),
+];
+
+/// The flags (`--name`) and positional arguments (`<NAME>`) a help text lists, less
+/// `--help` and `--version`.
+fn help_slots(help: &str) -> Vec<String> {
+    let mut slots = Vec::new();
+    let mut section = "";
+    for line in help.lines() {
+        if !line.starts_with(' ') {
+            section = line.trim_end_matches(':');
+            continue;
+        }
+        let first = line.split_whitespace().find(|w| !w.ends_with(','));
+        match (section, first) {
+            ("Options", Some(f)) if f.starts_with("--") && f != "--help" && f != "--version" => {
+                slots.push(f.to_string())
+            }
+            // `<FILE>`, and optional ones as `[CMD]...`: both are `<NAME>` here.
+            ("Arguments", Some(a)) => slots.push(format!(
+                "<{}>",
+                a.trim_matches(|c| matches!(c, '[' | ']' | '<' | '>' | '.'))
+            )),
+            _ => {}
+        }
+    }
+    slots
+}
+
+/// The fuzz's table is the command line: every command `pristine --help` lists, and every
+/// flag and argument of each, is fuzzed, and nothing fuzzed is missing from the help.
+#[test]
+fn the_fuzz_covers_every_flag_and_argument_of_every_command() {
+    let help = |args: &[&str]| {
+        let out = run(Command::new(pristine_bin()).args(args).arg("--help"));
+        assert!(out.status.success(), "{args:?} --help: {}", stderr(&out));
+        stdout(&out)
+    };
+    let top = help(&[]);
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect();
+    assert!(commands.len() >= 14, "commands in the help: {commands:?}");
+    let mut listed = Vec::new();
+    for c in &commands {
+        for slot in help_slots(&help(&[c])) {
+            listed.push((c.clone(), slot));
+        }
+    }
+    let fuzzed: Vec<(String, String)> = FUZZED
+        .iter()
+        .map(|(c, s)| (c.to_string(), s.to_string()))
+        .collect();
+    let missing: Vec<_> = listed.iter().filter(|x| !fuzzed.contains(x)).collect();
+    assert!(missing.is_empty(), "not fuzzed: {missing:?}");
+    let stale: Vec<_> = fuzzed.iter().filter(|x| !listed.contains(x)).collect();
+    assert!(stale.is_empty(), "fuzzed but not in the help: {stale:?}");
+    for b in BOOLEAN {
+        assert!(FUZZED.contains(b), "{b:?}");
+    }
+}
+
+/// What the fuzz of every slot works with: a scratch working directory (relative paths
+/// land there), a store with an image `seed` and its exported archive, and a reference to
+/// a registry on a closed loopback port (no test touches the network).
+struct Fixture {
+    store: PathBuf,
+    cwd: PathBuf,
+    recipe: PathBuf,
+    archive: PathBuf,
+    closed: String,
+}
+
+impl Fixture {
+    fn new(dir: &Path) -> Self {
+        let store = dir.join("s");
+        let cwd = dir.join("cwd/a/b");
+        std::fs::create_dir_all(&cwd).unwrap();
+        let rootfs = dir.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::write(rootfs.join("etc/seed"), "seed\n").unwrap();
+        std::fs::write(dir.join("hello.txt"), "hello\n").unwrap();
+        let recipe = dir.join("seed.toml");
+        std::fs::write(
+            &recipe,
+            format!(
+                "name = \"seed\"\nbase = {{ rootfs = {} }}\n[[layer]]\nname = \"hello\"\n[[layer.step]]\n\
+                 copy = {{ from = \"hello.txt\", to = \"/hello\" }}\n",
+                toml_string(&rootfs.to_string_lossy())
+            ),
+        )
+        .unwrap();
+        let out = run(cli(&store).arg("build").arg(&recipe));
+        assert!(out.status.success(), "build the seed: {}", stderr(&out));
+        let archive = dir.join("seed.tar");
+        let out = run(cli(&store).args(["export", "seed"]).arg(&archive));
+        assert!(out.status.success(), "export the seed: {}", stderr(&out));
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Fixture {
+            store,
+            cwd,
+            recipe,
+            archive,
+            closed: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// The command line for `value` in `slot` of `cmd` (None: a value this slot skips),
+    /// with `cmd`'s boolean flags added at random.
+    fn invocation(
+        &self,
+        cmd: &str,
+        slot: &str,
+        value: &std::ffi::OsStr,
+        rng: &mut Rng,
+    ) -> Option<Vec<std::ffi::OsString>> {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStrExt;
+        let absolute = value.as_bytes().starts_with(b"/");
+        // An absolute store or output file would be made on the host, outside the test's
+        // directories (as root, anywhere): those values are tried relative to `cwd` only.
+        let output = slot == "--store" || (matches!(cmd, "save" | "export") && slot == "<FILE>");
+        if output && absolute {
+            return None;
+        }
+        let mut a: Vec<OsString> = vec![cmd.into()];
+        for (c, flag) in BOOLEAN {
+            // `store --mount` makes a reflink image: only for stores in the scratch
+            // directory (`--store` values), which the fuzz then unmounts and removes.
+            let mount_elsewhere = *flag == "--mount" && slot != "--store";
+            if *c == cmd && *flag != slot && !mount_elsewhere && rng.next() % 3 == 0 {
+                a.push(flag.into());
+            }
+        }
+        if a.iter().any(|f| f == "--mount") && a.iter().any(|f| f == "--unmount") {
+            a.retain(|f| f != "--unmount");
+        }
+        let v: OsString = value.into();
+        let path = |p: &Path| OsString::from(p.as_os_str());
+        let flag_value = |a: &mut Vec<OsString>| {
+            if slot.starts_with("--") {
+                a.push(slot.into());
+            }
+            a.push(v.clone());
+        };
+        match (cmd, slot) {
+            (_, s) if BOOLEAN.contains(&(cmd, s)) => return None,
+            ("run", "<CMD>") | ("wrap", "<TESTBIN>") => a.extend(["--".into(), v]),
+            ("run", _) => {
+                flag_value(&mut a);
+                a.extend(["--".into(), "true".into()]);
+            }
+            ("wrap", _) => {
+                flag_value(&mut a);
+                a.extend(["--".into(), "/bin/true".into()]);
+            }
+            ("build", "--store") => {
+                flag_value(&mut a);
+                a.push(path(&self.recipe));
+            }
+            ("pull", "<REFERENCE>") => a.push(self.reference(value)),
+            ("pull", _) => {
+                a.push(format!("{}/seed:1", self.closed).into());
+                flag_value(&mut a);
+            }
+            ("import", "--name" | "--store") => {
+                a.push(path(&self.archive));
+                flag_value(&mut a);
+            }
+            ("save", "--image" | "--store") => {
+                a.push("out.tar".into());
+                flag_value(&mut a);
+            }
+            ("save", "<FILE>") => a.extend([v, "--image".into(), "seed".into()]),
+            ("export", "<IMAGE>") => a.extend([v, "out.tar".into()]),
+            ("export", "<FILE>") => a.extend(["seed".into(), v]),
+            ("export", "--store") => {
+                a.extend(["seed".into(), "out.tar".into()]);
+                flag_value(&mut a);
+            }
+            _ => flag_value(&mut a),
+        }
+        Some(a)
+    }
+
+    /// A pull reference from a fuzzed value: the registry is always the closed loopback
+    /// port, so a value that parses cannot send pristine anywhere else.
+    fn reference(&self, value: &std::ffi::OsStr) -> std::ffi::OsString {
+        let mut r = std::ffi::OsString::from(format!("{}/", self.closed));
+        r.push(value);
+        r
+    }
+
+    /// Entries of the scratch directory.
+    fn cwd_entries(&self) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = std::fs::read_dir(&self.cwd)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Layers and images of the store.
+    fn store_entries(&self) -> Vec<std::ffi::OsString> {
+        let mut v = Vec::new();
+        for d in ["layers", "images"] {
+            for e in std::fs::read_dir(self.store.join(d)).unwrap().flatten() {
+                let mut name = std::ffi::OsString::from(format!("{d}/"));
+                name.push(e.file_name());
+                v.push(name);
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// Removes what a successful command made in the scratch directory: a store is first
+    /// checked for leftovers and its reflink image unmounted.
+    fn clear_cwd(&self, what: &str, keeps: bool) {
+        for name in self.cwd_entries() {
+            let p = self.cwd.join(&name);
+            for store in stores_in(&p) {
+                if keeps {
+                    drop_kept(&store);
+                }
+                // `store --mount` mounted its reflink image: that it asked for.
+                pristine::Store::unmount_image(&store)
+                    .unwrap_or_else(|e| panic!("{what}: unmount {}: {e}", store.display()));
+                assert_nothing_left(&store, what);
+            }
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).unwrap(),
+                Ok(_) => std::fs::remove_file(&p).unwrap(),
+                Err(_) => {}
+            }
+        }
+        let mounts = mountinfo();
+        assert!(
+            !mounts.contains(&*self.cwd.to_string_lossy()),
+            "{what}: a mount is left in the scratch directory"
+        );
+    }
+}
+
+/// The mount table, lossily (a fuzzed store path need not be UTF-8).
+fn mountinfo() -> String {
+    String::from_utf8_lossy(&std::fs::read("/proc/self/mountinfo").unwrap()).into_owned()
+}
+
+/// Unmounts, when dropped, whatever is still mounted below its directory: a failing
+/// assertion of the fuzz must not leave a store's reflink image mounted.
+struct UnmountBelow(PathBuf);
+
+impl Drop for UnmountBelow {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        let table = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = self.0.as_os_str().as_bytes();
+        for line in table.split(|b| *b == b'\n') {
+            let Some(point) = line.split(|b| *b == b' ').nth(4) else {
+                continue;
+            };
+            let point = unescape_mountinfo(point);
+            if point.starts_with(prefix) {
+                let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&point));
+                let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+/// A mountinfo field with its `\NNN` octal escapes (space, tab, newline, backslash) undone.
+fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal {
+            Some(d) if field[i] == b'\\' => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            _ => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The stores at or below `dir` (a `--store` value with slashes makes its parents).
+fn stores_in(dir: &Path) -> Vec<PathBuf> {
+    if dir.join("pristine-store").is_file() {
+        return vec![dir.to_path_buf()];
+    }
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .flat_map(|e| stores_in(&e.path()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Removes the kept uppers of a store.
+fn drop_kept(store: &Path) {
+    if let Ok(kept) = std::fs::read_dir(store.join("kept")) {
+        for k in kept.flatten() {
+            std::fs::remove_dir_all(k.path()).unwrap();
+        }
+    }
+}
+
+/// A store with nothing in it: its marker, no layer, image, squashed stack, container or
+/// kept upper, and no reflink image (the memo of its filesystem's reflink probe may be
+/// there).
+fn is_empty_store(p: &Path) -> bool {
+    let empty =
+        |d: &str| std::fs::read_dir(p.join(d)).map_or(true, |mut entries| entries.next().is_none());
+    p.join("pristine-store").is_file()
+        && ["layers", "images", "squashed", "containers", "kept"]
+            .into_iter()
+            .all(empty)
+        && !p.join("reflink.img").exists()
+}
+
+/// A name no image can have is refused before anything is done: `import` used to publish
+/// the archive's layers first and leave them behind, named by no image; `pull` to
+/// download the image first (here the registry's port is closed: the error must be about
+/// the name, not the connection).
+#[test]
+fn a_bad_image_name_is_refused_before_importing_or_pulling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = Fixture::new(tmp.path());
+    let before = fx.store_entries();
+    let out = run(cli(&fx.store)
+        .arg("import")
+        .arg(&fx.archive)
+        .args(["--name", "a/b"]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("import ") && stderr(&out).contains("image name \"a/b\" must be"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fx.store_entries(), before, "the import left layers");
+    let reference = format!("{}/seed:1", fx.closed);
+    let out = run(cli(&fx.store).args(["pull", &reference, "--name", ".hidden"]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("pull {reference}: image name \".hidden\" must be")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fx.store_entries(), before);
+}
+
+/// Values a slot takes beside the common extremes.
+fn slot_values(cmd: &str, slot: &str) -> &'static [&'static str] {
+    match (cmd, slot) {
+        (_, "--cap-add") => &[
+            "NET_ADMIN",
+            "cap_sys_admin",
+            "CAP_",
+            "ALL",
+            "CAP_SYS_ADMIN,CAP_SYS_TIME",
+        ],
+        (_, "--keep-last") => &["0", "18446744073709551615", "-0", "+1"],
+        (_, "--creds") => &[":", "user:", ":password", "a:b:c", "ÿ:\n"],
+        ("pull", "<REFERENCE>") => &["seed@sha256:zz", "seed:", "UPPER", "a//b", ":tag"],
+        (_, "--user") => &["65534:65534", "nobody", "0:4294967295", ":0", "0:"],
+        (_, "--entrypoint") => &["/bin/true", "/dev/null", "/proc/self/exe"],
+        (_, "<IMAGE>" | "--image" | "--name") => &["seed", ".seed", "a/b", "host"],
+        _ => &[],
+    }
+}
+
+/// Every flag and argument of every command other than the ones the test above fuzzes
+/// with its own loop, with random and extreme values (and the command's boolean flags at
+/// random): no panic, an error message for every failure, no container, kept upper,
+/// staging directory or mount left, and a failed command creates nothing at all (no
+/// layer, image, store, archive or file).
+#[test]
+fn every_flag_and_argument_of_every_command_takes_extreme_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _unmount = UnmountBelow(tmp.path().to_path_buf());
+    let fx = Fixture::new(tmp.path());
+    let mut rng = Rng::seeded();
+    eprintln!("seed {}", rng.0);
+    for (cmd, slot) in FUZZED {
+        let mut values = extreme_values(&mut rng);
+        values.extend(slot_values(cmd, slot).iter().map(Into::into));
+        for value in values {
+            let Some(args) = fx.invocation(cmd, slot, &value, &mut rng) else {
+                continue;
+            };
+            let what = format!("{args:?}");
+            let (cwd_before, store_before) = (fx.cwd_entries(), fx.store_entries());
+            let out = run(cli(&fx.store)
+                .args(&args)
+                .current_dir(&fx.cwd)
+                .stdin(std::process::Stdio::null()));
+            assert_no_panic(&out, &what);
+            // A kept upper is what `run --keep` and `wrap --keep-failed` ask for.
+            let keeps = args.iter().any(|a| a == "--keep" || a == "--keep-failed");
+            if keeps {
+                drop_kept(&fx.store);
+            }
+            assert_nothing_left(&fx.store, &what);
+            if !out.status.success() {
+                assert!(!stderr(&out).trim().is_empty(), "{what}: no error message");
+                // A store named by `--store` is made when it is opened, before the command
+                // fails for another reason (an image it lacks, a closed port): it must
+                // then be empty. Nothing else may be made.
+                let store_named = fx.cwd.join(&value);
+                for name in fx.cwd_entries() {
+                    let p = fx.cwd.join(&name);
+                    let the_store = *slot == "--store"
+                        && store_named.starts_with(&p)
+                        && is_empty_store(&store_named);
+                    assert!(
+                        cwd_before.contains(&name) || the_store,
+                        "{what}: made {}, then failed",
+                        p.display()
+                    );
+                }
+                // A failed build, import or pull publishes no layer and names no image.
+                assert_eq!(
+                    fx.store_entries(),
+                    store_before,
+                    "{what}: left layers or images"
+                );
+            }
+            if *cmd == "pull" {
+                let err = stderr(&out);
+                assert!(
+                    !out.status.success() && !err.contains("pulled"),
+                    "{what}: pulled from a closed port? {err}"
+                );
+            }
+            fx.clear_cwd(&what, keeps);
+        }
+    }
+    if is_root() {
+        // A store whose path is not UTF-8 (nor is a mount point anywhere on the host):
+        // its reflink image is found mounted and unmounted (one such line in mountinfo
+        // made every mounted image look unmounted).
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"\xc0E(\x84 x");
+        for (args, want) in [
+            (&["store", "--mount"][..], "mounted until"),
+            (&["store", "--unmount"], "unmounted"),
+        ] {
+            let out = run(cli(&fx.store)
+                .args(args)
+                .arg("--store")
+                .arg(odd)
+                .current_dir(&fx.cwd));
+            assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+            assert!(stdout(&out).contains(want), "{args:?}: {}", stdout(&out));
+        }
+        assert!(
+            !mountinfo().contains(&*fx.cwd.to_string_lossy()),
+            "the image stayed mounted"
+        );
+        fx.clear_cwd("the store of a path that is not UTF-8", false);
+    }
+}
+
 fn fuzz_recipes(store: &Path, dir: &Path, rng: &mut Rng) {
     let recipe = dir.join("fuzz.toml");
     let fields = [
@@ -620,7 +1187,7 @@ fn assert_nothing_left(store: &Path, what: &str) {
     if store.join("layers").exists() {
         assert!(staging_entries(store).is_empty(), "{what}: staging left");
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts = mountinfo();
     assert!(
         !mounts.contains(&*store.to_string_lossy()),
         "{what}: a mount is left under the store"
@@ -674,6 +1241,8 @@ fn extreme_values(rng: &mut Rng) -> Vec<std::ffi::OsString> {
     .map(Into::into)
     .collect();
     v.push("9".repeat(5000).into());
+    // Not UTF-8, with a space (escaped in mountinfo).
+    v.push(std::ffi::OsString::from_vec(b"\xc0E(\x84 x".to_vec()));
     v.push("x".repeat(70).into());
     for _ in 0..4 {
         let len = (rng.next() % 24) as usize;

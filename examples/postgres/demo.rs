@@ -21,10 +21,13 @@ use pristine::{Image, Store};
 pub const FINGERPRINT_SQL: &str = include_str!("fingerprint.sql");
 const SEED_SQL: &str = include_str!("seed.sql");
 
-/// How the demo is run: tests per kind, and whether a machine that cannot run it skips.
+/// How the demo is run: tests per kind, whether a machine that cannot run it skips, and
+/// trials that run on the host beside the demo's tests (`tests/postgres_demo.rs`'s
+/// rootless re-run).
 pub struct Config {
     pub per_kind: usize,
     pub skip_if_unable: bool,
+    pub host_trials: Vec<libtest_mimic::Trial>,
 }
 
 /// What each kind of test writes after checking the seed.
@@ -170,7 +173,7 @@ pub fn run(
         println!("pristine PostgreSQL demo: {} tests in parallel, each in its own throwaway container with its own\nPostgreSQL on a private copy-on-write copy of one seeded database; each checks the seed, then writes.", KINDS.len() * cfg.per_kind);
     }
     let started = Instant::now();
-    let finished = harness.execute(&args);
+    let finished = harness.execute_with(&args, cfg.host_trials);
     if chatty {
         summary(&finished, started.elapsed());
     }

@@ -230,8 +230,9 @@ pub fn manager() -> Result<&'static dyn CgroupManager, CgroupError> {
     let m = MANAGER.get_or_init(|| {
         let self_cgroup =
             std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-        let mountinfo =
-            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        // Only the cgroup mounts' lines matter; other mount points need not be UTF-8.
+        let mountinfo = std::fs::read("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        let mountinfo = String::from_utf8_lossy(&mountinfo);
         if v2 {
             Ok(Box::new(v2::V2::new(&self_cgroup)) as Box<dyn CgroupManager>)
         } else {

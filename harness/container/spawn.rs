@@ -35,11 +35,12 @@ type HostLayout = (Vec<HostEntry>, Vec<PathBuf>);
 /// another process, a CI tool's mount under `/var`) classifies again, since a directory
 /// that gained a mount can no longer be overlaid (EINVAL) and must be bound instead.
 fn host_entries() -> Result<Arc<HostLayout>, Error> {
-    type Classified = (String, Arc<HostLayout>);
+    type Classified = (Vec<u8>, Arc<HostLayout>);
     static CACHE: Mutex<Option<Classified>> = Mutex::new(None);
     let io = |op, source| Error::Io { op, source };
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| io("read the host's mount table", e))?;
+    // Bytes: a mount point anywhere on the host need not be UTF-8.
+    let info =
+        std::fs::read("/proc/self/mountinfo").map_err(|e| io("read the host's mount table", e))?;
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((seen, classified)) = cache.as_ref() {
         if *seen == info {

@@ -118,6 +118,14 @@ pub enum BuildError {
     /// Something that cannot be exported.
     #[error("cannot export {0}")]
     NotExportable(String),
+    /// A name that an image cannot have (checked before anything is imported or pulled).
+    #[error("{op}: {reason}")]
+    BadImageName {
+        /// What was to be named: `import ARCHIVE`, `pull REFERENCE`.
+        op: String,
+        /// The name and what is wrong with it.
+        reason: String,
+    },
 }
 
 pub(crate) fn io<'a>(

@@ -13,7 +13,6 @@ mod ship;
 mod squash;
 
 pub use build::{Built, BuiltLayer};
-#[cfg(test)]
 pub(crate) use catalog::check_image_name;
 pub(crate) use catalog::tree_size;
 pub use catalog::{now as now_secs, BaseRecord, Catalog, ImageRecord, LayerMeta};

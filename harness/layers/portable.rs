@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::catalog::{now, tree_size, BaseRecord, Catalog, ImageRecord, LayerMeta};
+use super::catalog::{
+    check_image_name, now, tree_size, BaseRecord, Catalog, ImageRecord, LayerMeta,
+};
 use super::error::{io, BuildError};
 use super::key::imported_key;
 use crate::image::Image;
@@ -47,6 +49,14 @@ pub fn import_image_replacing(
     archive: &Path,
     name: Option<&str>,
 ) -> Result<(ImageRecord, Option<ImageRecord>), BuildError> {
+    // A name the image cannot have is refused before anything is extracted or published
+    // (not after, which left the imported layers in the store, named by no image).
+    if let Some(n) = name {
+        check_image_name(n).map_err(|reason| BuildError::BadImageName {
+            op: format!("import {}", archive.display()),
+            reason,
+        })?;
+    }
     let catalog = Catalog::new(store)?;
     // The staging directory `layers/.staging-import-ID`, guarded from `gc` by the lock
     // `import-ID`, held until the end of the import.

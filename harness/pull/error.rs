@@ -102,6 +102,15 @@ pub enum PullError {
         #[source]
         source: Box<crate::oci::OciError>,
     },
+    /// The name asked for (`--name`, `PullOptions::name`) is not one an image can have;
+    /// checked before the registry is contacted.
+    #[error("pull {reference}: {reason}")]
+    BadName {
+        /// The reference.
+        reference: String,
+        /// The name and what is wrong with it.
+        reason: String,
+    },
     /// Storing the image failed.
     #[error("pull {reference}: {source}")]
     Store {

@@ -110,7 +110,13 @@ pub struct Pulled {
 pub fn pull(store: &Store, reference: &str, options: &PullOptions) -> Result<Pulled, PullError> {
     let parsed = reference::parse(reference)?;
     let name = match &options.name {
-        Some(n) => n.clone(),
+        // Refused before the registry is asked, not after the download.
+        Some(n) => crate::layers::check_image_name(n)
+            .map(|()| n.clone())
+            .map_err(|reason| PullError::BadName {
+                reference: reference.to_string(),
+                reason,
+            })?,
         None => reference::store_name(&parsed),
     };
     let store_err = |source: BuildError| PullError::Store {

@@ -200,16 +200,19 @@ pub fn mode_bits(meta: &std::fs::Metadata) -> u32 {
 }
 
 /// Mount points listed in `/proc/self/mountinfo` (field 5), with octal escapes decoded.
-pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+/// The table is bytes, not text: a mount point need not be UTF-8 (any directory name can
+/// be mounted on), and the paths are kept exactly.
+pub fn mount_points(mountinfo: &[u8]) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
     mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
+        .split(|b| *b == b'\n')
+        .filter_map(|line| line.split(|b| *b == b' ').nth(4))
+        .map(|p| PathBuf::from(std::ffi::OsString::from_vec(unescape(p))))
         .collect()
 }
 
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
+/// A mountinfo field with its `\ooo` escapes (space, tab, newline, backslash) decoded.
+pub(crate) fn unescape(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -222,7 +225,7 @@ fn unescape(s: &str) -> String {
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]
@@ -235,9 +238,14 @@ mod tests {
         let info = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
                     28 27 0:25 / /mnt/a\\040b ro - tmpfs x ro\n";
         assert_eq!(
-            mount_points(info),
+            mount_points(info.as_bytes()),
             vec![PathBuf::from("/"), "/mnt/a b".into()]
         );
+        // A mount point that is not UTF-8 is read, and kept byte for byte.
+        let info =
+            b"27 1 254:0 / / rw - ext4 /dev/vda rw\n28 27 0:25 / /tmp/\xc0E ro - tmpfs x ro\n";
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(mount_points(info)[1].as_os_str().as_bytes(), b"/tmp/\xc0E");
     }
 
     #[test]

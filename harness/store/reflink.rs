@@ -31,6 +31,7 @@ use std::process::Command;
 use nix::fcntl::{Flock, FlockArg};
 use nix::mount::MsFlags;
 
+use crate::rootfs::host::unescape;
 use crate::sys;
 use crate::sys::blockdev::{attach_loop, ficlone, loop_backing_file};
 
@@ -354,10 +355,10 @@ fn image_size(root: &Path) -> u64 {
 fn mounted_image(mnt: &Path, image: &Path) -> Option<(PathBuf, String)> {
     let mnt = std::fs::canonicalize(mnt).ok()?;
     let image = std::fs::canonicalize(image).ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
     // The last mount at a mount point is the visible one.
     let m = info
-        .lines()
+        .split(|b| *b == b'\n')
         .filter_map(parse_mountinfo)
         .rfind(|m| m.point == mnt)?;
     let device = PathBuf::from(&m.source);
@@ -368,8 +369,8 @@ fn mounted_image(mnt: &Path, image: &Path) -> Option<(PathBuf, String)> {
 /// The filesystem type of the mount that holds `path`.
 pub(crate) fn fs_type(path: &Path) -> Option<String> {
     let path = std::fs::canonicalize(path).ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    info.split(|b| *b == b'\n')
         .filter_map(parse_mountinfo)
         .filter(|m| path.starts_with(&m.point))
         .max_by_key(|m| m.point.as_os_str().len())
@@ -383,40 +384,20 @@ struct MountEntry {
 }
 
 /// One `/proc/self/mountinfo` line: `ID PARENT MAJ:MIN ROOT POINT OPTS [TAGS…] - TYPE SRC …`.
-fn parse_mountinfo(line: &str) -> Option<MountEntry> {
-    let (left, right) = line.split_once(" - ")?;
-    let point = left.split(' ').nth(4)?;
-    let mut right = right.split(' ');
+/// Bytes, not text: a mount point need not be UTF-8 (a store may be anywhere), and one
+/// such line must not hide the others (it made a mounted image look unmounted).
+fn parse_mountinfo(line: &[u8]) -> Option<MountEntry> {
+    use std::os::unix::ffi::OsStringExt;
+    let sep = line.windows(3).position(|w| w == b" - ")?;
+    let (left, right) = (&line[..sep], &line[sep + 3..]);
+    let point = left.split(|b| *b == b' ').nth(4)?;
+    let mut right = right.split(|b| *b == b' ');
+    let text = |b: &[u8]| String::from_utf8_lossy(&unescape(b)).into_owned();
     Some(MountEntry {
-        point: PathBuf::from(unescape(point)),
-        fstype: right.next()?.to_string(),
-        source: unescape(right.next()?),
+        point: PathBuf::from(std::ffi::OsString::from_vec(unescape(point))),
+        fstype: text(right.next()?),
+        source: text(right.next()?),
     })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (b[i], oct) {
-            (b'\\', Some(c)) => {
-                out.push(c);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -426,13 +407,17 @@ mod tests {
     #[test]
     fn parses_mountinfo_lines_with_escapes_and_tags() {
         let m = parse_mountinfo(
-            "36 35 7:0 / /srv/a\\040b rw,noatime shared:1 master:2 - xfs /dev/loop0 rw,attr2",
+            b"36 35 7:0 / /srv/a\\040b rw,noatime shared:1 master:2 - xfs /dev/loop0 rw,attr2",
         )
         .unwrap();
         assert_eq!(m.point, Path::new("/srv/a b"));
         assert_eq!(m.fstype, "xfs");
         assert_eq!(m.source, "/dev/loop0");
-        assert!(parse_mountinfo("garbage").is_none());
+        assert!(parse_mountinfo(b"garbage").is_none());
+        // Not UTF-8: parsed, the path kept byte for byte.
+        let m = parse_mountinfo(b"36 35 7:0 / /tmp/\xc0E/reflink rw - xfs /dev/loop1 rw").unwrap();
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(m.point.as_os_str().as_bytes(), b"/tmp/\xc0E/reflink");
     }
 
     #[test]

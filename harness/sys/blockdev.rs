@@ -102,9 +102,14 @@ pub fn attach_loop(image: &File, image_path: &Path) -> SysResult<(PathBuf, File)
 
 /// The image file behind loop device `dev` (`/dev/loopN`), if it has one.
 pub fn loop_backing_file(dev: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
     let name = dev.file_name()?.to_str()?;
-    let s = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
-    Some(PathBuf::from(s.trim_end_matches('\n')))
+    // Bytes: the file's path need not be UTF-8.
+    let mut s = std::fs::read(format!("/sys/block/{name}/loop/backing_file")).ok()?;
+    if s.last() == Some(&b'\n') {
+        s.pop();
+    }
+    Some(PathBuf::from(std::ffi::OsString::from_vec(s)))
 }
 
 fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> SysError {

@@ -402,7 +402,15 @@ impl Harness {
     ///
     /// Inside a test's container (the re-executed binary) this runs that one test and
     /// exits instead of returning.
-    pub fn execute(mut self, args: &Arguments) -> Finished {
+    pub fn execute(self, args: &Arguments) -> Finished {
+        self.execute_with(args, Vec::new())
+    }
+
+    /// [`Harness::execute`], with `host` trials beside the containers' tests: plain
+    /// libtest-mimic trials that run on the host, in this process, listed, filtered and
+    /// reported like the others (e.g. a test that runs the whole binary again as another
+    /// user). They never run inside a container.
+    pub fn execute_with(mut self, args: &Arguments, host: Vec<Trial>) -> Finished {
         for (i, def) in self.registered_tests() {
             self.groups[i].tests.push(def);
         }
@@ -458,6 +466,7 @@ impl Harness {
                 );
             }
         }
+        trials.extend(host);
         let conclusion = libtest_mimic::run(args, trials);
         let timings = std::mem::take(&mut *timings.lock().unwrap_or_else(|e| e.into_inner()));
         Finished {

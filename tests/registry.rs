@@ -470,6 +470,139 @@ fn recipe_over_a_reference_pulls_its_base() {
     assert_eq!(again, image);
 }
 
+/// A pulled image's config says how `pristine run --image REF` runs it without a command:
+/// its entrypoint with `Cmd` as arguments, its `Env`, its `WorkingDir` (created) and its
+/// `User` (by name, from the image's own passwd); a command replaces `Cmd` only.
+#[test]
+fn pulled_image_runs_as_its_config_says() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let layout = fixture::configured_busybox(tmp.path().join("layout"));
+    let reference = format!("{}/test/configured:1", reg.host());
+    push(&layout.dir, &reference, None);
+    let store_dir = tmp.path().join("store");
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(pristine_cli(&store_dir, &["pull", &reference]));
+    let out = ok(pristine_cli(
+        &store_dir,
+        &["run", "--image", &reference, "--clear-env"],
+    ));
+    assert_eq!(
+        out,
+        "args=default cmd\nenv=hello path=/bin\nids=1000:1000\npwd=/srv/app\n"
+    );
+    let out = ok(pristine_cli(
+        &store_dir,
+        &["run", "--image", &reference, "--clear-env", "--", "given"],
+    ));
+    assert_eq!(
+        out,
+        "args=given\nenv=hello path=/bin\nids=1000:1000\npwd=/srv/app\n"
+    );
+}
+
+/// Set for the child that runs [`service_over_a_pulled_image`]'s harness: the reference.
+const SERVICE_REF_ENV: &str = "PRISTINE_TEST_SERVICE_REF";
+/// What the service's setup layer puts in its site.
+const SITE: &str = "served from a layer over a pulled image";
+
+/// A ready-made service over a pulled image, under the harness: `services::Generic` runs
+/// the image's busybox `httpd` (as the image's user) on a site that a setup layer froze
+/// over the pulled layers, ready once its port accepts; the test in each container fetches
+/// the page and sees the image's environment. The harness runs in a child process of this
+/// binary (this test, `--exact`, with `SERVICE_REF_ENV` set), which each test's container
+/// runs again.
+#[test]
+fn service_over_a_pulled_image() {
+    if std::env::var_os(pristine::testing::INSIDE_ENV).is_some()
+        || std::env::var_os(SERVICE_REF_ENV).is_some()
+    {
+        service_harness();
+        return;
+    }
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let layout = fixture::configured_busybox(tmp.path().join("layout"));
+    let reference = format!("{}/test/configured:1", reg.host());
+    push(&layout.dir, &reference, None);
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "service_over_a_pulled_image", "--nocapture"])
+        .env(SERVICE_REF_ENV, &reference)
+        .env("PRISTINE_STORE", tmp.path().join("store"))
+        // This binary's main is libtest's: the containers' init is pristine's.
+        .env("PRISTINE_INIT", common::pristine_bin())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("service harness: 1 passed, 0 failed"),
+        "{text}"
+    );
+    assert!(
+        reg.log().contains("\"GET /v2/test/configured/manifests/1 "),
+        "the base came from the registry:\n{text}"
+    );
+}
+
+/// The harness of [`service_over_a_pulled_image`], in its child and in each container.
+fn service_harness() {
+    use pristine::services::{Generic, Stack};
+    use std::io::{Read, Write};
+    // Only the child builds the image; in a container, the services are what matters.
+    let reference = std::env::var(SERVICE_REF_ENV).unwrap_or_default();
+    let web = Generic::new(
+        "web",
+        ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/srv/www"],
+    )
+    .setup(pristine::LayerSpec::new("site").run([
+        "sh",
+        "-c",
+        &format!("mkdir -p /srv/www && echo '{SITE}' > /srv/www/index.html"),
+    ]))
+    .wait_port(8080)
+    .timeout(std::time::Duration::from_secs(20));
+    let stack = Stack::new(pristine::Recipe::image(reference.as_str())).with(web);
+    let fetch = |_: &pristine::testing::Ctx| -> pristine::testing::TestResult {
+        let mut conn = std::net::TcpStream::connect("127.0.0.1:8080")?;
+        conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply)?;
+        if !reply.starts_with("HTTP/1.") || !reply.contains(SITE) {
+            return Err(format!("not the site: {reply:?}").into());
+        }
+        let greeting = std::env::var("GREETING");
+        if greeting.as_deref() != Ok("hello") {
+            return Err(format!("the image's Env did not reach the test: {greeting:?}").into());
+        }
+        Ok(())
+    };
+    let finished = pristine::testing::Harness::new()
+        .services(stack)
+        // Its name is this binary's test's: a container runs `--exact NAME` again.
+        .test("service_over_a_pulled_image", fetch)
+        .execute(&libtest_mimic::Arguments::default());
+    let c = &finished.conclusion;
+    println!(
+        "service harness: {} passed, {} failed",
+        c.num_passed, c.num_failed
+    );
+    assert!(!c.has_failed(), "the harness's tests failed");
+}
+
 /// The whole suite again as `nobody` (rootless), when run as root.
 #[test]
 fn rootless() {
@@ -478,7 +611,7 @@ fn rootless() {
 
 /// The PostgreSQL 15 image from a Debian rootfs (four gzip layers), pulled and run.
 #[test]
-#[ignore = "slow: builds a PostgreSQL rootfs with mmdebstrap (minutes, as root, from Debian's mirror; cached); tools/pull-bench runs it"]
+#[ignore = "slow: builds a PostgreSQL rootfs with mmdebstrap (minutes, as root, from Debian's mirror; cached); .ci/run runs it"]
 fn postgres_image_from_a_debian_rootfs() {
     let tmp = fixture::scratch();
     let reg = Registry::start(None);

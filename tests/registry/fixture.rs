@@ -265,6 +265,18 @@ impl Layout {
         layers: &[(Vec<u8>, Comp)],
         env: &[&str],
     ) -> (serde_json::Value, Vec<String>) {
+        let config = serde_json::json!({"Env": env, "Cmd": ["sh"], "WorkingDir": "/"});
+        self.image_with(arch, layers, config)
+    }
+
+    /// [`Layout::image`] with `config` as the image config's `config` object (`Env`,
+    /// `Entrypoint`, `Cmd`, `WorkingDir`, `User`, `ExposedPorts`, …).
+    pub fn image_with(
+        &self,
+        arch: &str,
+        layers: &[(Vec<u8>, Comp)],
+        config: serde_json::Value,
+    ) -> (serde_json::Value, Vec<String>) {
         let mut descs = Vec::new();
         let mut diff_ids = Vec::new();
         let mut digests = Vec::new();
@@ -292,7 +304,7 @@ impl Layout {
         }
         let config = serde_json::json!({
             "architecture": arch, "os": "linux",
-            "config": {"Env": env, "Cmd": ["sh"], "WorkingDir": "/"},
+            "config": config,
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
         let config = serde_json::to_vec(&config).unwrap();
@@ -360,6 +372,73 @@ pub fn busybox(dir: PathBuf) -> (Layout, String, Vec<String>) {
     layout.name(&desc);
     let digest = desc["digest"].as_str().unwrap().to_string();
     (layout, digest, layers)
+}
+
+/// What the configured image's entrypoint prints: what the process was given.
+pub const SHOW: &str = r#"#!/bin/sh
+echo "args=$*"
+echo "env=$GREETING path=$PATH"
+echo "ids=$(id -u):$(id -g)"
+echo "pwd=$(pwd)"
+"#;
+
+/// A busybox image whose config says how to run it: `Env` (`PATH=/bin`,
+/// `GREETING=hello`), `Entrypoint` `/bin/show` (a script printing its arguments,
+/// environment, ids and working directory), `Cmd` `default cmd`, `WorkingDir` `/srv/app`
+/// (not in the layers), `User` `app` (1000:1000 in the image's own passwd and group),
+/// `ExposedPorts` 8080/tcp. Two layers: busybox with its applets and `/etc` (gzip), the
+/// script (zstd).
+pub fn configured_busybox(dir: PathBuf) -> Layout {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .expect("busybox is needed (apt-get install busybox-static)");
+    let mut base = vec![("bin", Entry::Dir), ("bin/busybox", Entry::File(bb, 0o755))];
+    let applets = [
+        "bin/sh",
+        "bin/id",
+        "bin/pwd",
+        "bin/cat",
+        "bin/env",
+        "bin/mkdir",
+        "bin/httpd",
+        "bin/wget",
+    ];
+    base.extend(applets.iter().map(|a| (*a, Entry::Symlink("busybox"))));
+    base.extend([
+        ("etc", Entry::Dir),
+        (
+            "etc/passwd",
+            Entry::File(
+                b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n".to_vec(),
+                0o644,
+            ),
+        ),
+        (
+            "etc/group",
+            Entry::File(b"root:x:0:\napp:x:1000:\n".to_vec(), 0o644),
+        ),
+    ]);
+    let top = tar_of(&[
+        ("bin", Entry::Dir),
+        ("bin/show", Entry::File(SHOW.as_bytes().to_vec(), 0o755)),
+    ]);
+    let layout = Layout::new(dir);
+    let config = serde_json::json!({
+        "Env": ["PATH=/bin", "GREETING=hello"],
+        "Entrypoint": ["/bin/show"],
+        "Cmd": ["default", "cmd"],
+        "WorkingDir": "/srv/app",
+        "User": "app",
+        "ExposedPorts": {"8080/tcp": {}},
+    });
+    let (desc, _) = layout.image_with(
+        host_arch(),
+        &[(tar_of(&base), Comp::Gzip), (top, Comp::Zstd)],
+        config,
+    );
+    layout.name(&desc);
+    layout
 }
 
 pub fn host_arch() -> &'static str {

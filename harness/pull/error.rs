@@ -25,6 +25,21 @@ pub enum PullError {
         /// Which credentials were tried (`anonymous access`, `user alice from FILE`).
         tried: String,
     },
+    /// The registry asks for a bearer token (Docker Hub's flow) and its token service
+    /// refused to hand one out for the repository.
+    #[error("pull {reference}: registry {registry} wants a token for {repository}, and its token service refused one to {tried}: {detail}; the repository may be private or misspelt: check its name, or log in with `podman login {registry}` or `docker login {registry}` (credentials are read from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json and ~/.docker/config.json)")]
+    TokenRefused {
+        /// The reference.
+        reference: String,
+        /// The registry.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// Which credentials were tried (`anonymous access`, `user alice from FILE`).
+        tried: String,
+        /// What the token service said.
+        detail: String,
+    },
     /// The registry has no such tag, digest or repository.
     #[error("pull {reference}: registry {registry} has no manifest for it ({detail}); check the tag (`skopeo list-tags docker://{repository}` lists them) or the digest")]
     NotFound {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 
 use super::auth::Credentials;
 use super::error::PullError;
@@ -87,7 +87,8 @@ impl Remote {
                 self.client
                     .pull_manifest_raw(reference, &self.creds.auth, &accepted),
             )
-            .map_err(|e| self.classify("fetching the manifest", e))?;
+            .map_err(|e| self.classify("fetching the manifest", e))
+            .map_err(|e| self.why_unauthorized(reference, e))?;
         if bytes.len() > MAX_JSON {
             return Err(self.bad("its manifest", "larger than 16 MiB".into()));
         }
@@ -133,6 +134,30 @@ impl Remote {
                 Ok::<_, OciDistributionError>(())
             })
             .map_err(|e| self.classify(&format!("downloading layer {digest}"), e))
+    }
+
+    /// For a refusal, whether it was the registry's token service that refused (which
+    /// `oci-client` does not report from a pull: it goes on without a token): asks it for
+    /// a token again, this time seeing its answer. Other errors are kept as they are.
+    fn why_unauthorized(&self, reference: &Reference, e: PullError) -> PullError {
+        let PullError::Unauthorized { .. } = e else {
+            return e;
+        };
+        let asked = self.rt.block_on(self.client.auth(
+            reference,
+            &self.creds.auth,
+            RegistryOperation::Pull,
+        ));
+        match asked {
+            Err(OciDistributionError::AuthenticationFailure(said)) => PullError::TokenRefused {
+                reference: self.given.clone(),
+                registry: self.registry().to_string(),
+                repository: reference.repository().to_string(),
+                tried: self.creds.described.clone(),
+                detail: brief(&said),
+            },
+            _ => e,
+        }
     }
 
     pub(crate) fn bad(&self, what: &str, problem: String) -> PullError {
@@ -218,6 +243,16 @@ impl Remote {
     }
 }
 
+/// What a server said, on one line and at most 300 characters.
+fn brief(said: &str) -> String {
+    let line = said.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None if line.is_empty() => "no reason given".into(),
+        None => line,
+    }
+}
+
 /// An error and its causes, one line.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -255,6 +290,18 @@ mod tests {
         assert!(!remote("example.com/a:1", false));
         assert!(!remote("postgres:16", false));
         assert!(remote("example.com:5000/a:1", true));
+    }
+
+    #[test]
+    fn what_a_server_said_is_one_short_line() {
+        assert_eq!(
+            brief("{\"details\":\n  \"denied\"}\n"),
+            "{\"details\": \"denied\"}"
+        );
+        assert_eq!(brief(" \n"), "no reason given");
+        let long = brief(&"é".repeat(400));
+        assert_eq!(long.chars().count(), 301);
+        assert!(long.ends_with("é…"));
     }
 
     #[test]

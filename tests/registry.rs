@@ -10,7 +10,9 @@ mod fixture;
 use std::path::Path;
 use std::process::Command;
 
-use fixture::{busybox, host_arch, push, tar_of, Break, Comp, Entry, Layout, Proxy, Registry};
+use fixture::{
+    busybox, host_arch, push, tar_of, Break, Comp, Entry, Layout, Proxy, Registry, TokenFront,
+};
 use pristine::layers::Catalog;
 use pristine::pull::{pull, PullError, PullOptions};
 use pristine::Store;
@@ -254,6 +256,120 @@ fn basic_auth_with_credentials_files() {
 fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Docker Hub's anonymous bearer-token flow, against a token-auth front over the real
+/// registry: with no credentials at all, the pull is challenged, fetches a token for
+/// `repository:test/busybox:pull` from the realm, and every manifest and blob request
+/// bears it; the pulled image runs.
+#[test]
+fn anonymous_bearer_token_pull() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let (layout, manifest_digest, layers) = busybox(tmp.path().join("layout"));
+    push(&layout.dir, &format!("{}/test/busybox:1", reg.host()), None);
+    let front = TokenFront::start(reg.port, None);
+    let reference = format!("{}/test/busybox:1", front.host());
+    let store = store_in(tmp.path());
+
+    let pulled = pull(&store, &reference, &anonymous()).unwrap();
+    assert_eq!(pulled.downloaded, 2, "{pulled:?}");
+    assert_eq!(
+        pulled.record.source.as_ref().unwrap().manifest_digest,
+        manifest_digest
+    );
+
+    let seen = front.seen();
+    assert!(
+        !seen.token_queries.is_empty(),
+        "no token asked for: {seen:?}"
+    );
+    for q in &seen.token_queries {
+        let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("service"), Some(fixture::TOKEN_SERVICE), "{seen:?}");
+        assert_eq!(
+            get("scope"),
+            Some("repository:test/busybox:pull"),
+            "{seen:?}"
+        );
+    }
+    // Challenged first; nothing about the image was asked without the token.
+    assert!(!seen.rejected.is_empty(), "never challenged: {seen:?}");
+    assert!(
+        seen.rejected.iter().all(|r| r == "GET /v2/"),
+        "only the version check goes without a token: {seen:?}"
+    );
+    assert!(
+        seen.forwarded
+            .contains(&"GET /v2/test/busybox/manifests/1".to_string()),
+        "{seen:?}"
+    );
+    for d in &layers {
+        assert!(
+            seen.forwarded
+                .contains(&format!("GET /v2/test/busybox/blobs/{d}")),
+            "{d} without the token: {seen:?}"
+        );
+        assert_eq!(reg.blob_gets("test/busybox", d), 1, "{d}");
+    }
+
+    drop(front);
+    let out = pristine_cli(
+        store.root(),
+        &[
+            "run",
+            "--image",
+            &reference,
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /etc/motd",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "pulled\n");
+}
+
+/// A token endpoint that refuses (401 or 403) to hand out a token: the pull fails saying
+/// which registry's token service refused, for which repository, that it was asked
+/// anonymously, what it said and what to do; nothing is stored and nothing reached the
+/// registry.
+#[test]
+fn refused_bearer_token_is_a_clear_error() {
+    let tmp = fixture::scratch();
+    let reg = Registry::start(None);
+    let (layout, _, _) = busybox(tmp.path().join("layout"));
+    push(&layout.dir, &format!("{}/test/busybox:1", reg.host()), None);
+    let store = store_in(tmp.path());
+    for status in [401, 403] {
+        let front = TokenFront::start(reg.port, Some(status));
+        let reference = format!("{}/test/busybox:1", front.host());
+        let err = pull(&store, &reference, &anonymous()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, PullError::TokenRefused { .. }),
+            "{status}: {msg}"
+        );
+        assert!(
+            msg.contains(&format!(
+                "registry {} wants a token for test/busybox",
+                front.host()
+            )) && msg.contains(&reference)
+                && msg.contains("token service refused one to anonymous access")
+                && msg.contains("the requested resource is not authorized")
+                && msg.contains(&format!("podman login {}", front.host())),
+            "{status}: {msg}"
+        );
+        let seen = front.seen();
+        assert!(!seen.token_queries.is_empty(), "{status}: {seen:?}");
+        assert!(seen.forwarded.is_empty(), "{status}: {seen:?}");
+    }
+    assert!(stored(&store).is_empty(), "{:?}", stored(&store));
+    assert_eq!(reg.manifest_gets("test/busybox"), 0);
 }
 
 /// A deleted tag and a repository that never was: a clear "no manifest" error, nothing

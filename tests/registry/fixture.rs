@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -682,4 +682,280 @@ pub fn split_rootfs(tar: &[u8], n: usize) -> Vec<Vec<u8>> {
         .into_iter()
         .map(|b| b.into_inner().unwrap())
         .collect()
+}
+
+/// Docker Hub's anonymous bearer-token flow in front of a registry, on a free loopback
+/// port, stopped when dropped: a `/v2/…` request without `Authorization: Bearer TOKEN` is
+/// answered `401` with a `WWW-Authenticate: Bearer realm=…,service=…,scope=…` challenge;
+/// `GET /token?service=…&scope=…` (no credentials needed) answers the token, or the
+/// refusal status it was started with; a request bearing the token goes on to the registry
+/// without its `Authorization` header. One request per connection (`Connection: close`).
+pub struct TokenFront {
+    pub port: u16,
+    /// The token handed out.
+    pub token: String,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// What a [`TokenFront`] was asked.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// The decoded query pairs of each token request.
+    pub token_queries: Vec<Vec<(String, String)>>,
+    /// `/v2/…` requests refused for want of the token (`METHOD PATH`).
+    pub rejected: Vec<String>,
+    /// Requests that bore the token and went on to the registry (`METHOD PATH`).
+    pub forwarded: Vec<String>,
+}
+
+/// The service a [`TokenFront`] names in its challenge.
+pub const TOKEN_SERVICE: &str = "test-registry";
+
+impl TokenFront {
+    /// In front of the registry on `upstream`; with `refuse`, the token endpoint answers
+    /// that status (401, 403) instead of a token.
+    pub fn start(upstream: u16, refuse: Option<u16>) -> TokenFront {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let token =
+            sha256(format!("{nanos} {port} {}", std::process::id()).as_bytes())[7..].to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let front = Front {
+            port,
+            upstream,
+            token: token.clone(),
+            refuse,
+            seen: seen.clone(),
+        };
+        let front = Arc::new(front);
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let front = front.clone();
+                        std::thread::spawn(move || front.serve(client));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TokenFront {
+            port,
+            token,
+            stop,
+            seen,
+        }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn seen(&self) -> Seen {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TokenFront {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Front {
+    port: u16,
+    upstream: u16,
+    token: String,
+    refuse: Option<u16>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Front {
+    fn serve(&self, client: TcpStream) {
+        let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
+        let Some((request_line, headers)) = read_head(&client) else {
+            return;
+        };
+        let mut parts = request_line.split(' ');
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find_map(|(k, v)| k.eq_ignore_ascii_case(name).then_some(v.as_str()))
+        };
+        let mut out = &client;
+        let head_only = method == "HEAD";
+        if path == "/token" {
+            let pairs = query
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+                .collect();
+            self.seen.lock().unwrap().token_queries.push(pairs);
+            let _ = match self.refuse {
+                Some(status) => respond(
+                    &mut out,
+                    head_only,
+                    &format!("{status} Refused"),
+                    &[],
+                    r#"{"details":"access to the requested resource is not authorized"}"#,
+                ),
+                None => respond(
+                    &mut out,
+                    head_only,
+                    "200 OK",
+                    &[],
+                    &format!(
+                        r#"{{"token":"{t}","access_token":"{t}","expires_in":300}}"#,
+                        t = self.token
+                    ),
+                ),
+            };
+        } else if header("authorization") == Some(&format!("Bearer {}", self.token)) {
+            self.seen
+                .lock()
+                .unwrap()
+                .forwarded
+                .push(format!("{method} {path}"));
+            self.forward(&request_line, &headers, client);
+            return;
+        } else {
+            self.seen
+                .lock()
+                .unwrap()
+                .rejected
+                .push(format!("{method} {path}"));
+            // The repository the request is about (`/v2/REPO/manifests/…`), as Docker
+            // Hub's challenge names it.
+            let repo = path
+                .strip_prefix("/v2/")
+                .and_then(|p| {
+                    ["/manifests/", "/blobs/", "/tags/"]
+                        .iter()
+                        .find_map(|k| p.split_once(k).map(|(r, _)| r))
+                })
+                .unwrap_or("");
+            let mut challenge = format!(
+                "Bearer realm=\"http://127.0.0.1:{}/token\",service=\"{TOKEN_SERVICE}\"",
+                self.port
+            );
+            if !repo.is_empty() {
+                challenge.push_str(&format!(",scope=\"repository:{repo}:pull\""));
+            }
+            let _ = respond(
+                &mut out,
+                head_only,
+                "401 Unauthorized",
+                &[("WWW-Authenticate", &challenge)],
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#,
+            );
+        }
+        let _ = client.shutdown(Shutdown::Both);
+    }
+
+    /// Sends the request on to the registry without its `Authorization` header and with
+    /// `Connection: close`, and pipes the response back until the registry closes.
+    fn forward(&self, request_line: &str, headers: &[(String, String)], client: TcpStream) {
+        let Ok(mut server) = TcpStream::connect(("127.0.0.1", self.upstream)) else {
+            return;
+        };
+        let mut head = format!("{request_line}\r\n");
+        for (k, v) in headers {
+            if !k.eq_ignore_ascii_case("authorization") && !k.eq_ignore_ascii_case("connection") {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        if server.write_all(head.as_bytes()).is_ok() {
+            let mut out = &client;
+            let _ = std::io::copy(&mut server, &mut out);
+        }
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = server.shutdown(Shutdown::Both);
+    }
+}
+
+/// The request line and headers of an HTTP request (no body: GET and HEAD only).
+fn read_head(stream: &TcpStream) -> Option<(String, Vec<(String, String)>)> {
+    let mut reader = std::io::BufReader::new(stream).take(64 << 10);
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        if line.is_empty() {
+            break;
+        }
+        lines.push(line);
+    }
+    let mut lines = lines.into_iter();
+    let request_line = lines.next()?;
+    let headers = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    Some((request_line, headers))
+}
+
+/// A response with a JSON `body` (left out, its length kept, for a HEAD request).
+fn respond(
+    out: &mut impl Write,
+    head_only: bool,
+    status: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    out.write_all(head.as_bytes())?;
+    if !head_only {
+        out.write_all(body.as_bytes())?;
+    }
+    out.flush()
+}
+
+/// `%XX` and `+` decoded.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -84,15 +84,22 @@ pub fn rerun_as_nobody_skipping(skip: &[&str], extra: &[PathBuf]) {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let deps = dir.path().join("deps");
-    std::fs::create_dir(&deps).unwrap();
+    // Laid out as cargo's target directory (`target/debug/deps/BINARY`, `pristine` in
+    // `target/debug`), so that `scratch_base` finds `target/tmp` inside `dir`, which is
+    // removed below, never a `tmp` beside `dir` in the host's temporary directory.
+    let debug = dir.path().join("target/debug");
+    let deps = debug.join("deps");
+    std::fs::create_dir_all(&deps).unwrap();
+    for d in [dir.path().join("target"), debug.clone(), deps.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let me = std::env::current_exe().unwrap();
     let test_bin = deps.join(me.file_name().unwrap());
     std::fs::copy(&me, &test_bin).unwrap();
     for bin in extra {
         std::fs::copy(bin, deps.join(bin.file_name().unwrap())).unwrap();
     }
-    std::fs::copy(pristine_bin(), dir.path().join("pristine")).unwrap();
+    std::fs::copy(pristine_bin(), debug.join("pristine")).unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
     nix::unistd::chown(&home, Some(65534.into()), Some(65534.into())).unwrap();

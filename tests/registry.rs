@@ -51,6 +51,17 @@ fn pristine_cli(store: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `pristine` with `args` on `store`, which must succeed: its stdout.
+fn pristine_ok(store: &Path, args: &[&str]) -> String {
+    let out = pristine_cli(store, args);
+    assert!(
+        out.status.success(),
+        "pristine {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Pull, run, re-pull (no layer transferred), pin by digest with the registry gone (no
 /// network at all), and the image's config stored as an import stores it.
 #[test]
@@ -62,13 +73,7 @@ fn busybox_pull_run_repull_and_digest_pin() {
     push(&layout.dir, &reference, None);
 
     let store_dir = tmp.path().join("store");
-    let out = pristine_cli(&store_dir, &["pull", &reference]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = pristine_ok(&store_dir, &["pull", &reference]);
     assert!(stdout.contains("2 layers, 2 downloaded"), "{stdout}");
     assert!(stdout.contains(&manifest_digest), "{stdout}");
     for d in &layers {
@@ -234,7 +239,7 @@ fn basic_auth_with_credentials_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = pristine_cli(
+    let stdout = pristine_ok(
         store.root(),
         &[
             "pull",
@@ -245,12 +250,7 @@ fn basic_auth_with_credentials_files() {
             &reference,
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 downloaded"));
+    assert!(stdout.contains("0 downloaded"), "{stdout}");
 }
 
 fn base64_of(s: &str) -> String {
@@ -314,7 +314,7 @@ fn anonymous_bearer_token_pull() {
     }
 
     drop(front);
-    let out = pristine_cli(
+    let stdout = pristine_ok(
         store.root(),
         &[
             "run",
@@ -326,12 +326,7 @@ fn anonymous_bearer_token_pull() {
             "cat /etc/motd",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "pulled\n");
+    assert_eq!(stdout, "pulled\n");
 }
 
 /// A token endpoint that refuses (401 or 403) to hand out a token: the pull fails saying
@@ -735,18 +730,12 @@ fn postgres_image_from_a_debian_rootfs() {
     let reference = format!("{}/bench/postgres:15", reg.host());
     push(&layout.dir, &reference, None);
     let store_dir = tmp.path().join("store");
-    let out = pristine_cli(&store_dir, &["pull", &reference]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = pristine_ok(&store_dir, &["pull", &reference]);
     assert!(
         stdout.contains("4 layers, 4 downloaded") && stdout.contains(&digest),
         "{stdout}"
     );
-    let out = pristine_cli(
+    let stdout = pristine_ok(
         &store_dir,
         &[
             "run",
@@ -756,12 +745,6 @@ fn postgres_image_from_a_debian_rootfs() {
             "/usr/lib/postgresql/15/bin/postgres",
             "--version",
         ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.starts_with("postgres (PostgreSQL) 15."), "{stdout}");
 }

@@ -623,10 +623,15 @@ pub(crate) fn visible_on_host_image(dir: &std::path::Path) -> bool {
 /// Runs the container in `dir`, the caller's working directory, as a test expects (cargo
 /// runs tests in their crate's directory, where fixtures live). Where the image would not
 /// show it (under the container's fresh `/tmp`, or on another image), it is bound
-/// read-only at the same path; under `/dev` or `/proc` it is left out.
+/// read-only at the same path; under `/dev` or `/proc` it is left out. `/tmp` itself is
+/// never bound: that would put the host's `/tmp`, read-only, over the container's fresh
+/// one, where services write their logs and sockets; the container starts in its own.
 pub(crate) fn keep_workdir(c: Container, dir: &std::path::Path, host_image: bool) -> Container {
     if ["/dev", "/proc"].iter().any(|p| dir.starts_with(p)) || dir == std::path::Path::new("/") {
         return c;
+    }
+    if dir == std::path::Path::new("/tmp") {
+        return c.workdir(dir);
     }
     let c = if host_image && visible_on_host_image(dir) {
         c
@@ -771,6 +776,22 @@ fn run_trial(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_working_directory_is_bound_except_where_the_container_has_its_own() {
+        let c = || Container::new(crate::Image::host());
+        let tmp = keep_workdir(c(), std::path::Path::new("/tmp"), true);
+        assert!(tmp.binds.is_empty());
+        assert_eq!(tmp.workdir.as_deref(), Some(std::path::Path::new("/tmp")));
+        let below = keep_workdir(c(), std::path::Path::new("/tmp/x/crate"), true);
+        assert_eq!(below.binds.len(), 1);
+        assert_eq!(below.binds[0].target, std::path::Path::new("/tmp/x/crate"));
+        assert!(below.binds[0].readonly);
+        let home = keep_workdir(c(), std::path::Path::new("/home/u/crate"), true);
+        assert!(home.binds.is_empty());
+        let proc = keep_workdir(c(), std::path::Path::new("/proc/self"), true);
+        assert!(proc.binds.is_empty() && proc.workdir.is_none());
+    }
     use super::*;
 
     // Registered in this unit-test binary; never run by a harness (libtest runs these).

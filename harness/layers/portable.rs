@@ -20,7 +20,7 @@ pub fn resolve_image(store: &Store, spec: &str) -> Result<Image, BuildError> {
     if let Some(record) = catalog.image_record(spec)? {
         return catalog.image_of(&record);
     }
-    if let Some(record) = crate::pull::held_by_reference(&catalog, spec)? {
+    if let Some(record) = crate::pull::held_by_reference(store, &catalog, spec)? {
         return catalog.image_of(&record);
     }
     if spec.contains('/') || Path::new(spec).is_dir() {

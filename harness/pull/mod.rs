@@ -401,8 +401,9 @@ pub(crate) fn resolve_or_pull(store: &Store, spec: &str) -> Result<ImageRecord, 
     if let Some(record) = catalog.image_record(spec)? {
         return Ok(record);
     }
-    let parsed = reference::parse(spec).map_err(|_| BuildError::UnknownImage(spec.to_string()))?;
-    if let Some(record) = catalog.image_record(&reference::store_name(&parsed))? {
+    let name = reference::memo_store_name(store.root(), spec)
+        .ok_or_else(|| BuildError::UnknownImage(spec.to_string()))?;
+    if let Some(record) = catalog.image_record(&name)? {
         return Ok(record);
     }
     Ok(pull(store, spec, &PullOptions::new())
@@ -412,11 +413,12 @@ pub(crate) fn resolve_or_pull(store: &Store, spec: &str) -> Result<ImageRecord, 
 
 /// The record a pull of reference `spec` made, if any (for `--image REF`).
 pub(crate) fn held_by_reference(
+    store: &Store,
     catalog: &Catalog,
     spec: &str,
 ) -> Result<Option<ImageRecord>, BuildError> {
-    match reference::parse(spec) {
-        Ok(parsed) => catalog.image_record(&reference::store_name(&parsed)),
-        Err(_) => Ok(None),
+    match reference::memo_store_name(store.root(), spec) {
+        Some(name) => catalog.image_record(&name),
+        None => Ok(None),
     }
 }

@@ -27,6 +27,40 @@ pub(crate) fn parse(reference: &str) -> Result<Reference, PullError> {
     Ok(parsed)
 }
 
+/// [`store_name`] of the reference `spec`, or `None` if `spec` is not one, remembered in
+/// the store (`cache/references/SHA256`, the spec and its name): parsing a reference
+/// compiles the reference grammar's regular expression, tens of milliseconds once per
+/// process, which a test process that only looks its image up (a warm store) would pay
+/// every time. The memo is the store's own file (the store is its owner's alone); one that
+/// does not hold this spec is ignored, and one that cannot be written only costs time.
+pub(crate) fn memo_store_name(store_root: &std::path::Path, spec: &str) -> Option<String> {
+    // A reference starts with a letter or digit (its registry's or repository's first
+    // component): a path such as `/srv/rootfs` or `./rootfs` is none, and costs no parse.
+    if !spec.starts_with(|c: char| c.is_ascii_alphanumeric()) || spec.contains('\n') {
+        return None;
+    }
+    let digest = crate::oci::sha256_of(spec.as_bytes());
+    let memo = store_root
+        .join("cache/references")
+        .join(digest.trim_start_matches("sha256:"));
+    if let Ok(text) = std::fs::read_to_string(&memo) {
+        if let Some((memo_spec, name)) = text.strip_suffix('\n').and_then(|t| t.split_once('\n')) {
+            if memo_spec == spec && !name.is_empty() && !name.contains('\n') {
+                return Some(name.to_string());
+            }
+        }
+    }
+    let name = store_name(&parse(spec).ok()?);
+    if let Some(dir) = memo.parent() {
+        let _ = std::fs::create_dir_all(dir);
+        let tmp = memo.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, format!("{spec}\n{name}\n")).is_ok() {
+            let _ = std::fs::rename(&tmp, &memo);
+        }
+    }
+    Some(name)
+}
+
 /// The reference written out in full, as podman shows it (`docker.io/library/busybox:latest`).
 pub(crate) fn canonical(r: &Reference) -> String {
     r.whole()
@@ -91,6 +125,37 @@ pub(crate) fn store_name(r: &Reference) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_names_are_remembered_per_spec() {
+        let store = tempfile::tempdir().unwrap();
+        let spec = "localhost:5000/team/app:1";
+        let want = store_name(&parse(spec).unwrap());
+        assert_eq!(
+            memo_store_name(store.path(), spec).as_deref(),
+            Some(want.as_str())
+        );
+        let dir = store.path().join("cache/references");
+        let memos: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(memos.len(), 1);
+        // Read back, not parsed again: a memo saying otherwise is believed for its spec…
+        std::fs::write(memos[0].path(), format!("{spec}\nremembered\n")).unwrap();
+        assert_eq!(
+            memo_store_name(store.path(), spec).as_deref(),
+            Some("remembered")
+        );
+        // …and ignored for any other (a memo names the spec it is for).
+        std::fs::write(memos[0].path(), "postgres:16\nwrong\n").unwrap();
+        assert_eq!(
+            memo_store_name(store.path(), spec).as_deref(),
+            Some(want.as_str())
+        );
+        // Not references: nothing parsed, nothing written.
+        for path in ["/srv/rootfs", "./rootfs", "..", "", "a\nb", "UPPER/Case"] {
+            assert_eq!(memo_store_name(store.path(), path), None, "{path:?}");
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    }
 
     #[test]
     fn docker_hub_defaults() {

@@ -35,7 +35,7 @@ pub(crate) fn apply(ops: &[SetupOp]) -> Result<(), ApplyError> {
         SetupOp::PivotRoot { new_root } => Some(new_root.clone()),
         _ => None,
     });
-    apply_with(&Linux { root }, ops)
+    apply_with(&Linux::new(root), ops)
 }
 
 /// Applies every step in order through `sys`; stops at the first failure.

@@ -122,7 +122,9 @@ impl Root {
     /// final entry, opened `O_PATH`.
     pub(crate) fn create(&self, path: &Path, kind: Kind, mode: u32) -> SysResult<OwnedFd> {
         let rel = self.rel(path);
-        let mut parent = self.resolve(&self.path)?;
+        // The directory the next name is made in, opened only when a name is missing: most
+        // paths exist already (the image's `/dev`, `/proc`, `/tmp`).
+        let mut parent: Option<OwnedFd> = None;
         let mut so_far = PathBuf::new();
         let names: Vec<&OsStr> = rel
             .components()
@@ -139,7 +141,7 @@ impl Root {
                 false => OFlag::O_PATH | OFlag::O_DIRECTORY,
             };
             match openat2(self.fd.as_fd(), &so_far, how(flags, IN_ROOT)) {
-                Ok(fd) => parent = fd,
+                Ok(fd) => parent = Some(fd),
                 Err(Errno::ENOENT) => {
                     let full = self.path.join(&so_far);
                     // Directories on the way get the usual 0755; `mode` is the last entry's.
@@ -148,9 +150,16 @@ impl Root {
                     } else {
                         (Kind::Dir, 0o755)
                     };
-                    make(&parent, name, kind, mode, &full)?;
-                    parent = openat2(self.fd.as_fd(), &so_far, how(flags, IN_ROOT))
-                        .map_err(|e| SysError::new("open what was just created", Some(&full), e))?;
+                    let dir = match parent.take() {
+                        Some(dir) => dir,
+                        None => self.resolve(&self.path)?,
+                    };
+                    make(&dir, name, kind, mode, &full)?;
+                    parent = Some(
+                        openat2(self.fd.as_fd(), &so_far, how(flags, IN_ROOT)).map_err(|e| {
+                            SysError::new("open what was just created", Some(&full), e)
+                        })?,
+                    );
                 }
                 Err(e) => {
                     return Err(SysError::new(
@@ -161,7 +170,10 @@ impl Root {
                 }
             }
         }
-        Ok(parent)
+        match parent {
+            Some(fd) => Ok(fd),
+            None => self.resolve(&self.path),
+        }
     }
 
     /// Creates the directory holding `path` (resolved inside the root) and returns it

@@ -855,6 +855,13 @@ impl TemplateServer {
         };
         for (name, seed) in seeds {
             server.seed(name, *seed)?;
+            // As `services::Postgres` ends its seed step (and so pristine's layer): hint bits
+            // set and rows frozen, visibility map and planner statistics made, so that the
+            // peers' clones start from the same state as pristine's copies.
+            server
+                .connect(name)
+                .batch_execute("VACUUM (FREEZE, ANALYZE)")
+                .map_err(|e| format!("VACUUM the template {name}: {e}"))?;
         }
         server
             .admin()

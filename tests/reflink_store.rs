@@ -1,7 +1,9 @@
 //! The store's reflink filesystem: as root, a store on a filesystem that cannot reflink gets
 //! a loop-mounted XFS image, where a container's first write to a big stored file clones it
 //! instead of copying it; the image is found again by the next process and unmounted on
-//! request, leaving the mount table as it was.
+//! request, leaving the mount table as it was. Rootless, a store on a filesystem that
+//! reflinks by itself (a btrfs or XFS home) is used as it is, and copy-up there is a clone
+//! too.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use pristine::{Container, Keep, LayerSpec, Recipe, Store};
+use pristine::{Container, Image, Keep, LayerSpec, Recipe, Store};
 
 /// Unmounts a store's reflink image when dropped.
 struct Unmount(std::path::PathBuf);
@@ -96,19 +98,28 @@ fn as_root_a_reflink_image_makes_copy_up_a_clone() {
     let shown = pristine_store(dir.path(), &[]);
     assert!(shown.contains("reflink.img via /dev/loop"), "{shown}");
 
-    // A 64 MiB stored file, appended to by a container whose upper is kept: the kept upper
-    // holds a whole 64 MiB file, but the filesystem grew by far less (shared blocks).
-    let image = Recipe::host()
+    assert_copy_up_is_a_clone(&store, dir.path());
+
+    assert_eq!(mount_points(dir.path()).len(), 1);
+    assert!(pristine_store(dir.path(), &["--unmount"]).contains("unmounted"));
+    assert!(mount_points(dir.path()).is_empty());
+    assert!(pristine_store(dir.path(), &["--unmount"]).contains("no reflink image"));
+}
+
+/// A 64 MiB stored file, appended to by a container whose upper is kept: the kept upper
+/// holds a whole 64 MiB file, but the store's filesystem grew by far less (shared blocks).
+fn assert_copy_up_is_a_clone(store: &Store, store_dir: &Path) {
+    let image: Image = Recipe::host()
         .layer(LayerSpec::new("big").run([
             "sh",
             "-c",
             "head -c 67108864 /dev/urandom > /srv/pristine-big",
         ]))
-        .build(&store)
+        .build(store)
         .unwrap();
     let used = used_bytes(store.root());
     let out = Container::new(image)
-        .store(dir.path())
+        .store(store_dir)
         .keep(Keep::Always)
         .run([
             "sh",
@@ -123,9 +134,82 @@ fn as_root_a_reflink_image_makes_copy_up_a_clone() {
     assert_eq!(std::fs::metadata(&copied).unwrap().len(), 67108866);
     let grew = used_bytes(store.root()).saturating_sub(used);
     assert!(grew < 8 << 20, "copy-up took {grew} bytes: not a clone");
+}
 
-    assert_eq!(mount_points(dir.path()).len(), 1);
-    assert!(pristine_store(dir.path(), &["--unmount"]).contains("unmounted"));
-    assert!(mount_points(dir.path()).is_empty());
-    assert!(pristine_store(dir.path(), &["--unmount"]).contains("no reflink image"));
+/// Where the root half of the rootless test hands `nobody` a directory on a filesystem
+/// that reflinks.
+const REFLINK_DIR_ENV: &str = "PRISTINE_TEST_REFLINK_DIR";
+
+/// Rootless, a store on a filesystem that reflinks by itself is used in place (no image,
+/// nothing mounted: rootless cannot mount one), `pristine store` says a copy-up there is a
+/// clone, and it is. As root the test makes such a filesystem (an XFS image, loop-mounted
+/// under /tmp), gives `nobody` a directory on it and runs itself as `nobody` (which must
+/// then run exactly this test and pass); an ordinary user's run says it needs root.
+#[test]
+fn rootless_a_store_on_a_reflinking_filesystem_clones_on_copy_up() {
+    if let Some(dir) = std::env::var_os(REFLINK_DIR_ENV) {
+        let dir = Path::new(&dir).join("store");
+        let store = Store::open(&dir).unwrap();
+        assert!(store.reflink().works(), "{:?}", store.reflink());
+        assert_eq!(store.root(), dir, "rootless, the store is used in place");
+        assert!(!dir.join("reflink.img").exists());
+        let shown = pristine_store(&dir, &[]);
+        assert!(shown.contains("copy-up    reflink"), "{shown}");
+        assert_copy_up_is_a_clone(&store, &dir);
+        return;
+    }
+    if !common::is_root() {
+        // An ordinary user's `cargo test`: the root run does this as nobody.
+        eprintln!("needs root to make the XFS filesystem for its rootless half; not run");
+        return;
+    }
+    assert!(
+        common::which("mkfs.xfs").is_some(),
+        "needs mkfs.xfs (xfsprogs)"
+    );
+    let base = tempfile::tempdir_in("/tmp").unwrap();
+    let (img, mnt) = (base.path().join("xfs.img"), base.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("mkfs.xfs")
+        .args(["-q", "-m", "reflink=1"])
+        .arg(&img));
+    run(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt));
+    /// Unmounts the filesystem even if the rootless half fails (before `base` is removed).
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _umount = Umount(mnt.clone());
+    // `nobody` owns the directory its store goes in; the parents stay root's (0755).
+    let home = mnt.join("home");
+    std::fs::create_dir(&home).unwrap();
+    nix::unistd::chown(&home, Some(65534.into()), Some(65534.into())).unwrap();
+    for d in [base.path(), mnt.as_path()] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    common::run_as_nobody_exact(
+        "rootless_a_store_on_a_reflinking_filesystem_clones_on_copy_up",
+        &[(REFLINK_DIR_ENV, &home)],
+    );
+    assert_eq!(
+        mount_points(base.path()),
+        BTreeSet::from([mnt.display().to_string()])
+    );
 }

@@ -78,6 +78,32 @@ pub fn rerun_as_nobody_skipping(skip: &[&str], extra: &[PathBuf]) {
         eprintln!("already running rootless; nothing more to do");
         return;
     }
+    let args: Vec<String> = skip
+        .iter()
+        .flat_map(|s| ["--skip".to_string(), s.to_string()])
+        .collect();
+    run_copy_as_nobody(&args, extra, &[]);
+}
+
+/// Runs only the test `name` of this test binary again as `nobody`, with `env` set (how
+/// the root half of a test hands the rootless half what it prepared).
+pub fn run_as_nobody_exact(name: &str, env: &[(&str, &std::path::Path)]) {
+    assert!(is_root(), "only root can run a test as nobody");
+    let args = ["--exact".to_string(), name.to_string()];
+    let stdout = run_copy_as_nobody(&args, &[], env);
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "the test {name} did not run as nobody:\n{stdout}"
+    );
+}
+
+/// Runs a copy of this test binary (and `pristine`, and `extra` beside it) as `nobody`
+/// with `args`, requires it to pass and returns its standard output.
+fn run_copy_as_nobody(
+    args: &[String],
+    extra: &[PathBuf],
+    env: &[(&str, &std::path::Path)],
+) -> String {
     assert!(
         which("setpriv").is_some(),
         "setpriv (util-linux) is needed to test the rootless path"
@@ -112,7 +138,7 @@ pub fn rerun_as_nobody_skipping(skip: &[&str], extra: &[PathBuf]) {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&test_bin)
-        .args(skip.iter().flat_map(|s| ["--skip", s]))
+        .args(args)
         .args(["--test-threads", "2"])
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -121,6 +147,7 @@ pub fn rerun_as_nobody_skipping(skip: &[&str], extra: &[PathBuf]) {
         .env("HOME", &home)
         .env("TMPDIR", &home)
         .env("PRISTINE_STORE", home.join("store"))
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .current_dir(&home)
         .output()
         .unwrap();
@@ -138,6 +165,7 @@ pub fn rerun_as_nobody_skipping(skip: &[&str], extra: &[PathBuf]) {
             .filter(|l| l.starts_with("test result"))
             .collect::<String>()
     );
+    stdout.into_owned()
 }
 
 /// Copies the files and directories below `from` to `to` (made if missing).

@@ -122,8 +122,8 @@ impl Root {
     /// final entry, opened `O_PATH`.
     pub(crate) fn create(&self, path: &Path, kind: Kind, mode: u32) -> SysResult<OwnedFd> {
         let rel = self.rel(path);
-        // The directory the next name is made in, opened only when a name is missing: most
-        // paths exist already (the image's `/dev`, `/proc`, `/tmp`).
+        // The last entry found on the way (none yet: the root itself, `self.fd`); a missing
+        // name is made in it.
         let mut parent: Option<OwnedFd> = None;
         let mut so_far = PathBuf::new();
         let names: Vec<&OsStr> = rel
@@ -150,11 +150,8 @@ impl Root {
                     } else {
                         (Kind::Dir, 0o755)
                     };
-                    let dir = match parent.take() {
-                        Some(dir) => dir,
-                        None => self.resolve(&self.path)?,
-                    };
-                    make(&dir, name, kind, mode, &full)?;
+                    // The first name is made in the root itself.
+                    make(parent.as_ref().unwrap_or(&self.fd), name, kind, mode, &full)?;
                     parent = Some(
                         openat2(self.fd.as_fd(), &so_far, how(flags, IN_ROOT)).map_err(|e| {
                             SysError::new("open what was just created", Some(&full), e)
@@ -430,6 +427,20 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&inside.join("x")), 0o755);
         assert_eq!(mode(&inside.join("x/y")), 0o644);
+    }
+
+    #[test]
+    fn names_missing_from_the_root_itself_are_made_in_it() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Root::open(root.path()).unwrap();
+        r.create(&root.path().join("new/dir"), Kind::Dir, 0o700)
+            .unwrap();
+        r.create(&root.path().join("file"), Kind::File, 0o600)
+            .unwrap();
+        assert!(root.path().join("new/dir").is_dir());
+        assert!(root.path().join("file").is_file());
+        // The root itself, asked for by its own path, is opened, not made.
+        r.create(root.path(), Kind::Dir, 0o755).unwrap();
     }
 
     #[test]

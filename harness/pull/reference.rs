@@ -119,7 +119,9 @@ pub(crate) fn store_name(r: &Reference) -> String {
         return name;
     }
     let hash = &crate::oci::sha256_of(raw.as_bytes())[7..19];
-    format!("{}-{hash}", &name[name.len() - 114..])
+    // The kept end may start at a '.', which a name may not.
+    let end = name[name.len() - 114..].trim_start_matches('.');
+    format!("{end}-{hash}")
 }
 
 #[cfg(test)]
@@ -209,5 +211,14 @@ mod tests {
             n.len() <= 128 && crate::layers::check_image_name(&n).is_ok(),
             "{n}"
         );
+        // Wherever the cut falls, even on a '.', the name is valid.
+        for shift in 0..4 {
+            let repo = "x".repeat(shift) + &"a.b/".repeat(45) + "x";
+            let n = store_name(&parse(&format!("example.com/{repo}:t")).unwrap());
+            assert!(
+                n.len() <= 128 && crate::layers::check_image_name(&n).is_ok(),
+                "{n}"
+            );
+        }
     }
 }

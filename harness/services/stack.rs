@@ -158,12 +158,16 @@ impl Stack {
     }
 
     fn explain(&self, err: BuildError) -> ServicesError {
+        // The longest name that prefixes the layer's: `pg-x-seed` is `pg-x`'s, not `pg`'s.
         let owner = failed_layer(&err).and_then(|layer| {
-            self.services.iter().find(|s| {
-                layer
-                    .strip_prefix(s.name())
-                    .is_some_and(|r| r.starts_with('-'))
-            })
+            self.services
+                .iter()
+                .filter(|s| {
+                    layer
+                        .strip_prefix(s.name())
+                        .is_some_and(|r| r.starts_with('-'))
+                })
+                .max_by_key(|s| s.name().len())
         });
         match owner {
             Some(s) => s.explain(err),
@@ -172,6 +176,31 @@ impl Stack {
                 step: "the base recipe".into(),
                 source: Box::new(err),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::Generic;
+
+    #[test]
+    fn a_failed_layer_is_blamed_on_the_service_whose_name_is_its_longest_prefix() {
+        let stack = Stack::host()
+            .with(Generic::new("pg", ["true"]))
+            .with(Generic::new("pg-x", ["true"]));
+        let err = BuildError::BadCopy {
+            layer: "pg-x-setup".into(),
+            from: "/nowhere".into(),
+            to: "/x".into(),
+            reason: "missing".into(),
+        };
+        match stack.explain(err) {
+            ServicesError::Build { service, step, .. } => {
+                assert_eq!((service.as_str(), step.as_str()), ("pg-x", "setup"));
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -1033,7 +1033,10 @@ impl Drop for CloneStack {
 /// # Safety
 /// `child` runs on a stack of its own but in the caller's memory: it may make only
 /// async-signal-safe calls, write no memory but its own stack (no allocation, no lock),
-/// and must end in `execve` or [`exit_now`], never return or unwind.
+/// and must end in `execve` or [`exit_now`], never return or unwind. The caller must be
+/// single-threaded (a container's PID 1): `child` may change its credentials through
+/// glibc (`setgroups`, `setgid`, `setuid`), which in a multithreaded process would signal
+/// the other threads to change theirs too, from a child that shares their memory.
 pub(crate) unsafe fn spawn_vforked(child: &mut dyn FnMut()) -> SysResult<Pid> {
     let mut stack = CloneStack::new(64 * 1024)?;
     let old = block_signals(&SigSet::all())?;
@@ -1432,8 +1435,6 @@ pub fn mount_overlay_layered(
 
 pub(crate) mod inroot;
 
-/// Sets `no_new_privs`: no `execve` grants privileges again (setuid bits and file
-/// capabilities are ignored), and a seccomp filter may be loaded without `CAP_SYS_ADMIN`.
 /// Takes this process (a container's PID 1, not a session leader) out of the caller's
 /// process group and away from the caller's controlling terminal, without a new session:
 /// `setpgid(0, 0)`, then `ioctl(TIOCNOTTY)` on `/dev/tty` if there is a terminal to leave.
@@ -1465,6 +1466,8 @@ pub(crate) fn leave_terminal() -> SysResult<()> {
     }
 }
 
+/// Sets `no_new_privs`: no `execve` grants privileges again (setuid bits and file
+/// capabilities are ignored), and a seccomp filter may be loaded without `CAP_SYS_ADMIN`.
 pub(crate) fn set_no_new_privs() -> SysResult<()> {
     no_path(
         "prctl(PR_SET_NO_NEW_PRIVS)",

@@ -112,7 +112,8 @@ pub(crate) fn run(cmd: &PreparedCommand) -> Result<Ended, i32> {
     };
     // SAFETY: the child (sharing our memory until it execs) only makes system calls on
     // data prepared above (`sigprocmask`, `sigaction`, `prctl`, credentials, `chdir`,
-    // `execve`, `write`, `_exit`) and writes nothing but its own stack.
+    // `execve`, `write`, `_exit`) and writes nothing but its own stack; PID 1 is
+    // single-threaded.
     let child = unsafe { sys::spawn_vforked(&mut exec) }.map_err(|e| e.errno as i32)?;
     drop(err_w);
     let mut buf = [0u8; 4];

@@ -43,10 +43,10 @@ pub(crate) trait Syscall {
         userxattr: bool,
         volatile: bool,
     ) -> SysResult<()>;
-    /// Creates a directory and its parents, with `mode`.
     /// Opens an overlay's upper or work directory `path` below `beneath` without following
     /// a symlink; overlayfs is given the returned [`OverlayDir::path`].
     fn open_overlay_dir(&self, beneath: &Path, path: &Path) -> SysResult<OverlayDir>;
+    /// Creates a directory and its parents, with `mode`.
     fn mkdir(&self, path: &Path, mode: u32) -> SysResult<()>;
     /// Binds `source` onto `target` (created as a file or directory like `source`), with
     /// `MOUNT_ATTR_*` attributes `attrs` on every mount of the bound tree.
@@ -104,10 +104,14 @@ impl Linux {
         Ok(Some(open))
     }
 
-    /// Forgets the opened root if `target` is the root itself: a mount there covers the
+    /// Forgets the opened root if `target` is the root or above it: a mount there covers the
     /// directory the descriptor holds.
     fn mounting_onto(&self, target: &Path) {
-        if self.root.as_deref() == Some(target) {
+        if self
+            .root
+            .as_deref()
+            .is_some_and(|root| root.starts_with(target))
+        {
             self.opened.borrow_mut().take();
         }
     }

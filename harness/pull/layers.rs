@@ -101,8 +101,11 @@ fn fetch_one(
 fn fill(remote: &Remote, staging: &Path, w: &Wanted<'_>) -> Result<LayerMeta, PullError> {
     let digest = &w.blob.digest;
     crate::oci::parse_sha256(digest).map_err(|p| remote.bad("a layer descriptor", p))?;
+    let Ok(want) = u64::try_from(w.blob.size) else {
+        return Err(remote.bad(&format!("layer {digest}"), "a negative size".into()));
+    };
     let blob = staging.join("blob");
-    remote.blob_to_file(digest, &blob)?;
+    remote.blob_to_file(digest, want, &blob)?;
     let io = |action, path: &Path| {
         let path = path.to_path_buf();
         let reference = remote.given.clone();
@@ -116,7 +119,7 @@ fn fill(remote: &Remote, staging: &Path, w: &Wanted<'_>) -> Result<LayerMeta, Pu
     let size = std::fs::metadata(&blob)
         .map_err(io("inspect the downloaded layer", &blob))?
         .len();
-    if w.blob.size >= 0 && size != w.blob.size as u64 {
+    if size != want {
         return Err(remote.bad(
             &format!("layer {digest}"),
             format!("{size} bytes where its descriptor says {}", w.blob.size),

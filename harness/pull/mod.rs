@@ -324,10 +324,12 @@ fn config_and_keys(
 ) -> Result<(ConfigFile, Vec<(String, String)>), PullError> {
     let digest = &manifest.config.digest;
     crate::oci::parse_sha256(digest).map_err(|p| remote.bad("the config descriptor", p))?;
-    if manifest.config.size > remote::MAX_JSON as i64 {
-        return Err(remote.bad("the image config", "larger than 16 MiB".into()));
-    }
-    let bytes = remote.small_blob(digest)?;
+    let size = match u64::try_from(manifest.config.size) {
+        Ok(size) if size <= remote::MAX_JSON as u64 => size,
+        Ok(_) => return Err(remote.bad("the image config", "larger than 16 MiB".into())),
+        Err(_) => return Err(remote.bad("the config descriptor", "a negative size".into())),
+    };
+    let bytes = remote.small_blob(digest, size)?;
     let config: ConfigFile = serde_json::from_slice(&bytes)
         .map_err(|e| remote.bad("the image config", e.to_string()))?;
     let diff_ids = &config.rootfs.diff_ids;

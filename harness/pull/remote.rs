@@ -104,19 +104,28 @@ impl Remote {
         Ok((bytes.to_vec(), digest))
     }
 
-    /// A small blob (the image config), verified against its digest.
-    pub(crate) fn small_blob(&self, digest: &str) -> Result<Vec<u8>, PullError> {
-        let mut out = Vec::new();
+    /// A small blob (the image config) of at most `size` bytes (its descriptor's, at most
+    /// [`MAX_JSON`]), verified against its digest.
+    pub(crate) fn small_blob(&self, digest: &str, size: u64) -> Result<Vec<u8>, PullError> {
+        let mut out = Capped::new(Vec::new(), size.min(MAX_JSON as u64));
         self.rt
             .block_on(self.client.pull_blob(&self.reference, digest, &mut out))
             .map_err(|e| self.classify("fetching the image config", e))?;
-        Ok(out)
+        Ok(out.inner)
     }
 
-    /// Downloads blob `digest` into the new file `path`; `oci-client` verifies the digest
-    /// as the bytes arrive, so a complete file is the blob. On error the file may hold part
-    /// of it: the caller's staging directory goes.
-    pub(crate) fn blob_to_file(&self, digest: &str, path: &Path) -> Result<(), PullError> {
+    /// Downloads blob `digest`, of `size` bytes as its descriptor says, into the new file
+    /// `path`; `oci-client` verifies the digest as the bytes arrive, so a complete file is
+    /// the blob, and a registry that sends more than `size` bytes is cut off at once
+    /// instead of filling the disk first. On error the file may hold part of it: the
+    /// caller's staging directory goes. (The file is not synced: it is extracted and
+    /// removed right after.)
+    pub(crate) fn blob_to_file(
+        &self,
+        digest: &str,
+        size: u64,
+        path: &Path,
+    ) -> Result<(), PullError> {
         let io = |source| PullError::Io {
             reference: self.given.clone(),
             action: "write the downloaded layer to",
@@ -124,13 +133,13 @@ impl Remote {
             source,
         };
         let file = std::fs::File::create_new(path).map_err(io)?;
-        let mut file = tokio::fs::File::from_std(file);
+        let mut file = Capped::new(tokio::fs::File::from_std(file), size);
         self.rt
             .block_on(async {
                 self.client
                     .pull_blob(&self.reference, digest, &mut file)
                     .await?;
-                file.sync_all().await?;
+                tokio::io::AsyncWriteExt::flush(&mut file).await?;
                 Ok::<_, OciDistributionError>(())
             })
             .map_err(|e| self.classify(&format!("downloading layer {digest}"), e))
@@ -273,9 +282,71 @@ fn looks_like_tls(e: &dyn std::error::Error) -> bool {
         .any(|w| text.contains(w))
 }
 
+/// A writer that takes at most `left` bytes and fails on the first write beyond them: what
+/// a registry sends for a blob is held to the size its descriptor gave.
+struct Capped<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W> Capped<W> {
+    fn new(inner: W, limit: u64) -> Self {
+        Capped { inner, left: limit }
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the registry sent more bytes than the blob's descriptor gives",
+            )));
+        }
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = written {
+            self.left -= n as u64;
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_capped_writer_takes_its_limit_and_not_a_byte_more() {
+        use tokio::io::AsyncWriteExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut w = Capped::new(Vec::new(), 5);
+            w.write_all(b"abc").await.unwrap();
+            w.write_all(b"de").await.unwrap();
+            let err = w.write_all(b"f").await.unwrap_err();
+            assert!(err.to_string().contains("more bytes"), "{err}");
+            assert_eq!(w.inner, b"abcde");
+        });
+    }
 
     #[test]
     fn plain_http_only_for_loopback_registries_or_when_told() {

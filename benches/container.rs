@@ -87,9 +87,19 @@ fn main() {
         .unwrap_or_else(|e| panic!("build the bench layer: {e}"));
     HOST_LAYER.set(layered).expect("set once");
     let (floor, bwrap) = check_everything_works(&store, &floor, find_on_path("bwrap"));
+    // Only when actually benchmarking (`cargo bench`), not for `cargo test --benches`,
+    // `--list` or `--profile-time`.
+    let args: Vec<String> = std::env::args().collect();
+    let benching = args.iter().any(|a| a == "--bench")
+        && !args
+            .iter()
+            .any(|a| a == "--list" || a == "--test" || a.starts_with("--profile-time"));
     // First, while this process is still single-threaded (the library then forks PID 1
     // itself, and every process of a container is reaped by this one or its children).
-    let cpu = cpu_per_cycle(if quick { 3 } else { 5 }, &store, floor);
+    let cpu = match benching {
+        true => cpu_per_cycle(if quick { 3 } else { 5 }, &store, floor),
+        false => Vec::new(),
+    };
 
     // Defaults first, so that criterion's command line (`--sample-size`, ...) overrides them.
     // Plots are off: under load, drawing them took longer than measuring.
@@ -109,13 +119,6 @@ fn main() {
     bench_throughput(&mut c, &store, floor, bwrap.as_deref(), quick);
     c.final_summary();
 
-    // Only when actually benchmarking (`cargo bench`), not for `cargo test --benches`,
-    // `--list` or `--profile-time`.
-    let args: Vec<String> = std::env::args().collect();
-    let benching = args.iter().any(|a| a == "--bench")
-        && !args
-            .iter()
-            .any(|a| a == "--list" || a == "--test" || a.starts_with("--profile-time"));
     if benching {
         let rounds = if quick { 8 } else { 40 };
         let inter = interleaved(rounds, &store, floor, bwrap.as_deref());

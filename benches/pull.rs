@@ -105,6 +105,11 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and runs nothing.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("pull bench: not run (run it with `cargo bench --bench pull`)");
+        return;
+    }
     let parts: Vec<&str> = args
         .iter()
         .map(String::as_str)

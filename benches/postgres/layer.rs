@@ -10,9 +10,6 @@
 //! `seed.sql`, `postgresql.conf`, `fingerprint.sql` or `build.sh` and the next run rebuilds
 //! it.
 
-// Shared by an example, a test and a benchmark, each using part of it.
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,8 +25,6 @@ pub const ASSETS: &str = "/opt/pristine-pg";
 pub const PG_USER: &str = "postgres";
 /// What PostgreSQL logs once it accepts queries (`log_min_messages = log`).
 pub const READY_LINE: &str = "database system is ready to accept connections";
-/// The checksum query, also run by `build.sh`; see `fingerprint.sql`.
-pub const FINGERPRINT_SQL: &str = include_str!("../../examples/postgres/fingerprint.sql");
 
 /// The files copied into the layer, compiled into the program (so that it runs from any
 /// directory, without the source tree).
@@ -139,14 +134,12 @@ pub struct Layer {
     pub cached: bool,
     /// How long the lookup (or the build) took.
     pub took: Duration,
-    /// The layer's directory in the store (the overlay lower directory).
-    pub dir: std::path::PathBuf,
     /// The database's size as PostgreSQL reported it after seeding (e.g. "30 MB").
     pub db_size: String,
 }
 
-/// Builds the demo's layer unless it is cached, in the default store (`target/pristine`
-/// under cargo, shared by the demo, its test and the benchmark).
+/// Builds the baseline layer (the demo's seed at `scale`) unless it is cached, in the
+/// default store (`target/pristine` under cargo).
 pub fn build(scale: u32) -> Result<Layer, String> {
     build_seed(Seed::Demo(scale))
 }
@@ -187,7 +180,6 @@ pub fn build_seed(seed: Seed) -> Result<Layer, String> {
         image: built.image,
         cached,
         took,
-        dir,
         db_size,
     })
 }
@@ -215,19 +207,7 @@ pub fn preflight() -> Result<(), String> {
                 .into(),
         );
     }
-    // PostgreSQL runs as the `postgres` user inside every container. As root, the
-    // container's init can switch to any user. Rootless containers map only the caller's
-    // own uid, so there is no `postgres` user to switch to until pristine maps the caller
-    // to the service's user (in progress): until then, this demo needs root.
+    // PostgreSQL runs as the `postgres` user inside every container: the baseline layer
+    // (built by `build.sh`, without `services::Postgres`'s user mapping) needs root.
     Ok(())
-}
-
-/// The median, 90th percentile and maximum of `v`, in milliseconds.
-pub fn stats_ms(mut v: Vec<Duration>) -> Option<(f64, f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort();
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
-    Some((at(0.5), at(0.9), at(1.0)))
 }

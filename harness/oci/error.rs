@@ -22,6 +22,19 @@ pub enum OciError {
         dest: PathBuf,
     },
 
+    /// A layer unpacks to more than a layer may hold.
+    #[error(
+        "extract layer into {dest}: it unpacks to more than {limit} bytes, the most a layer \
+         may hold (a decompression bomb, or a layer too big for pristine's store); nothing was \
+         extracted"
+    )]
+    TooLarge {
+        /// The destination directory of the extraction.
+        dest: PathBuf,
+        /// The bound, in bytes of the layer's tar stream.
+        limit: u64,
+    },
+
     /// A layer tar entry is hostile or malformed (path escape, write through a
     /// symlink, bad hardlink, device node without privileges, ...).
     #[error(

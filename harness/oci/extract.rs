@@ -127,7 +127,20 @@ pub(crate) fn peek_magic(r: &mut impl Read) -> io::Result<Vec<u8>> {
 /// `..` components, writes through a symlink of the layer, hardlinks to paths
 /// not extracted before them, and device nodes other than whiteouts when not
 /// root.
+///
+/// A layer that unpacks to more than [`DEFAULT_LAYER_MAX_SIZE`](crate::layers::DEFAULT_LAYER_MAX_SIZE)
+/// (16 GiB, the bound of a built layer) is refused as it is read ([`OciError::TooLarge`]):
+/// a small compressed blob cannot fill the store.
 pub fn extract_layer(reader: impl Read, dest: &Path) -> Result<ExtractStats, OciError> {
+    extract_layer_bounded(reader, dest, crate::layers::DEFAULT_LAYER_MAX_SIZE.get())
+}
+
+/// [`extract_layer`], refusing a layer whose tar stream is longer than `limit` bytes.
+pub(crate) fn extract_layer_bounded(
+    reader: impl Read,
+    dest: &Path,
+    limit: u64,
+) -> Result<ExtractStats, OciError> {
     match std::fs::symlink_metadata(dest) {
         Ok(_) => {
             return Err(OciError::DestinationExists {
@@ -166,7 +179,7 @@ pub fn extract_layer(reader: impl Read, dest: &Path) -> Result<ExtractStats, Oci
         })?
         .keep();
     let guard = Guard::new(tmp.clone());
-    let stats = extract_into(reader, dest, &tmp)?;
+    let stats = extract_into(reader, dest, &tmp, limit)?;
     renameat2(
         AT_FDCWD,
         &tmp,
@@ -189,11 +202,18 @@ pub fn extract_layer(reader: impl Read, dest: &Path) -> Result<ExtractStats, Oci
 
 /// Extracts into the existing empty directory `tmp`; `dest` is only used in
 /// error messages.
-fn extract_into(reader: impl Read, dest: &Path, tmp: &Path) -> Result<ExtractStats, OciError> {
+fn extract_into(
+    reader: impl Read,
+    dest: &Path,
+    tmp: &Path,
+    limit: u64,
+) -> Result<ExtractStats, OciError> {
     let read_err = |source: io::Error| OciError::ReadLayer {
         dest: dest.to_path_buf(),
         source,
     };
+    // Set when the stream passes `limit`.
+    let too_long = std::rc::Rc::new(std::cell::Cell::new(false));
     let mut reader = reader;
     let magic = peek_magic(&mut reader).map_err(read_err)?;
     let detected = detect_compression(&magic);
@@ -242,19 +262,65 @@ fn extract_into(reader: impl Read, dest: &Path, tmp: &Path) -> Result<ExtractSta
         },
     };
 
-    let mut archive = tar::Archive::new(HashingReader::new(decompressed));
-    {
-        let entries = archive.entries().map_err(read_err)?;
-        for entry in entries {
-            let entry = entry.map_err(read_err)?;
-            x.stats.entries += 1;
-            x.entry(entry)?;
-        }
-    }
-    let (diff_id, _) = archive.into_inner().finish().map_err(read_err)?;
+    let bounded = Bounded {
+        inner: decompressed,
+        left: limit,
+        passed: std::rc::Rc::clone(&too_long),
+    };
+    let mut archive = tar::Archive::new(HashingReader::new(bounded));
+    let unpacked = archive
+        .entries()
+        .map_err(read_err)
+        .and_then(|entries| {
+            for entry in entries {
+                let entry = entry.map_err(read_err)?;
+                x.stats.entries += 1;
+                x.entry(entry)?;
+            }
+            Ok(())
+        })
+        .and_then(|()| archive.into_inner().finish().map_err(read_err));
+    // Whichever read saw the bound passed (a header's, a file's contents, the stream's
+    // end), that is the error to report.
+    let (diff_id, _) = unpacked.map_err(|e| match too_long.get() {
+        true => OciError::TooLarge {
+            dest: dest.to_path_buf(),
+            limit,
+        },
+        false => e,
+    })?;
     x.stats.diff_id = diff_id;
     x.finish_dirs()?;
     Ok(x.stats)
+}
+
+/// Reads at most `left` bytes of `inner`, then fails (and sets `passed`) if there are more.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    passed: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // At the bound: one more byte means the stream is too long.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.passed.set(true);
+                    Err(io::Error::other("the layer unpacks to more than its bound"))
+                }
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -808,6 +874,33 @@ impl Extractor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layer_longer_than_its_bound_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let data = vec![b'x'; 64 * 1024];
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, "big", data.as_slice())
+            .unwrap();
+        let bytes = tar.into_inner().unwrap();
+        let dest = dir.path().join("layer");
+        let err = extract_layer_bounded(bytes.as_slice(), &dest, 16 * 1024).unwrap_err();
+        assert!(
+            matches!(err, OciError::TooLarge { limit: 16384, .. }),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Exactly at the bound is fine.
+        let fits = extract_layer_bounded(bytes.as_slice(), &dest, bytes.len() as u64).unwrap();
+        assert_eq!(fits.entries, 1);
+    }
 
     #[test]
     fn detects_compression_by_magic() {

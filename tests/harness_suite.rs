@@ -18,35 +18,8 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// The newest `NAME-HASH` executable next to this test binary (cargo's `deps` directory).
-fn sibling(name: &str) -> PathBuf {
-    let me = std::env::current_exe().unwrap();
-    let dir = me.parent().unwrap();
-    let prefix = format!("{name}-");
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let f = p.file_name().unwrap().to_string_lossy();
-            f.starts_with(&prefix) && !f.contains('.')
-        })
-        .filter(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no {name}-* binary in {}: build with `cargo test`",
-                dir.display()
-            )
-        })
-}
-
 fn fixture() -> PathBuf {
-    sibling("harness_fixture")
+    common::sibling("harness_fixture")
 }
 
 /// A store and scratch directory of this suite's own: `pristine-harness-suite-PID` in
@@ -584,7 +557,7 @@ impl NextestEnv {
             },
             "rust-binaries": {
                 "pristine::harness_fixture": bin("harness_fixture", fixture.clone()),
-                "pristine::harness_plain": bin("harness_plain", sibling("harness_plain")),
+                "pristine::harness_plain": bin("harness_plain", common::sibling("harness_plain")),
             }
         });
         std::fs::write(
@@ -675,6 +648,6 @@ impl NextestEnv {
 fn rootless_mode_passes_too() {
     common::rerun_as_nobody_skipping(
         &["rootless_mode_passes_too", NEEDS_CARGO[0], NEEDS_CARGO[1]],
-        &[fixture(), sibling("harness_plain")],
+        &[fixture(), common::sibling("harness_plain")],
     );
 }

@@ -9,20 +9,9 @@ use pristine::services::{Postgres, Redis, ServicesError, Stack};
 
 mod common;
 
-/// The newest `services_fixture-HASH` executable next to this test binary.
+/// The `services_fixture` test binary beside this one.
 fn fixture() -> PathBuf {
-    let me = std::env::current_exe().unwrap();
-    let dir = me.parent().unwrap();
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let f = p.file_name().unwrap().to_string_lossy();
-            f.starts_with("services_fixture-") && !f.contains('.')
-        })
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .expect("the services_fixture binary: build with `cargo test`")
+    common::sibling("services_fixture")
 }
 
 fn run_fixture(args: &[&str], failing: bool) -> (Output, String) {
@@ -88,7 +77,7 @@ fn bad_seeds_and_timeouts_say_what_failed() {
     ] {
         assert!(text.contains(&want), "missing {want:?} in:\n{text}");
     }
-    assert!(text.contains("3 failed"), "{text}");
+    assert!(text.contains(" 3 failed;"), "{text}");
 }
 
 /// After the fixture has run, building its stacks again builds nothing.

@@ -30,10 +30,11 @@ fn store_in(dir: &Path) -> Store {
 fn stored(store: &Store) -> Vec<String> {
     let mut out = Vec::new();
     for d in ["layers", "images"] {
-        for e in std::fs::read_dir(store.root().join(d))
-            .into_iter()
-            .flatten()
-        {
+        // The store makes both when it is opened: a missing one is a failure, not "empty".
+        let dir = store.root().join(d);
+        let entries =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+        for e in entries {
             out.push(format!("{d}/{}", e.unwrap().file_name().to_string_lossy()));
         }
     }

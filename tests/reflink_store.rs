@@ -193,7 +193,11 @@ fn rootless_a_store_on_a_reflinking_filesystem_clones_on_copy_up() {
     struct Umount(std::path::PathBuf);
     impl Drop for Umount {
         fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
+            let unmounted = Command::new("umount").arg(&self.0).status();
+            if !unmounted.is_ok_and(|s| s.success()) {
+                // Still busy (a failed half left something open): detach it instead.
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
         }
     }
     let _umount = Umount(mnt.clone());

@@ -178,7 +178,7 @@ impl Store {
             });
         }
         prepare_location(&location, true)?;
-        let (data, reflink) = reflink::data_root(&location, policy);
+        let (data, reflink) = reflink::data_root(&location, policy, true);
         let store = Store {
             root: data,
             location,
@@ -201,7 +201,7 @@ impl Store {
     pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let location = absolute(root.into())?;
         prepare_location(&location, false)?;
-        let (root, reflink) = reflink::data_root(&location, reflink::Policy::FindOnly);
+        let (root, reflink) = reflink::data_root(&location, reflink::Policy::FindOnly, false);
         Ok(Store {
             root,
             location,

@@ -95,10 +95,12 @@ impl Policy {
 
 /// Decides (and if allowed and needed makes and mounts) the data root of the store at
 /// `root`. Returns the data root and how it reflinks. Never fails: without reflinks the
-/// data root is `root` itself and the reason is returned.
-pub(crate) fn data_root(root: &Path, policy: Policy) -> (PathBuf, Reflink) {
+/// data root is `root` itself and the reason is returned. With `remember` false (a store
+/// opened only to look at it) the probe's answer is not written down.
+pub(crate) fn data_root(root: &Path, policy: Policy, remember: bool) -> (PathBuf, Reflink) {
     let fstype = fs_type(root).unwrap_or_else(|| "unknown".into());
-    if probe_remembered(root, root) {
+    let probe_remembered = |dir: &Path| probe_remembered(root, dir, remember);
+    if probe_remembered(root) {
         return (root.to_path_buf(), Reflink::Native { fstype });
     }
     let unavailable = |reason: String| {
@@ -117,7 +119,7 @@ pub(crate) fn data_root(root: &Path, policy: Policy) -> (PathBuf, Reflink) {
     let image = root.join("reflink.img");
     // Found again, as any user: mounted earlier (by root) and backed by our image.
     if let Some((device, fs)) = mounted_image(&mnt, &image) {
-        if probe_remembered(root, &mnt) {
+        if probe_remembered(&mnt) {
             return (
                 mnt,
                 Reflink::Image {
@@ -189,7 +191,8 @@ const PROBE_MEMO: &str = "reflink.probe";
 /// which on ext4 cost a `pristine run` about a tenth of its CPU, every run. Kernels before
 /// 6.8 (mount ids reused) probe every time. What is remembered only chooses where uppers
 /// go (a wrong answer would cost speed, not isolation); the file is the store owner's.
-fn probe_remembered(root: &Path, dir: &Path) -> bool {
+/// Lines of earlier boots are dropped when a line is added.
+fn probe_remembered(root: &Path, dir: &Path, remember: bool) -> bool {
     let Some(key) = filesystem_key(dir) else {
         return probe(dir);
     };
@@ -203,17 +206,27 @@ fn probe_remembered(root: &Path, dir: &Path) -> bool {
         return answer == "yes";
     }
     let works = probe(dir);
-    // Other filesystems' lines are kept (the store's own and its image's); a lost race
-    // between two processes only costs the loser's line, probed again next time.
-    let mut lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    if !remember {
+        return works;
+    }
+    // This boot's other filesystems' lines are kept (the store's own and its image's); a
+    // lost race between two processes only costs the loser's line, probed again next time.
+    let boot = key.split(' ').next().unwrap_or_default();
+    let mut lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.split(' ').next() == Some(boot))
+        .collect();
     let line = format!("{key} {}", if works { "yes" } else { "no" });
     lines.push(&line);
-    let staged = root.join(format!("{PROBE_MEMO}.{}", std::process::id()));
-    let written = std::fs::write(&staged, lines.join("\n") + "\n")
-        .and_then(|()| std::fs::rename(&staged, &memo));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&staged);
-    }
+    // Staged under a unique name (processes in other PID namespaces share the store).
+    let staged = tempfile::Builder::new()
+        .prefix(&format!("{PROBE_MEMO}."))
+        .tempfile_in(root);
+    let _ = staged.and_then(|mut staged| {
+        std::io::Write::write_all(&mut staged, (lines.join("\n") + "\n").as_bytes())?;
+        staged.persist(&memo).map_err(|e| e.error)?;
+        Ok(())
+    });
     works
 }
 
@@ -431,5 +444,29 @@ mod tests {
     #[test]
     fn a_missing_directory_does_not_reflink() {
         assert!(!probe(Path::new("/nonexistent/pristine")));
+    }
+
+    #[test]
+    fn the_memo_keeps_this_boots_lines_and_is_not_written_when_only_looking() {
+        let root = tempfile::tempdir().unwrap();
+        let Some(key) = filesystem_key(root.path()) else {
+            return; // a kernel before 6.8: nothing is remembered (probed every time)
+        };
+        let memo = root.path().join(PROBE_MEMO);
+        let works = probe_remembered(root.path(), root.path(), false);
+        assert!(!memo.exists(), "written while only looking");
+        std::fs::write(&memo, "old-boot 12 yes\n").unwrap();
+        assert_eq!(probe_remembered(root.path(), root.path(), true), works);
+        let answer = if works { "yes" } else { "no" };
+        assert_eq!(
+            std::fs::read_to_string(&memo).unwrap(),
+            format!("{key} {answer}\n")
+        );
+        // Only the memo is left: no staged copy.
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [PROBE_MEMO]);
     }
 }

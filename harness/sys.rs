@@ -199,17 +199,37 @@ pub fn kill(pid: i32, sig: Signal) -> SysResult<()> {
     no_path("kill", nix::sys::signal::kill(Pid::from_raw(pid), sig))
 }
 
+/// How a waited-for child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal (its number: real-time signals have no name) killed it.
+    Signaled(i32),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Ended::Exited(code) => write!(f, "exit code {code}"),
+            Ended::Signaled(sig) => match Signal::try_from(sig) {
+                Ok(named) => write!(f, "signal {named}"),
+                Err(_) => write!(f, "signal {sig}"),
+            },
+        }
+    }
+}
+
 /// How a child ended, waited for through its pidfd (`waitid(P_PIDFD)`, Linux 5.4): never
 /// another process that reused its pid.
-pub(crate) fn wait_pidfd(pidfd: &OwnedFd) -> SysResult<nix::sys::wait::WaitStatus> {
+pub(crate) fn wait_pidfd(pidfd: &OwnedFd) -> SysResult<Ended> {
     use rustix::process::{waitid, WaitId, WaitIdOptions};
     use std::os::fd::AsFd;
-    let pid = Pid::from_raw(0);
     loop {
         let status = match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+            // Without WNOHANG there is always a status.
             Ok(Some(status)) => status,
-            Ok(None) => continue,
-            Err(rustix::io::Errno::INTR) => continue,
+            Ok(None) | Err(rustix::io::Errno::INTR) => continue,
             Err(e) => {
                 return Err(SysError::new(
                     "waitid(P_PIDFD)",
@@ -218,14 +238,9 @@ pub(crate) fn wait_pidfd(pidfd: &OwnedFd) -> SysResult<nix::sys::wait::WaitStatu
                 ))
             }
         };
-        return Ok(match (status.exit_status(), status.terminating_signal()) {
-            (Some(code), _) if status.exited() => nix::sys::wait::WaitStatus::Exited(pid, code),
-            (_, Some(sig)) => nix::sys::wait::WaitStatus::Signaled(
-                pid,
-                Signal::try_from(sig).unwrap_or(Signal::SIGKILL),
-                false,
-            ),
-            _ => nix::sys::wait::WaitStatus::StillAlive,
+        return Ok(match status.terminating_signal() {
+            Some(sig) if !status.exited() => Ended::Signaled(sig),
+            _ => Ended::Exited(status.exit_status().unwrap_or(0)),
         });
     }
 }
@@ -1494,10 +1509,7 @@ mod tests {
         };
         let (_pid, pidfd) = clone_exec(CloneFlags::empty(), &req).unwrap();
         pidfd_signal(&pidfd, Signal::SIGKILL).unwrap();
-        assert_eq!(
-            wait_pidfd(&pidfd).unwrap(),
-            nix::sys::wait::WaitStatus::Signaled(Pid::from_raw(0), Signal::SIGKILL, false)
-        );
+        assert_eq!(wait_pidfd(&pidfd).unwrap(), Ended::Signaled(libc::SIGKILL));
         assert_eq!(
             pidfd_signal(&pidfd, Signal::SIGKILL).unwrap_err().errno,
             Errno::ESRCH

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use nix::sys::wait::WaitStatus;
 
 use crate::sys;
 
@@ -95,9 +94,7 @@ pub(super) fn supervise(
         "ended (started by the zygote)".to_string()
     } else {
         match sys::wait_pidfd(pidfd) {
-            Ok(WaitStatus::Exited(_, code)) => format!("exit code {code}"),
-            Ok(WaitStatus::Signaled(_, sig, _)) => format!("signal {sig}"),
-            Ok(other) => format!("{other:?}"),
+            Ok(ended) => ended.to_string(),
             Err(e) => format!("waitid failed: {e}"),
         }
     };

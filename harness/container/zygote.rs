@@ -61,13 +61,15 @@ fn start() -> Option<Mutex<Client>> {
             drop(theirs);
             // The zygote's pidfd closes here: it is never waited for (it dies with this
             // thread's process).
-            let _ = tx.send(started.ok().map(|(p, _)| p.as_raw()));
+            let _ = tx.send(started.is_ok());
             loop {
                 std::thread::park();
             }
         })
         .ok()?;
-    let _pid = rx.recv().ok()??;
+    if !rx.recv().ok()? {
+        return None;
+    }
     Some(Mutex::new(Client {
         sock: ours,
         alive: true,

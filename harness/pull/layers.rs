@@ -49,20 +49,18 @@ pub(crate) fn fetch_all(
             path: catalog.store_root().to_path_buf(),
             source: std::io::Error::other(e),
         })?;
-    let results: Vec<Result<(Flock<File>, bool), PullError>> = pool.install(|| {
+    // Collected into a Result: the first failure stops the layers not started yet.
+    let fetched: Vec<(Flock<File>, bool)> = pool.install(|| {
         wanted
             .par_iter()
             .map(|w| fetch_one(remote, catalog, w))
-            .collect()
-    });
-    let mut leases = Vec::new();
-    let mut downloaded = 0;
-    for r in results {
-        let (lease, fresh) = r?;
-        leases.push(lease);
-        downloaded += usize::from(fresh);
-    }
-    Ok((leases, downloaded))
+            .collect::<Result<_, _>>()
+    })?;
+    let downloaded = fetched.iter().filter(|(_, fresh)| *fresh).count();
+    Ok((
+        fetched.into_iter().map(|(lease, _)| lease).collect(),
+        downloaded,
+    ))
 }
 
 fn fetch_one(

@@ -83,6 +83,19 @@ pub(crate) fn path_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// `file`, made absolute, if service `service` can read it (a seed file: checked before
+/// any layer is built).
+pub(crate) fn readable(service: &str, file: &Path) -> Result<PathBuf, ServicesError> {
+    let err = |source| ServicesError::SeedFile {
+        service: service.to_string(),
+        path: file.to_path_buf(),
+        source,
+    };
+    let abs = std::path::absolute(file).map_err(err)?;
+    std::fs::File::open(&abs).map_err(err)?;
+    Ok(abs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

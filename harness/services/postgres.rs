@@ -350,7 +350,7 @@ impl Postgres {
         let mut files = Vec::new();
         for seed in &self.seeds {
             match seed {
-                Seed::Sql(f) => files.push(self.readable(f)?),
+                Seed::Sql(f) => files.push(super::readable(&self.name, f)?),
                 Seed::Migrations(dir) => files.extend(self.migration_files(dir)?),
             }
         }
@@ -368,17 +368,6 @@ impl Postgres {
                 (f, to)
             })
             .collect())
-    }
-
-    fn readable(&self, file: &Path) -> Result<PathBuf, ServicesError> {
-        let err = |source| ServicesError::SeedFile {
-            service: self.name.clone(),
-            path: file.to_path_buf(),
-            source,
-        };
-        let abs = std::path::absolute(file).map_err(err)?;
-        std::fs::File::open(&abs).map_err(err)?;
-        Ok(abs)
     }
 
     fn migration_files(&self, dir: &Path) -> Result<Vec<PathBuf>, ServicesError> {
@@ -399,7 +388,10 @@ impl Postgres {
                 dir.display()
             )));
         }
-        files.iter().map(|f| self.readable(f)).collect()
+        files
+            .iter()
+            .map(|f| super::readable(&self.name, f))
+            .collect()
     }
 
     fn conf_lines(&self) -> Vec<String> {

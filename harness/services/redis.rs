@@ -1,7 +1,7 @@
 //! Redis: the seed is loaded once by a build step (commands, an AOF or an RDB file) and
 //! saved as the RDB file that every test's server loads at start.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::layers::{BaseSpec, BuildError, LayerSpec};
@@ -158,17 +158,6 @@ impl Redis {
         super::state_dir(&self.name)
     }
 
-    fn readable(&self, file: &Path) -> Result<PathBuf, ServicesError> {
-        let err = |source| ServicesError::SeedFile {
-            service: self.name.clone(),
-            path: file.to_path_buf(),
-            source,
-        };
-        let abs = std::path::absolute(file).map_err(err)?;
-        std::fs::File::open(&abs).map_err(err)?;
-        Ok(abs)
-    }
-
     /// Seed files with their names in the image and their kind (`cmd` or `aof`).
     fn seed_files(&self) -> Result<Vec<(PathBuf, PathBuf, &'static str)>, ServicesError> {
         let dir = self.state().join("seed");
@@ -180,7 +169,7 @@ impl Redis {
                     Seed::Commands(f) => (f, "cmd"),
                     Seed::Aof(f) => (f, "aof"),
                 };
-                let host = self.readable(f)?;
+                let host = super::readable(&self.name, f)?;
                 let name = host
                     .file_name()
                     .unwrap_or_default()
@@ -241,7 +230,10 @@ impl ReadyMade for Redis {
             .timeout(self.build_timeout)
             .run(["mkdir", "-p", &state]);
         if let Some(rdb) = &self.rdb {
-            layer = layer.copy(self.readable(rdb)?, self.state().join("dump.rdb"));
+            layer = layer.copy(
+                super::readable(&self.name, rdb)?,
+                self.state().join("dump.rdb"),
+            );
         }
         let files = self.seed_files()?;
         for (host, inside, _) in &files {

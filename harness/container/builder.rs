@@ -45,6 +45,17 @@ pub enum Upper {
     Dir(PathBuf),
 }
 
+impl Upper {
+    /// The sized tmpfs, if this is one: such an upper cannot be kept (keeping puts the
+    /// upper on disk, where its size would not be enforced).
+    pub(crate) fn unkeepable_size(&self) -> Option<Size> {
+        match self {
+            Upper::Tmpfs(size) => Some(*size),
+            _ => None,
+        }
+    }
+}
+
 /// What the command's standard streams are connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Stdio {

@@ -185,8 +185,8 @@ fn validate(c: &Container, argv: Vec<String>) -> Result<Validated, Error> {
         .clone()
         .unwrap_or_else(|| format!("pristine-{id}"));
     check_limits(c, &hostname)?;
-    if let (Upper::Tmpfs(size), true) = (&c.upper, c.keep != Keep::Never) {
-        return Err(ConfigError::UpperSizeNotEnforced { size: *size }.into());
+    if let Some(size) = c.upper.unkeepable_size().filter(|_| c.keep != Keep::Never) {
+        return Err(ConfigError::UpperSizeNotEnforced { size }.into());
     }
     let mut privileges = c.privileges.clone();
     for cap in &mut privileges.cap_add {

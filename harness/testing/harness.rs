@@ -562,8 +562,9 @@ impl RunConfig {
         };
         // A sized tmpfs upper cannot be kept (keeping puts it on disk, unsized): the size,
         // which the harness's author chose, wins over the environment's wish to keep.
-        let keep = match (&s.upper, keep) {
-            (Some(Upper::Tmpfs(size)), k) if k != Keep::Never && s.keep.is_none() => {
+        let sized = s.upper.as_ref().and_then(Upper::unkeepable_size);
+        let keep = match (sized, keep) {
+            (Some(size), k) if k != Keep::Never && s.keep.is_none() => {
                 warnings.push(format!(
                     "not keeping failed tests' upper layers ({KEEP_ENV}): this harness's upper \
                      layer is a tmpfs of at most {size} (Harness::upper), and a kept one would \

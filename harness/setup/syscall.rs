@@ -79,6 +79,10 @@ pub(crate) struct Linux {
     /// twenty paths there; opening the root for each was a fifth of its system calls).
     /// Forgotten whenever something is mounted onto the root itself, and at `pivot_root`.
     opened: RefCell<Option<Rc<Root>>>,
+    /// The directory overlay upper and work directories were last opened below, and its
+    /// descriptor (an overlay opens two there; the rootless host root mounts one overlay
+    /// per top-level directory, all below the same one).
+    beneath: RefCell<Option<(PathBuf, Rc<OwnedFd>)>>,
 }
 
 impl Linux {
@@ -87,6 +91,7 @@ impl Linux {
         Linux {
             root,
             opened: RefCell::new(None),
+            beneath: RefCell::new(None),
         }
     }
 
@@ -104,8 +109,9 @@ impl Linux {
         Ok(Some(open))
     }
 
-    /// Forgets the opened root if `target` is the root or above it: a mount there covers the
-    /// directory the descriptor holds.
+    /// Forgets the opened root, and the directory overlays were opened below, if `target`
+    /// is that directory or above it: a mount there covers the directory the descriptor
+    /// holds.
     fn mounting_onto(&self, target: &Path) {
         if self
             .root
@@ -113,6 +119,13 @@ impl Linux {
             .is_some_and(|root| root.starts_with(target))
         {
             self.opened.borrow_mut().take();
+        }
+        let mut beneath = self.beneath.borrow_mut();
+        if beneath
+            .as_ref()
+            .is_some_and(|(dir, _)| dir.starts_with(target))
+        {
+            beneath.take();
         }
     }
 
@@ -209,7 +222,20 @@ impl Syscall for Linux {
     }
 
     fn open_overlay_dir(&self, beneath: &Path, path: &Path) -> SysResult<OverlayDir> {
-        let dir = sys::inroot::DirBeneath::open(beneath, path)?;
+        let cached = self
+            .beneath
+            .borrow()
+            .as_ref()
+            .and_then(|(p, fd)| (p == beneath).then(|| Rc::clone(fd)));
+        let top = match cached {
+            Some(top) => top,
+            None => {
+                let top = Rc::new(sys::inroot::DirBeneath::open_top(beneath)?);
+                *self.beneath.borrow_mut() = Some((beneath.to_path_buf(), Rc::clone(&top)));
+                top
+            }
+        };
+        let dir = sys::inroot::DirBeneath::open_in(&top, beneath, path)?;
         Ok(OverlayDir {
             path: dir.proc_path(),
             _held: Some(dir),
@@ -275,8 +301,9 @@ impl Syscall for Linux {
     }
 
     fn pivot_root(&self, new_root: &Path) -> SysResult<()> {
-        // Nothing is resolved through the host's path of the root afterwards.
+        // Nothing is resolved through the host's paths afterwards.
         self.opened.borrow_mut().take();
+        self.beneath.borrow_mut().take();
         sys::pivot_root_and_detach(new_root)
     }
 

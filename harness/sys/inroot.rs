@@ -42,7 +42,18 @@ pub(crate) struct DirBeneath {
 }
 
 impl DirBeneath {
-    pub(crate) fn open(beneath: &Path, path: &Path) -> SysResult<DirBeneath> {
+    /// Opens the trusted directory `beneath`, for [`DirBeneath::open_in`].
+    pub(crate) fn open_top(beneath: &Path) -> SysResult<OwnedFd> {
+        nix::fcntl::open(
+            beneath,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SysError::new("open", Some(beneath), e))
+    }
+
+    /// Opens `path`, below `beneath`, from `top` ([`DirBeneath::open_top`] of `beneath`).
+    pub(crate) fn open_in(top: &OwnedFd, beneath: &Path, path: &Path) -> SysResult<DirBeneath> {
         let rel = path
             .strip_prefix(beneath)
             .map_err(|_| SysError::new("open below the store", Some(path), Errno::EXDEV))?;
@@ -50,12 +61,6 @@ impl DirBeneath {
             true => Path::new("."),
             false => rel,
         };
-        let top = nix::fcntl::open(
-            beneath,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| SysError::new("open", Some(beneath), e))?;
         let resolve = ResolveFlag::RESOLVE_BENEATH
             | ResolveFlag::RESOLVE_NO_SYMLINKS
             | ResolveFlag::RESOLVE_NO_MAGICLINKS;

@@ -304,31 +304,24 @@ pub fn set_sigchld_ignored(ignored: bool) {
     let _ = unsafe { nix::sys::signal::signal(Signal::SIGCHLD, handler) };
 }
 
-/// The pid that [`forward_signals`]'s handler passes signals to (0: none).
-static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-/// A pidfd for that process (-1: none), used instead of the pid when there is one.
+/// The pidfd of the process [`forward_signals`]'s handler passes signals to (-1: none).
 static FORWARD_PIDFD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-/// Sets (or, with 0, clears) the pid that signals caught by [`forward_signals`] go to, and
-/// the pidfd to signal it through if there is one (which must stay open until the target
-/// is cleared).
-pub fn set_forward_target(pid: i32, pidfd: Option<RawFd>) {
-    use std::sync::atomic::Ordering::SeqCst;
-    FORWARD_TO.store(0, SeqCst);
-    FORWARD_PIDFD.store(pidfd.unwrap_or(-1), SeqCst);
-    FORWARD_TO.store(pid, SeqCst);
+/// Sets (or, with `None`, clears) the pidfd of the process that signals caught by
+/// [`forward_signals`] go to; it must stay open until the target is cleared.
+pub fn set_forward_target(pidfd: Option<RawFd>) {
+    FORWARD_PIDFD.store(pidfd.unwrap_or(-1), std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Installs handlers for `signals` that pass each one on to the pid set with
+/// Installs handlers for `signals` that pass each one on to the process set with
 /// [`set_forward_target`]; with no target, the signal takes its default action.
 pub fn forward_signals(signals: &[Signal]) {
     extern "C" fn forward(sig: libc::c_int) {
-        let pid = FORWARD_TO.load(std::sync::atomic::Ordering::SeqCst);
         let pidfd = FORWARD_PIDFD.load(std::sync::atomic::Ordering::SeqCst);
-        // SAFETY: kill, pidfd_send_signal (a raw system call), signal and raise are
+        // SAFETY: pidfd_send_signal (a raw system call), signal and raise are
         // async-signal-safe; the pidfd stays open while it is the target.
         unsafe {
-            if pid > 0 && pidfd >= 0 {
+            if pidfd >= 0 {
                 libc::syscall(
                     libc::SYS_pidfd_send_signal,
                     pidfd,
@@ -336,8 +329,6 @@ pub fn forward_signals(signals: &[Signal]) {
                     std::ptr::null::<libc::siginfo_t>(),
                     0,
                 );
-            } else if pid > 0 {
-                libc::kill(pid, sig);
             } else {
                 libc::signal(sig, libc::SIG_DFL);
                 libc::raise(sig);

@@ -148,8 +148,10 @@ pub(crate) fn run(c: &Container, argv: Vec<String>) -> Result<Outcome, Error> {
         false => Some(Forwarding::hold().map_err(|e| start_error(e, v.rootless))?),
     };
     let started = start(&v, &spec, &mut pipes, forwarding.as_mut())?;
-    let end = wait_for(c, &v, &started, pipes, cgroup.as_ref())?;
+    let end = wait_for(c, &v, &started, pipes, cgroup.as_ref());
+    // Before `started` (whose pidfd the forwarding names) goes, on error too.
     drop(forwarding);
+    let end = end?;
     let kept = keep_if_asked(c, &v, &layout, &spec.ops, &base, &end)?;
     drop(layout);
     let pids_limit_hit = cgroup.as_ref().and_then(|cg| cg.pids_limit_hit());
@@ -429,7 +431,7 @@ fn start(
     };
     pipes.child_ends.clear();
     if let Some(f) = forwarding {
-        f.forward_to(pid, Some(pidfd.as_raw_fd()));
+        f.forward_to(&pidfd);
     }
     // Written after clone: the init reads it as soon as it runs, so no pipe buffer limit.
     let spec_sent = match spec_w {
@@ -783,10 +785,10 @@ impl Forwarding {
         })
     }
 
-    /// Sends these signals to `pid` from now on, and one that arrived meanwhile right away
-    /// (unblocking runs its handler).
-    fn forward_to(&mut self, pid: Pid, pidfd: Option<std::os::fd::RawFd>) {
-        sys::set_forward_target(pid.as_raw(), pidfd);
+    /// Sends these signals to the process of `pidfd` (open until this is dropped) from now
+    /// on, and one that arrived meanwhile right away (unblocking runs its handler).
+    fn forward_to(&mut self, pidfd: &std::os::fd::OwnedFd) {
+        sys::set_forward_target(Some(pidfd.as_raw_fd()));
         let _ = sys::set_signal_mask(&self.old_mask);
         self.held = false;
     }
@@ -794,7 +796,7 @@ impl Forwarding {
 
 impl Drop for Forwarding {
     fn drop(&mut self) {
-        sys::set_forward_target(0, None);
+        sys::set_forward_target(None);
         if self.held {
             let _ = sys::set_signal_mask(&self.old_mask);
         }

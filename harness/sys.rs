@@ -552,28 +552,11 @@ fn clone_exec_into_cgroup(
 ) -> Option<(Pid, OwnedFd)> {
     // SAFETY: the descriptor is the caller's open cgroup directory, alive for the call.
     let cgroup = unsafe { std::os::fd::BorrowedFd::borrow_raw(req.cgroup?) };
-    let mut pidfd: libc::c_int = -1;
-    let args = CloneArgs {
-        flags: (flags | CloneFlags::CLONE_VFORK).bits() as u32 as u64
-            | CLONE_INTO_CGROUP
-            | libc::CLONE_PIDFD as u64,
-        pidfd: &mut pidfd as *mut libc::c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: `args` is a valid `clone_args` of the size passed, alive for the call. Like
-    // fork, the child runs on its own copy of our memory (no stack, no CLONE_VM). Before exec
-    // it only makes the raw, async-signal-safe system calls of `child_after_clone` on its
-    // copies of `req` and `ptrs`, so a lock another thread held at the clone does not matter.
+    // SAFETY: like fork, the child runs on its own copy of our memory. Before exec it only
+    // makes the raw, async-signal-safe system calls of `child_after_clone` on its copies of
+    // `req` and `ptrs`, so a lock another thread held at the clone does not matter.
     // CLONE_VFORK suspends us until it has exec'd or exited, as on the vfork-style path.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    let (pid, pidfd) = unsafe { clone3_into_cgroup(flags | CloneFlags::CLONE_VFORK, cgroup) };
     match pid {
         p if p < 0 => None,
         0 => {
@@ -939,25 +922,12 @@ unsafe fn fork_with_pidfd(
     flags: CloneFlags,
     cgroup: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> SysResult<(i32, Option<OwnedFd>)> {
-    let mut pidfd: libc::c_int = -1;
-    let mut pid = -1;
+    let (mut pid, mut pidfd) = (-1, -1);
     if let Some(cgroup) = cgroup {
-        let args = CloneArgs {
-            flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP | libc::CLONE_PIDFD as u64,
-            pidfd: &mut pidfd as *mut libc::c_int as u64,
-            exit_signal: libc::SIGCHLD as u64,
-            cgroup: cgroup.as_raw_fd() as u64,
-            ..CloneArgs::default()
-        };
-        // SAFETY: `args` is a valid `clone_args` of the size passed, alive for the call; with
-        // no stack and no CLONE_VM the child continues here on its own copy of this stack.
-        pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        } as i32;
+        // SAFETY: the caller is single-threaded and its child does only what is safe after
+        // a fork (this function's contract).
+        let (p, fd) = unsafe { clone3_into_cgroup(flags, cgroup) };
+        (pid, pidfd) = (p as i32, fd);
     }
     if pid < 0 {
         let all = flags.bits() as libc::c_ulong
@@ -984,6 +954,38 @@ unsafe fn fork_with_pidfd(
         // SAFETY: CLONE_PIDFD gave us this new descriptor, close-on-exec, owned by nobody else.
         p => Ok((p, Some(unsafe { OwnedFd::from_raw_fd(pidfd) }))),
     }
+}
+
+/// A fork-style `clone3` (no stack, no `CLONE_VM`: the child goes on here on its own copy
+/// of this stack) with `flags`, created in `cgroup` (`CLONE_INTO_CGROUP`, Linux 5.7) and
+/// handing the parent the child's pidfd (`CLONE_PIDFD`). Returns what `clone3` returned
+/// (the child's pid, 0 in the child, -1 where the kernel refuses) and the pidfd.
+///
+/// # Safety
+/// As for `fork`: in a multithreaded caller the child may make only async-signal-safe
+/// calls until it execs or exits.
+unsafe fn clone3_into_cgroup(
+    flags: CloneFlags,
+    cgroup: std::os::fd::BorrowedFd<'_>,
+) -> (libc::c_long, libc::c_int) {
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid `clone_args` of the size passed, alive for the call; the
+    // kernel writes the pidfd into `pidfd` before either side returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    (pid, pidfd)
 }
 
 /// The stack of a clone child: fresh anonymous memory, of which only the pages the child

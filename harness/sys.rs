@@ -17,6 +17,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::Pid;
 
 pub mod blockdev;
+pub(crate) mod mountinfo;
 pub mod tree;
 
 /// A failed system call: which operation, on which path, and the kernel's error number.

@@ -230,13 +230,12 @@ pub fn manager() -> Result<&'static dyn CgroupManager, CgroupError> {
     let m = MANAGER.get_or_init(|| {
         let self_cgroup =
             std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-        // Only the cgroup mounts' lines matter; other mount points need not be UTF-8.
-        let mountinfo = std::fs::read("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-        let mountinfo = String::from_utf8_lossy(&mountinfo);
         if v2 {
             Ok(Box::new(v2::V2::new(&self_cgroup)) as Box<dyn CgroupManager>)
         } else {
-            Ok(Box::new(v1::V1::new(&self_cgroup, &mountinfo)) as Box<dyn CgroupManager>)
+            let mountinfo = std::fs::read("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+            let mounts = crate::sys::mountinfo::parse(&mountinfo);
+            Ok(Box::new(v1::V1::new(&self_cgroup, &mounts)) as Box<dyn CgroupManager>)
         }
     });
     match m {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use super::{io, remove_leftovers, write, CgroupError, CgroupManager, ContainerCgroup, Limits};
+use crate::sys::mountinfo::Mount;
 
 /// The v1 hierarchies of the memory and pids controllers, at the caller's own cgroups.
 pub(crate) struct V1 {
@@ -13,10 +14,10 @@ pub(crate) struct V1 {
 }
 
 impl V1 {
-    pub(crate) fn new(self_cgroup: &str, mountinfo: &str) -> Self {
+    pub(crate) fn new(self_cgroup: &str, mounts: &[Mount]) -> Self {
         V1 {
-            memory: controller_dir("memory", self_cgroup, mountinfo),
-            pids: controller_dir("pids", self_cgroup, mountinfo),
+            memory: controller_dir("memory", self_cgroup, mounts),
+            pids: controller_dir("pids", self_cgroup, mounts),
             cleaned: Once::new(),
         }
     }
@@ -27,21 +28,11 @@ impl V1 {
 /// (podman or docker on cgroup v1, a host cgroup namespace) the hierarchy is mounted at the
 /// container's cgroup, e.g. root `/libpod_parent/libpod-ID` at `/sys/fs/cgroup/memory`,
 /// while `/proc/self/cgroup` still names the full path.
-fn controller_dir(controller: &str, self_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
-    let (root, mount) = mountinfo.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let mut post = post.split(' ');
-        if post.next()? != "cgroup" {
-            return None;
-        }
-        let opts = post.nth(1)?;
-        let mut pre = pre.split(' ');
-        let root = pre.nth(3)?;
-        let target = pre.next()?;
-        opts.split(',')
-            .any(|o| o == controller)
-            .then(|| (root, PathBuf::from(target)))
-    })?;
+fn controller_dir(controller: &str, self_cgroup: &str, mounts: &[Mount]) -> Option<PathBuf> {
+    let m = mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup" && m.super_opts.split(',').any(|o| o == controller))?;
+    let (root, mount) = (&m.root, &m.point);
     let rel = self_cgroup.lines().find_map(|line| {
         let mut f = line.splitn(3, ':');
         let _id = f.next()?;
@@ -109,9 +100,10 @@ mod tests {
 
     #[test]
     fn finds_nested_controller_directories() {
-        let mountinfo =
-            "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
-                         39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n";
+        let mountinfo = &crate::sys::mountinfo::parse(
+            b"35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+              39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n",
+        );
         let self_cgroup = "8:pids:/\n4:memory:/process_api/abc\n0::/\n";
         assert_eq!(
             controller_dir("memory", self_cgroup, mountinfo),
@@ -126,7 +118,7 @@ mod tests {
 
     #[test]
     fn a_container_sees_its_own_cgroup_at_the_mount_point() {
-        let mountinfo = "106 105 0:29 /libpod_parent/libpod-f53a /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup rw,memory\n";
+        let mountinfo = &crate::sys::mountinfo::parse(b"106 105 0:29 /libpod_parent/libpod-f53a /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup rw,memory\n");
         let self_cgroup = "4:memory:/libpod_parent/libpod-f53a\n";
         assert_eq!(
             controller_dir("memory", self_cgroup, mountinfo),

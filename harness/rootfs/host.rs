@@ -199,33 +199,12 @@ pub fn mode_bits(meta: &std::fs::Metadata) -> u32 {
     std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777
 }
 
-/// Mount points listed in `/proc/self/mountinfo` (field 5), with octal escapes decoded.
-/// The table is bytes, not text: a mount point need not be UTF-8 (any directory name can
-/// be mounted on), and the paths are kept exactly.
+/// Mount points listed in a `/proc/self/mountinfo` table, kept byte for byte.
 pub fn mount_points(mountinfo: &[u8]) -> Vec<PathBuf> {
-    use std::os::unix::ffi::OsStringExt;
-    mountinfo
-        .split(|b| *b == b'\n')
-        .filter_map(|line| line.split(|b| *b == b' ').nth(4))
-        .map(|p| PathBuf::from(std::ffi::OsString::from_vec(unescape(p))))
+    crate::sys::mountinfo::parse(mountinfo)
+        .into_iter()
+        .map(|m| m.point)
         .collect()
-}
-
-/// A mountinfo field with its `\ooo` escapes (space, tab, newline, backslash) decoded.
-pub(crate) fn unescape(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -31,7 +31,6 @@ use std::process::Command;
 use nix::fcntl::{Flock, FlockArg};
 use nix::mount::MsFlags;
 
-use crate::rootfs::host::unescape;
 use crate::sys;
 use crate::sys::blockdev::{attach_loop, ficlone, loop_backing_file};
 
@@ -368,11 +367,9 @@ fn image_size(root: &Path) -> u64 {
 fn mounted_image(mnt: &Path, image: &Path) -> Option<(PathBuf, String)> {
     let mnt = std::fs::canonicalize(mnt).ok()?;
     let image = std::fs::canonicalize(image).ok()?;
-    let info = std::fs::read("/proc/self/mountinfo").ok()?;
     // The last mount at a mount point is the visible one.
-    let m = info
-        .split(|b| *b == b'\n')
-        .filter_map(parse_mountinfo)
+    let m = sys::mountinfo::read()
+        .into_iter()
         .rfind(|m| m.point == mnt)?;
     let device = PathBuf::from(&m.source);
     let backing = loop_backing_file(&device)?;
@@ -382,56 +379,16 @@ fn mounted_image(mnt: &Path, image: &Path) -> Option<(PathBuf, String)> {
 /// The filesystem type of the mount that holds `path`.
 pub(crate) fn fs_type(path: &Path) -> Option<String> {
     let path = std::fs::canonicalize(path).ok()?;
-    let info = std::fs::read("/proc/self/mountinfo").ok()?;
-    info.split(|b| *b == b'\n')
-        .filter_map(parse_mountinfo)
+    sys::mountinfo::read()
+        .into_iter()
         .filter(|m| path.starts_with(&m.point))
         .max_by_key(|m| m.point.as_os_str().len())
         .map(|m| m.fstype)
 }
 
-struct MountEntry {
-    point: PathBuf,
-    fstype: String,
-    source: String,
-}
-
-/// One `/proc/self/mountinfo` line: `ID PARENT MAJ:MIN ROOT POINT OPTS [TAGS…] - TYPE SRC …`.
-/// Bytes, not text: a mount point need not be UTF-8 (a store may be anywhere), and one
-/// such line must not hide the others (it made a mounted image look unmounted).
-fn parse_mountinfo(line: &[u8]) -> Option<MountEntry> {
-    use std::os::unix::ffi::OsStringExt;
-    let sep = line.windows(3).position(|w| w == b" - ")?;
-    let (left, right) = (&line[..sep], &line[sep + 3..]);
-    let point = left.split(|b| *b == b' ').nth(4)?;
-    let mut right = right.split(|b| *b == b' ');
-    let text = |b: &[u8]| String::from_utf8_lossy(&unescape(b)).into_owned();
-    Some(MountEntry {
-        point: PathBuf::from(std::ffi::OsString::from_vec(unescape(point))),
-        fstype: text(right.next()?),
-        source: text(right.next()?),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_mountinfo_lines_with_escapes_and_tags() {
-        let m = parse_mountinfo(
-            b"36 35 7:0 / /srv/a\\040b rw,noatime shared:1 master:2 - xfs /dev/loop0 rw,attr2",
-        )
-        .unwrap();
-        assert_eq!(m.point, Path::new("/srv/a b"));
-        assert_eq!(m.fstype, "xfs");
-        assert_eq!(m.source, "/dev/loop0");
-        assert!(parse_mountinfo(b"garbage").is_none());
-        // Not UTF-8: parsed, the path kept byte for byte.
-        let m = parse_mountinfo(b"36 35 7:0 / /tmp/\xc0E/reflink rw - xfs /dev/loop1 rw").unwrap();
-        use std::os::unix::ffi::OsStrExt;
-        assert_eq!(m.point.as_os_str().as_bytes(), b"/tmp/\xc0E/reflink");
-    }
 
     #[test]
     fn tmpfs_does_not_reflink() {

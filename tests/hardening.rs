@@ -610,13 +610,28 @@ fn pristine_shell_on_a_terminal_is_interactive_and_ctrl_c_interrupts_its_command
         bin = common::pristine_bin().display(),
         store = f.store.path().display(),
     );
-    let mut child = std::process::Command::new("script")
-        .args(["-qfec", &command, "/dev/null"])
-        .env("SHELL", "/bin/sh")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run script (util-linux), which gives the shell a pty");
+    /// Kills and reaps `script` if the test fails before it exits: the pty's hangup then
+    /// ends `pristine shell` and its container (with their `sleep 600`) before the
+    /// fixture's store goes.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_none() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut child = Reap(
+        std::process::Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .env("SHELL", "/bin/sh")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run script (util-linux), which gives the shell a pty"),
+    );
+    let child = &mut child.0;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut stdout = child.stdout.take().unwrap();
     let reader = {

@@ -148,8 +148,10 @@ enum Command {
         /// Name for the image (default: made from the reference, e.g. `postgres-16`).
         #[arg(long)]
         name: Option<String>,
-        /// Log in as USER:PASSWORD instead of using the credentials files.
-        #[arg(long, value_name = "USER:PASSWORD")]
+        /// Log in as USER instead of using the credentials files, with the password read
+        /// from the first line of standard input (`USER:PASSWORD` also works, but puts the
+        /// password where every user of the machine can read it, in the process list).
+        #[arg(long, value_name = "USER[:PASSWORD]")]
         creds: Option<String>,
         /// Speak plain HTTP to a registry that is not on this machine (loopback registries
         /// get plain HTTP anyway). Only for a registry you trust on a network you trust.
@@ -707,7 +709,10 @@ fn main() -> ExitCode {
                 opts = opts.name(n);
             }
             if let Some(c) = creds {
-                let (user, password) = c.split_once(':').unwrap_or((&c, ""));
+                let (user, password) = match c.split_once(':') {
+                    Some((user, password)) => (user.to_string(), password.to_string()),
+                    None => (c.clone(), password_from_stdin(&reference)?),
+                };
                 opts = opts.credentials(user, password);
             }
             let p = pristine::pull::pull(&s, &reference, &opts)
@@ -821,4 +826,30 @@ fn gc(
         leftovers.len()
     );
     Ok(())
+}
+
+/// The password of `pull --creds USER`: the first line of standard input, without its
+/// line ending (as `podman login --password-stdin` reads it). An empty one is an error.
+fn password_from_stdin(reference: &str) -> Result<String, BuildError> {
+    let mut line = String::new();
+    let read = std::io::stdin().read_line(&mut line).and_then(|_| {
+        let password = line.trim_end_matches(['\n', '\r']);
+        match password.is_empty() {
+            true => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "no password: give it on standard input (echo \"$PASSWORD\" | pristine pull \
+                 --creds USER ...), or log in with podman login or docker login",
+            )),
+            false => Ok(password.to_string()),
+        }
+    });
+    read.map_err(|source| {
+        let e = pristine::pull::PullError::Io {
+            reference: reference.to_string(),
+            action: "read the --creds password from",
+            path: "standard input".into(),
+            source,
+        };
+        BuildError::from(Box::new(e))
+    })
 }

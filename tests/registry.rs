@@ -252,6 +252,43 @@ fn basic_auth_with_credentials_files() {
         ],
     );
     assert!(stdout.contains("0 downloaded"), "{stdout}");
+
+    // `--creds USER`: the password from standard input, never from the command line.
+    let with_stdin = |input: &str| {
+        use std::io::Write;
+        let mut child = Command::new(common::pristine_bin())
+            .args([
+                "pull", "--creds", "alice", "--name", "bb2", &reference, "--store",
+            ])
+            .arg(store.root())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = with_stdin("s3cret\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_stdin("");
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && msg.contains("no password") && msg.contains("standard input"),
+        "{msg}"
+    );
+    let out = with_stdin("wrong\n");
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && msg.contains("\"alice\""), "{msg}");
 }
 
 fn base64_of(s: &str) -> String {

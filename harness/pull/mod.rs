@@ -403,9 +403,9 @@ pub(crate) fn resolve_or_pull(store: &Store, spec: &str) -> Result<ImageRecord, 
     if let Some(record) = catalog.image_record(spec)? {
         return Ok(record);
     }
-    let name = reference::memo_store_name(store.root(), spec)
+    let named = reference::memo_store_name(store.root(), spec)
         .ok_or_else(|| BuildError::UnknownImage(spec.to_string()))?;
-    if let Some(record) = catalog.image_record(&name)? {
+    if let Some(record) = held_under(store, &catalog, spec, named)? {
         return Ok(record);
     }
     Ok(pull(store, spec, &PullOptions::new())
@@ -420,7 +420,22 @@ pub(crate) fn held_by_reference(
     spec: &str,
 ) -> Result<Option<ImageRecord>, BuildError> {
     match reference::memo_store_name(store.root(), spec) {
-        Some(name) => catalog.image_record(&name),
+        Some(named) => held_under(store, catalog, spec, named),
         None => Ok(None),
     }
+}
+
+/// The record of reference `spec` under its store name (and whether that came from the
+/// memo), remembered once it is found.
+fn held_under(
+    store: &Store,
+    catalog: &Catalog,
+    spec: &str,
+    (name, remembered): (String, bool),
+) -> Result<Option<ImageRecord>, BuildError> {
+    let record = catalog.image_record(&name)?;
+    if record.is_some() && !remembered {
+        reference::remember_store_name(store.root(), spec, &name);
+    }
+    Ok(record)
 }

@@ -27,38 +27,58 @@ pub(crate) fn parse(reference: &str) -> Result<Reference, PullError> {
     Ok(parsed)
 }
 
-/// [`store_name`] of the reference `spec`, or `None` if `spec` is not one, remembered in
-/// the store (`cache/references/SHA256`, the spec and its name): parsing a reference
-/// compiles the reference grammar's regular expression, tens of milliseconds once per
-/// process, which a test process that only looks its image up (a warm store) would pay
-/// every time. The memo is the store's own file (the store is its owner's alone); one that
-/// does not hold this spec is ignored, and one that cannot be written only costs time.
-pub(crate) fn memo_store_name(store_root: &std::path::Path, spec: &str) -> Option<String> {
-    // A reference starts with a letter or digit (its registry's or repository's first
-    // component): a path such as `/srv/rootfs` or `./rootfs` is none, and costs no parse.
+/// [`store_name`] of the reference `spec`, or `None` if `spec` is not one, and whether it
+/// came from the store's memo of it (`cache/references/SHA256`: the spec and its name):
+/// parsing a reference compiles the reference grammar's regular expression, tens of
+/// milliseconds once per process, which a test process that only looks its image up (a
+/// warm store) would pay every time. Nothing is written here: a caller that found the
+/// image under the name remembers it ([`remember_store_name`]), so a misspelt reference
+/// leaves nothing behind. A memo that does not hold this spec is ignored.
+pub(crate) fn memo_store_name(store_root: &std::path::Path, spec: &str) -> Option<(String, bool)> {
+    let memo = memo_path(store_root, spec)?;
+    if let Ok(text) = std::fs::read_to_string(&memo) {
+        if let Some((memo_spec, name)) = text.strip_suffix('\n').and_then(|t| t.split_once('\n')) {
+            if memo_spec == spec && !name.is_empty() && !name.contains('\n') {
+                return Some((name.to_string(), true));
+            }
+        }
+    }
+    Some((store_name(&parse(spec).ok()?), false))
+}
+
+/// Remembers that `spec`'s store name is `name` (an image found under it). The memo is the
+/// store's own file (the store is its owner's alone); one that cannot be written only
+/// costs time.
+pub(crate) fn remember_store_name(store_root: &std::path::Path, spec: &str, name: &str) {
+    let Some(memo) = memo_path(store_root, spec) else {
+        return;
+    };
+    let Some(dir) = memo.parent() else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(dir);
+    // Staged under a unique name (processes in other PID namespaces share the store).
+    let staged = tempfile::Builder::new().prefix(".memo.").tempfile_in(dir);
+    let _ = staged.and_then(|mut staged| {
+        std::io::Write::write_all(&mut staged, format!("{spec}\n{name}\n").as_bytes())?;
+        staged.persist(&memo).map_err(|e| e.error)?;
+        Ok(())
+    });
+}
+
+/// Where the memo of `spec` is; `None` for what cannot be a reference: a reference starts
+/// with a letter or digit (its registry's or repository's first component), so a path such
+/// as `/srv/rootfs` or `./rootfs` is none, and costs no parse.
+fn memo_path(store_root: &std::path::Path, spec: &str) -> Option<std::path::PathBuf> {
     if !spec.starts_with(|c: char| c.is_ascii_alphanumeric()) || spec.contains('\n') {
         return None;
     }
     let digest = crate::oci::sha256_of(spec.as_bytes());
-    let memo = store_root
-        .join("cache/references")
-        .join(digest.trim_start_matches("sha256:"));
-    if let Ok(text) = std::fs::read_to_string(&memo) {
-        if let Some((memo_spec, name)) = text.strip_suffix('\n').and_then(|t| t.split_once('\n')) {
-            if memo_spec == spec && !name.is_empty() && !name.contains('\n') {
-                return Some(name.to_string());
-            }
-        }
-    }
-    let name = store_name(&parse(spec).ok()?);
-    if let Some(dir) = memo.parent() {
-        let _ = std::fs::create_dir_all(dir);
-        let tmp = memo.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, format!("{spec}\n{name}\n")).is_ok() {
-            let _ = std::fs::rename(&tmp, &memo);
-        }
-    }
-    Some(name)
+    Some(
+        store_root
+            .join("cache/references")
+            .join(digest.trim_start_matches("sha256:")),
+    )
 }
 
 /// The reference written out in full, as podman shows it (`docker.io/library/busybox:latest`).
@@ -133,24 +153,31 @@ mod tests {
         let store = tempfile::tempdir().unwrap();
         let spec = "localhost:5000/team/app:1";
         let want = store_name(&parse(spec).unwrap());
-        assert_eq!(
-            memo_store_name(store.path(), spec).as_deref(),
-            Some(want.as_str())
-        );
         let dir = store.path().join("cache/references");
+        // Looked up, not found yet: parsed, nothing written.
+        assert_eq!(
+            memo_store_name(store.path(), spec),
+            Some((want.clone(), false))
+        );
+        assert!(!dir.exists());
+        remember_store_name(store.path(), spec, &want);
         let memos: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
-        assert_eq!(memos.len(), 1);
+        assert_eq!(memos.len(), 1, "only the memo, no staged copy");
+        assert_eq!(
+            memo_store_name(store.path(), spec),
+            Some((want.clone(), true))
+        );
         // Read back, not parsed again: a memo saying otherwise is believed for its spec…
         std::fs::write(memos[0].path(), format!("{spec}\nremembered\n")).unwrap();
         assert_eq!(
-            memo_store_name(store.path(), spec).as_deref(),
-            Some("remembered")
+            memo_store_name(store.path(), spec),
+            Some(("remembered".to_string(), true))
         );
         // …and ignored for any other (a memo names the spec it is for).
         std::fs::write(memos[0].path(), "postgres:16\nwrong\n").unwrap();
         assert_eq!(
-            memo_store_name(store.path(), spec).as_deref(),
-            Some(want.as_str())
+            memo_store_name(store.path(), spec),
+            Some((want.clone(), false))
         );
         // Not references: nothing parsed, nothing written.
         for path in ["/srv/rootfs", "./rootfs", "..", "", "a\nb", "UPPER/Case"] {

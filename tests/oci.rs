@@ -572,6 +572,12 @@ fn nested_oci_archive_with(path: &Path, layer1_media_type: &str, swap_gzip: bool
     let l0 = layer_tar(&[("hello.txt", b"hello\n")]);
     let l0gz = gzip(&l0);
     let l1 = layer_tar(&[(".wh.hello.txt", b""), ("bye.txt", b"bye\n")]);
+    // Layer 1's blob as its media type says (an xz one is its magic bytes and junk).
+    let l1_blob = match layer1_media_type {
+        t if t.ends_with("+zstd") => zstd::encode_all(l1.as_slice(), 3).unwrap(),
+        t if t.ends_with("+xz") => [&[0xfd, b'7', b'z', b'X', b'Z', 0][..], &l1].concat(),
+        _ => l1.clone(),
+    };
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": goarch(), "os": "linux",
         "config": {"Env": ["A=1"], "Cmd": ["run"], "WorkingDir": "/w"},
@@ -582,7 +588,7 @@ fn nested_oci_archive_with(path: &Path, layer1_media_type: &str, swap_gzip: bool
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": desc("application/vnd.oci.image.config.v1+json", &config),
         "layers": [desc("application/vnd.oci.image.layer.v1.tar+gzip", &l0gz),
-                   desc(layer1_media_type, &l1)]
+                   desc(layer1_media_type, &l1_blob)]
     }))
     .unwrap();
     let other_config =
@@ -618,7 +624,7 @@ fn nested_oci_archive_with(path: &Path, layer1_media_type: &str, swap_gzip: bool
     let l0_name = blob_name(&sha(&l0gz));
     for blob in [
         l0gz,
-        l1,
+        l1_blob,
         config,
         manifest,
         other_config.to_vec(),
@@ -671,17 +677,33 @@ fn compressed_blob_digest_is_verified() {
 }
 
 #[test]
-fn zstd_layers_are_reported_unsupported_and_cleaned_up() {
+fn zstd_layers_are_imported() {
     let work = tempfile::tempdir().unwrap();
     let archive = work.path().join("zstd.tar");
     nested_oci_archive(&archive, "application/vnd.oci.image.layer.v1.tar+zstd");
+    let img = import_archive(&archive, &work.path().join("out")).unwrap();
+    assert_eq!(fs::read(img.layers[1].join("bye.txt")).unwrap(), b"bye\n");
+    assert!(whiteout::is_whiteout_path(&img.layers[1].join("hello.txt")));
+    assert_ne!(img.layer_digests[1], img.diff_ids[1], "layer 1 is zstd");
+}
+
+#[test]
+fn xz_layers_are_reported_unsupported_and_cleaned_up() {
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("xz.tar");
+    nested_oci_archive(&archive, "application/vnd.oci.image.layer.v1.tar+xz");
     let dest = work.path().join("out");
     let err = import_archive(&archive, &dest).unwrap_err();
     let msg = chain(&err);
-    assert!(
-        matches!(err, OciError::Unsupported { .. }) && msg.contains("zstd"),
-        "{msg}"
-    );
+    match &err {
+        OciError::Layer {
+            index: 1, source, ..
+        } => {
+            assert!(matches!(**source, OciError::Unsupported { .. }), "{msg}");
+        }
+        _ => panic!("{msg}"),
+    }
+    assert!(msg.contains("unsupported xz-compressed layer"), "{msg}");
     assert!(!dest.exists(), "layer 0 was extracted and must be removed");
 }
 

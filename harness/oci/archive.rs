@@ -478,16 +478,6 @@ impl Importer<'_> {
         let mut layer_digests = Vec::new();
         for (i, desc) in manifest.layers.iter().enumerate() {
             let mt = desc.media_type.as_str();
-            if mt.contains("zstd") {
-                return Err(OciError::Unsupported {
-                    op: OP,
-                    path: self.archive.to_path_buf(),
-                    what: format!("zstd-compressed layer {i} ({})", desc.digest),
-                    hint: "re-save the image with gzip or uncompressed layers (e.g. `podman push \
-                           --compression-format gzip` or `skopeo copy --dest-compress-format \
-                           gzip`)",
-                });
-            }
             if !(mt.contains(".layer.") || mt.contains(".rootfs.") || mt.is_empty()) {
                 return Err(OciError::Unsupported {
                     op: OP,

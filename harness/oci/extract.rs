@@ -37,6 +37,8 @@ pub enum Compression {
     None,
     /// A gzip-compressed tar stream.
     Gzip,
+    /// A zstd-compressed tar stream (OCI's `+zstd` layers).
+    Zstd,
 }
 
 /// What [`extract_layer`] did.
@@ -224,9 +226,12 @@ fn extract_into(
             Box::new(flate2::read::MultiGzDecoder::new(stream)),
             Compression::Gzip,
         ),
+        Detected::Zstd => (
+            Box::new(zstd::stream::read::Decoder::new(stream).map_err(read_err)?),
+            Compression::Zstd,
+        ),
         other => {
             let what = match other {
-                Detected::Zstd => "zstd",
                 Detected::Bzip2 => "bzip2",
                 _ => "xz",
             };
@@ -234,8 +239,8 @@ fn extract_into(
                 op: OP,
                 path: dest.to_path_buf(),
                 what: format!("{what}-compressed layer"),
-                hint: "only plain and gzip-compressed layer tars are supported; re-save the \
-                       image with gzip or uncompressed layers (e.g. `podman save --format \
+                hint: "only plain, gzip- and zstd-compressed layer tars are supported; re-save \
+                       the image with gzip or uncompressed layers (e.g. `podman save --format \
                        oci-archive` of an image pulled with gzip layers)",
             });
         }
@@ -1016,16 +1021,33 @@ mod tests {
     }
 
     #[test]
-    fn zstd_is_reported_unsupported() {
+    fn zstd_layers_are_extracted_and_xz_is_reported_unsupported() {
         let dir = tempfile::tempdir().unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, "a", &b"hello"[..]).unwrap();
+        let data = tar.into_inner().unwrap();
+        let zst = zstd::encode_all(data.as_slice(), 3).unwrap();
+        let stats = extract_layer(zst.as_slice(), &dir.path().join("l")).unwrap();
+        assert_eq!(stats.compression, Compression::Zstd);
+        assert_eq!(stats.diff_id, super::super::digest::of(&data));
+        assert_eq!(std::fs::read(dir.path().join("l/a")).unwrap(), b"hello");
+
         let err = extract_layer(
-            &[0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3][..],
-            &dir.path().join("l"),
+            &[0xfd, b'7', b'z', b'X', b'Z', 0, 1, 2][..],
+            &dir.path().join("x"),
         )
         .unwrap_err();
         assert!(matches!(err, OciError::Unsupported { .. }), "{err}");
-        assert!(err.to_string().contains("zstd"), "{err}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(err.to_string().contains("xz"), "{err}");
+        assert!(!dir.path().join("x").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! Another process pulling the same image waits on the key's lock and then finds the layer.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::BufReader;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::error::PullError;
 use super::remote::Remote;
 use crate::layers::{BuildError, Catalog, LayerMeta};
-use crate::oci::{Descriptor, HashingReader};
+use crate::oci::Descriptor;
 
 /// One layer to make present: its key and parent key, its blob and its `diff_id`.
 pub(crate) struct Wanted<'a> {
@@ -154,29 +154,18 @@ fn fill(remote: &Remote, staging: &Path, w: &Wanted<'_>) -> Result<LayerMeta, Pu
 /// Extracts the (plain, gzip or zstd, told by its magic bytes) layer blob into `root`,
 /// returning the digest of the uncompressed tar.
 fn extract(remote: &Remote, blob: &Path, root: &Path, digest: &str) -> Result<String, PullError> {
-    let io = |source| PullError::Io {
+    let file = File::open(blob).map_err(|source| PullError::Io {
         reference: remote.given.clone(),
         action: "read the downloaded layer",
         path: blob.to_path_buf(),
         source,
-    };
-    let mut file = BufReader::with_capacity(1 << 20, File::open(blob).map_err(io)?);
-    let mut magic = [0u8; 4];
-    let n = file.read(&mut magic).map_err(io)?;
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    let plain: Box<dyn Read> = match &magic[..n] {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        [0x28, 0xb5, 0x2f, 0xfd] => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io)?)
-        }
-        _ => Box::new(file),
-    };
-    let mut hashing = HashingReader::new(plain);
-    crate::oci::extract_layer(&mut hashing, root).map_err(|source| PullError::Layer {
-        reference: remote.given.clone(),
-        digest: digest.to_string(),
-        source: Box::new(source),
     })?;
-    let (diff_id, _) = hashing.finish().map_err(io)?;
-    Ok(diff_id)
+    let stats = crate::oci::extract_layer(BufReader::with_capacity(1 << 20, file), root).map_err(
+        |source| PullError::Layer {
+            reference: remote.given.clone(),
+            digest: digest.to_string(),
+            source: Box::new(source),
+        },
+    )?;
+    Ok(stats.diff_id)
 }

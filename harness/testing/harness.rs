@@ -777,6 +777,7 @@ fn run_trial(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn the_working_directory_is_bound_except_where_the_container_has_its_own() {
@@ -793,7 +794,6 @@ mod tests {
         let proc = keep_workdir(c(), std::path::Path::new("/proc/self"), true);
         assert!(proc.binds.is_empty() && proc.workdir.is_none());
     }
-    use super::*;
 
     // Registered in this unit-test binary; never run by a harness (libtest runs these).
     #[crate::test(group = "nowhere")]

@@ -36,6 +36,7 @@ const POLL: Duration = Duration::from_millis(1);
 
 /// How to tell that a service is ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Ready {
     /// As soon as it has been started.
     Started,
